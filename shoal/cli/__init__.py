@@ -1,0 +1,1 @@
+"""Thin command-line layer: parses options, calls the subsystem packages, prints tables."""

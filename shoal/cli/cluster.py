@@ -1,0 +1,181 @@
+"""`shoal cluster` commands: a real Slurm cluster of layer1 node containers on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from shoal.cluster import config as ccfg
+from shoal.cluster import manager
+from shoal.cluster.state import ClusterDir, list_states
+from shoal.errors import ClusterError
+
+console = Console(highlight=False)
+
+
+@click.group()
+def cluster() -> None:
+    """Virtual Slurm cluster: controller + N layer1 node containers on one machine."""
+
+
+@cluster.command()
+@click.option("--nodes", type=int, default=None, help="Number of compute nodes (default 4).")
+@click.option("--name", default=None, help="Cluster name (default 'shoal').")
+@click.option("--network", default=None, help=f"Network profile: {', '.join(ccfg.NETWORK_PROFILES)}.")
+@click.option("--tmpfs-size", default=None, help="Size of each node's local /tmp (e.g. 2G).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="Cluster settings (TOML).")
+def up(nodes: int | None, name: str | None, network: str | None, tmpfs_size: str | None,
+       config_file: Path | None) -> None:
+    """Boot a cluster; returns when every node is IDLE in Slurm."""
+    cfg = ccfg.load(config_file, {"nodes": nodes, "name": name, "network": network,
+                                  "tmpfs_size": tmpfs_size})
+    with console.status(f"booting cluster {cfg.name!r} with {cfg.nodes} nodes ..."):
+        res = manager.up(cfg)
+    st = res.state
+    table = Table(title=f"cluster {st.name} (10.250.{st.index}.0/24, bridge {st.bridge})")
+    for col in ("host", "address", "role"):
+        table.add_column(col)
+    table.add_row("ctl", f"10.250.{st.index}.2", "slurmctld, slurmdbd, mariadb, munged; login")
+    for i, n in enumerate(st.nodes, 1):
+        table.add_row(n, f"10.250.{st.index}.{9 + i}", "slurmd, munged, sshd, rsyslogd")
+    console.print(table)
+    prof = cfg.profile
+    console.print(f"network profile: {prof.name} ({prof.description})")
+    console.print(f"layer1 image: {st.layer1_image} ({res.layer1_size / 1e6:.0f} MB)")
+    console.print(f"[bold green]all {len(st.nodes)} nodes idle[/] in {res.boot_seconds:.1f} s")
+
+
+@cluster.command()
+@click.option("--name", default="shoal", show_default=True)
+@click.option("--keep-state", is_flag=True, help="Keep the state directory (logs) for inspection.")
+def down(name: str, keep_state: bool) -> None:
+    """Remove everything of a cluster (also after a crash or kill -9)."""
+    left = manager.down(name, keep_state=keep_state)
+    if left:
+        raise ClusterError(f"could not remove: {', '.join(left)}", "run `shoal cluster down` again")
+    console.print(f"cluster {name!r} removed")
+
+
+@cluster.command("list")
+def list_() -> None:
+    """List virtual clusters on this machine."""
+    table = Table()
+    for col in ("name", "nodes", "subnet", "network", "phase", "boot s"):
+        table.add_column(col)
+    for st in list_states():
+        table.add_row(st.name, str(len(st.nodes)), f"10.250.{st.index}.0/24", st.network["name"],
+                      st.phase, f"{st.boot_seconds:.1f}")
+    console.print(table)
+
+
+@cluster.command()
+@click.option("--name", default="shoal", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(name: str, as_json: bool) -> None:
+    """Nodes, Slurm state, supervisord programs and memory per node."""
+    from shoal.cluster.status import cluster_status
+
+    st, nodes = cluster_status(name)
+    if as_json:
+        doc = {
+            "name": st.name,
+            "network": st.network,
+            "nodes": [
+                {
+                    "name": n.name,
+                    "slurm_state": n.slurm_state,
+                    "running": n.running,
+                    "rss_bytes": n.rss_bytes,
+                    "processes": n.processes,
+                    "programs": {p.name: p.state for p in n.programs},
+                }
+                for n in nodes
+            ],
+        }
+        click.echo(json.dumps(doc, indent=1))
+        return
+    table = Table(title=f"cluster {st.name}")
+    for col in ("node", "slurm", "programs", "RSS MB"):
+        table.add_column(col)
+    for n in nodes:
+        progs = " ".join(
+            f"{p.name}:{'[green]' if p.state == 'RUNNING' else '[red]'}{p.state}[/]" for p in n.programs
+        )
+        table.add_row(n.name, n.slurm_state, progs or ("-" if n.running else "[red]not running[/]"),
+                      f"{n.rss_bytes / 1e6:.1f}")
+    console.print(table)
+
+
+@cluster.command(context_settings={"ignore_unknown_options": True})
+@click.option("--name", default="shoal", show_default=True)
+@click.option("--node", default=None, help="Run inside this node's container (default: controller).")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec(name: str, node: str | None, cmd: tuple[str, ...]) -> None:
+    """Run CMD on the controller (login node) or inside a node, with Slurm's environment."""
+    st = ClusterDir(name).load()
+    argv = manager.enter_prefix(st, node or "ctl") + list(cmd)
+    os.execvp(argv[0], argv)
+
+
+@cluster.command()
+@click.option("--name", default="shoal", show_default=True)
+@click.option("--user", default="root", show_default=True)
+@click.argument("node")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
+def ssh(name: str, user: str, node: str, cmd: tuple[str, ...]) -> None:
+    """ssh from the controller to NODE (key auth), optionally running CMD."""
+    st = ClusterDir(name).load()
+    if node not in st.nodes:
+        raise ClusterError(f"no node {node!r} in cluster {name!r}", f"nodes: {', '.join(st.nodes)}")
+    prefix = manager.enter_prefix(st, "ctl")
+    if user != "root":
+        prefix = prefix + ["setpriv", "--reuid", user, "--regid", user, "--init-groups",
+                           "env", f"HOME=/home/{user}", f"USER={user}"]
+    argv = prefix + ["ssh", *(["-t"] if not cmd and sys.stdin.isatty() else []), f"{user}@{node}", *cmd]
+    os.execvp(argv[0], argv)
+
+
+@cluster.command()
+@click.option("--name", default="shoal", show_default=True)
+@click.option("--node", default=None, help="Logs of this node (default: controller).")
+@click.option("--lines", "-n", default=40, show_default=True)
+def logs(name: str, node: str | None, lines: int) -> None:
+    """Tail the daemon logs of the controller or of a node."""
+    cd = ClusterDir(name)
+    st = cd.load()
+    if node is None:
+        files = sorted((cd.ctl / "log").glob("*.log")) + sorted((cd.ctl / "log").glob("*.err"))
+    else:
+        if node not in st.nodes:
+            raise ClusterError(f"no node {node!r} in cluster {name!r}", f"nodes: {', '.join(st.nodes)}")
+        root = Path(f"/proc/{manager.pid1(st, node)}/root")
+        files = sorted((root / "var/log/supervisor").glob("*.log")) + [root / "var/log/slurm/slurmd.log"]
+    for f in files:
+        if not f.exists():
+            continue
+        console.rule(str(f))
+        text = f.read_text(errors="replace").splitlines()[-lines:]
+        click.echo("\n".join(text))
+
+
+@cluster.command()
+@click.option("--name", default="shoal", show_default=True)
+@click.argument("node")
+@click.argument("program")
+@click.argument("action", type=click.Choice(["start", "stop", "restart"]))
+def service(name: str, node: str, program: str, action: str) -> None:
+    """Start, stop or restart PROGRAM under NODE's supervisord (XML-RPC)."""
+    from shoal.cluster.status import supervisor_of
+
+    st = ClusterDir(name).load()
+    sup = supervisor_of(st, node)
+    getattr(sup, action)(program)
+    state = {p.name: p.state for p in sup.programs()}.get(program, "?")
+    console.print(f"{node}: {program} {action}: now {state}")

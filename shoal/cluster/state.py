@@ -1,0 +1,145 @@
+"""On-disk state of virtual clusters: one directory per cluster under SHOAL_STATE/clusters/NAME.
+
+The state file (cluster.json) is written before anything is created, so `down` can always find
+and remove what a crashed or killed `up` left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal.errors import ClusterError
+from shoal.paths import clusters_root
+
+STATE_VERSION = 1
+
+
+@dataclass
+class ClusterState:
+    name: str
+    index: int
+    nodes: list[str]
+    network: dict[str, Any]
+    config: dict[str, Any]
+    layer1_image: str = ""
+    layer1_hash: str = ""
+    controller_pid: int = 0
+    node_pids: dict[str, int] = field(default_factory=dict)
+    phase: str = "creating"  # creating | up | down
+    boot_seconds: float = 0.0
+    created: float = 0.0
+    version: int = STATE_VERSION
+
+    # -- names of kernel objects, derived from name/index so cleanup needs nothing else --
+    @property
+    def bridge(self) -> str:
+        return f"shb-{self.name}"
+
+    def netns(self, host: str) -> str:
+        return f"shoal-{self.name}-{host}"
+
+    def host_veth(self, host: str) -> str:
+        short = "c" if host == "ctl" else "s" if host == "storage" else "n" + host.removeprefix("node")
+        return f"sv{self.index}{short}"
+
+    def all_hosts(self) -> list[str]:
+        return ["ctl", *self.nodes]
+
+
+class ClusterDir:
+    """Paths inside one cluster's state directory."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.root = clusters_root() / name
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "cluster.json"
+
+    @property
+    def etc_slurm(self) -> Path:
+        return self.root / "etc-slurm"
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def pfs(self) -> Path:
+        return self.root / "pfs"
+
+    @property
+    def ctl(self) -> Path:
+        return self.root / "ctl"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "log"
+
+    def node(self, node: str) -> Path:
+        return self.root / "nodes" / node
+
+    def exists(self) -> bool:
+        return self.state_file.exists()
+
+    def load(self) -> ClusterState:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            raise ClusterError(
+                f"no virtual cluster named {self.name!r}",
+                "see `shoal cluster list`, or start one with `shoal cluster up --name NAME`",
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise ClusterError(
+                f"cannot read state of cluster {self.name!r}: {exc}",
+                f"remove it with `shoal cluster down --name {self.name}`",
+            ) from exc
+        data.pop("version", None)
+        return ClusterState(**data)
+
+    def save(self, state: ClusterState) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(state), indent=1, sort_keys=True))
+        os.replace(tmp, self.state_file)
+
+
+def list_states() -> list[ClusterState]:
+    root = clusters_root()
+    out: list[ClusterState] = []
+    if not root.is_dir():
+        return out
+    for d in sorted(root.iterdir()):
+        cd = ClusterDir(d.name)
+        if cd.exists():
+            try:
+                out.append(cd.load())
+            except ClusterError:
+                continue
+    return out
+
+
+def free_index(taken: set[int]) -> int:
+    """Lowest free subnet index (10.250.<index>.0/24) not used by another cluster or the host."""
+    host_nets = _host_subnets()
+    for i in range(1, 250):
+        if i not in taken and f"10.250.{i}." not in host_nets:
+            return i
+    raise ClusterError("no free subnet in 10.250.0.0/16 for another cluster", "take a cluster down first")
+
+
+def _host_subnets() -> str:
+    try:
+        return Path("/proc/net/fib_trie").read_text()
+    except OSError:
+        return ""

@@ -1,0 +1,71 @@
+"""The built-in images shoal knows how to build, by name.
+
+``layer1`` (the compute-node image, layer1/) plus every ``images/NAME/`` of the repository that
+holds a Dockerfile. All are built on the same cached Debian 12 base by ``build_named``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal import paths
+from shoal.errors import ImageError
+from shoal.images.build import BuiltImage, build_image
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    dockerfile: Path
+    context: Path
+
+
+def images_dir() -> Path:
+    return paths.REPO_ROOT / "images"
+
+
+def known_images() -> dict[str, Recipe]:
+    found: dict[str, Recipe] = {}
+    layer1 = paths.REPO_ROOT / "layer1"
+    if (layer1 / "Dockerfile").is_file():
+        found["layer1"] = Recipe("layer1", layer1 / "Dockerfile", layer1)
+    root = images_dir()
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            if (d / "Dockerfile").is_file() and NAME_RE.match(d.name):
+                found[d.name] = Recipe(d.name, d / "Dockerfile", d)
+    return found
+
+
+def recipe(name: str) -> Recipe:
+    known = known_images()
+    if name not in known:
+        listed = ", ".join(sorted(known)) or "(none)"
+        raise ImageError(
+            f"unknown image '{name}'; known images: {listed}",
+            f"add {images_dir()}/{name}/Dockerfile to define it",
+        )
+    return known[name]
+
+
+def validate_name(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise ImageError(
+            f"bad image name '{name}'",
+            "use lower-case letters, digits, '.', '_' and '-' (at most 63 characters)",
+        )
+
+
+def build_named(name: str, rebuild: bool = False) -> BuiltImage:
+    """Build a built-in image by name (layer1 gets its post-processing)."""
+    r = recipe(name)
+    if name == "layer1":
+        from shoal.images.layer1 import ensure_layer1
+
+        img = ensure_layer1(rebuild=rebuild)
+        return BuiltImage(name, img.path, img.hash, img.cached, img.seconds)
+    return build_image(name, r.dockerfile, r.context, rebuild=rebuild)

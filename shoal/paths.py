@@ -1,0 +1,33 @@
+"""Where shoal keeps things on the host (the one place defaults for locations live).
+
+SHOAL_STATE  (default /var/lib/shoal)   cluster state dirs, the image store
+SHOAL_CACHE  (default /var/cache/shoal) debootstrap base, Charliecloud build storage
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def state_root() -> Path:
+    return Path(os.environ.get("SHOAL_STATE", "/var/lib/shoal"))
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SHOAL_CACHE", "/var/cache/shoal"))
+
+
+def clusters_root() -> Path:
+    return state_root() / "clusters"
+
+
+def store_root() -> Path:
+    """The image store on the host; every virtual cluster mounts it at /pfs/store."""
+    return Path(os.environ.get("SHOAL_STORE", str(state_root() / "store")))
+
+
+# Inside a virtual cluster (controller and nodes) the store is seen here.
+CLUSTER_STORE_PATH = "/pfs/store"

@@ -136,8 +136,7 @@ def ssh(name: str, user: str, node: str, cmd: tuple[str, ...]) -> None:
         raise ClusterError(f"no node {node!r} in cluster {name!r}", f"nodes: {', '.join(st.nodes)}")
     prefix = manager.enter_prefix(st, "ctl")
     if user != "root":
-        prefix = prefix + ["setpriv", "--reuid", user, "--regid", user, "--init-groups",
-                           "env", f"HOME=/home/{user}", f"USER={user}"]
+        prefix = prefix + ["runuser", "-u", user, "--", "env", f"HOME=/home/{user}", f"USER={user}"]
     argv = prefix + ["ssh", *(["-t"] if not cmd and sys.stdin.isatty() else []), f"{user}@{node}", *cmd]
     os.execvp(argv[0], argv)
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 from rich.console import Console
+from rich.table import Table
 
-from shoal.images.build import dir_size
+from shoal import paths
+from shoal.errors import ImageError
 
 console = Console(highlight=False)
+
+FORMAT_CHOICES = ["tar.gz", "squashfs", "dir"]
 
 
 @click.group()
@@ -20,6 +26,7 @@ def image() -> None:
 @click.option("--rebuild", is_flag=True, help="Build even if the cached build is up to date.")
 def build_cmd(name: str, rebuild: bool) -> None:
     """Build built-in image NAME (layer1 or images/NAME/Dockerfile), cached by input hash."""
+    from shoal.images.build import dir_size
     from shoal.images.catalog import build_named
 
     built = build_named(name, rebuild=rebuild)
@@ -27,3 +34,127 @@ def build_cmd(name: str, rebuild: bool) -> None:
     size = dir_size(built.path)
     console.print(f"{built.name}: {built.path}")
     console.print(f"  size {size / 1e6:.1f} MB, inputs {built.inputs_hash}, from {origin}")
+
+
+@image.command("export")
+@click.argument("name")
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    type=click.Choice(FORMAT_CHOICES),
+    help="Export format (repeatable); default: all three.",
+)
+@click.option(
+    "--to",
+    "dest",
+    type=click.Path(file_okay=False),
+    help="Write plain exports into this directory instead of the image store.",
+)
+def export_cmd(name: str, formats: tuple[str, ...], dest: str | None) -> None:
+    """Export image NAME as tar.gz / SquashFS / directory (default: into the image store)."""
+    from pathlib import Path
+
+    from shoal.images.catalog import resolve
+    from shoal.images.store import ALL_FORMATS, ExportFormat, add_to_store, entry_dir, export_to
+
+    fmts = [ExportFormat(f) for f in dict.fromkeys(formats)] or list(ALL_FORMATS)
+    built = resolve(name)
+    if dest is not None:
+        for p in export_to(built.path, name, fmts, Path(dest)):
+            console.print(f"{p}  {_size(p) / 1e6:.1f} MB")
+        return
+    m = add_to_store(name, built.path, built.inputs_hash, fmts)
+    table = Table(title=f"{name} in {entry_dir(name)}")
+    table.add_column("format")
+    table.add_column("path")
+    table.add_column("MB", justify="right")
+    table.add_column("sha256")
+    for fmt, fname in m.exports.items():
+        p = entry_dir(name) / fname
+        sha = m.files.get(fname, f"tree {m.tree_digest}")
+        table.add_row(fmt, str(p), f"{_size(p) / 1e6:.1f}", sha[:21])
+    console.print(table)
+    console.print(f"{m.file_count} files, {m.bytes / 1e6:.1f} MB, tree digest {m.tree_digest}")
+
+
+@image.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON.")
+def list_cmd(as_json: bool) -> None:
+    """List the images in the store."""
+    from shoal.images.store import list_manifests
+
+    manifests = list_manifests()
+    if as_json:
+        click.echo(json.dumps([m.to_json() for m in manifests], indent=1))
+        return
+    if not manifests:
+        console.print(f"the image store {paths.store_root()} is empty")
+        return
+    table = Table(title=f"image store {paths.store_root()}")
+    for col, just in [
+        ("name", "left"),
+        ("formats", "left"),
+        ("tree MB", "right"),
+        ("files", "right"),
+        ("tar.gz MB", "right"),
+        ("sqfs MB", "right"),
+        ("created", "left"),
+        ("tree digest", "left"),
+    ]:
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for m in manifests:
+        tar = m.sizes.get(f"{m.name}.tar.gz")
+        sq = m.sizes.get(f"{m.name}.sqfs")
+        table.add_row(
+            m.name,
+            ",".join(m.exports),
+            f"{m.bytes / 1e6:.1f}",
+            str(m.file_count),
+            f"{tar / 1e6:.1f}" if tar is not None else "-",
+            f"{sq / 1e6:.1f}" if sq is not None else "-",
+            m.created,
+            m.tree_digest[:16],
+        )
+    console.print(table)
+
+
+@image.command("verify")
+@click.argument("name")
+@click.option("--no-dir", is_flag=True, help="Skip re-digesting the unpacked directory.")
+def verify_cmd(name: str, no_dir: bool) -> None:
+    """Re-hash the stored exports of NAME against its manifest."""
+    from shoal.images.store import verify
+
+    m, problems = verify(name, check_dir=not no_dir)
+    if not problems:
+        checked = len(m.files) + (0 if no_dir or "dir" not in m.exports else 1)
+        console.print(f"{name}: OK ({checked} exports match the manifest)")
+        return
+    for p in problems:
+        console.print(f"[red]{p.what}[/]: {p.path} ({p.detail})")
+    names = ", ".join(f"{p.path} ({p.what})" for p in problems)
+    raise ImageError(
+        f"{name}: {len(problems)} export(s) do not match the manifest: {names}",
+        f"re-export it: shoal image export {name}  (or remove it: shoal image rm {name})",
+    )
+
+
+@image.command("rm")
+@click.argument("name")
+def rm_cmd(name: str) -> None:
+    """Remove image NAME from the store."""
+    from shoal.images.store import entry_dir, remove
+
+    where = entry_dir(name)
+    remove(name)
+    console.print(f"removed {where}")
+
+
+def _size(p: object) -> int:
+    from pathlib import Path
+
+    from shoal.images.build import dir_size
+
+    path = Path(str(p))
+    return dir_size(path) if path.is_dir() else path.stat().st_size

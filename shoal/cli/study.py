@@ -1,10 +1,218 @@
-"""`shoal study` commands."""
+"""`shoal study` commands: run a study spec, show its status, write its report, compare two."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+from pathlib import Path
+
 import click
+from rich.console import Console
+from rich.table import Table
+
+from shoal.errors import StudyError
+from shoal.slurm.client import SlurmClient
+from shoal.study.db import DB_NAME, StudyDB
+from shoal.study.jobscript import JobContext
+from shoal.study.matrix import expand
+from shoal.study.report import compare_dirs, write_report
+from shoal.study.runner import StudyRunner, collect_environment, default_shoal_argv, dry_run
+from shoal.study.spec import DEFAULT_METHODS, StudySpec, load_spec
+
+console = Console(highlight=False)
 
 
 @click.group()
 def study() -> None:
-    """study commands."""
+    """Run the image distribution study: matrix of experiments, results DB, report."""
+
+
+@dataclasses.dataclass
+class _Link:
+    client: SlurmClient
+    ctx: JobContext
+    host_logs: Path
+    network_params: dict[str, object]
+
+
+def _method_names() -> tuple[str, ...]:
+    try:
+        from shoal.dist.base import method_names
+    except ImportError:  # the distribution package is optional for reading specs
+        return DEFAULT_METHODS
+    return tuple(method_names())
+
+
+def _link(spec: StudySpec, out: Path, *, connect: bool) -> _Link:
+    """The Slurm client and job paths for the spec's cluster. With connect=False (dry run) the
+    cluster is not asked anything."""
+    ctx_common = {"shoal_argv": default_shoal_argv(), "partition": spec.partition,
+                  "time_limit_s": spec.timeout}
+    if spec.cluster.kind == "existing":
+        # a site: the results directory must be on a file system the nodes share
+        logs = out.resolve() / "logs"
+        return _Link(SlurmClient(), JobContext(logs_dir=str(logs), **ctx_common),  # type: ignore[arg-type]
+                     logs, {})
+    from shoal.cluster.state import ClusterDir
+
+    cdir = ClusterDir(spec.cluster.name)
+    # nodes see the cluster's pfs directory as /pfs; one log directory per results directory
+    tag = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
+    rel = f"shoal-study/{spec.name}-{tag}"
+    ctx = JobContext(logs_dir=f"/pfs/{rel}", **ctx_common)  # type: ignore[arg-type]
+    if not connect:
+        return _Link(SlurmClient(), ctx, cdir.pfs / rel, {})
+    from shoal.cluster.manager import slurm_prefix
+
+    state = cdir.load()
+    if spec.cluster.nodes is not None and len(state.nodes) < spec.cluster.nodes:
+        raise StudyError(
+            f"cluster {state.name!r} has {len(state.nodes)} nodes, the spec asks for "
+            f"{spec.cluster.nodes}",
+            f"shoal cluster down --name {state.name}; shoal cluster up --name {state.name} "
+            f"--nodes {spec.cluster.nodes}")
+    have = str(state.network.get("name"))
+    if spec.cluster.network is not None and have != spec.cluster.network:
+        raise StudyError(
+            f"cluster {state.name!r} runs network profile {have!r}, the spec asks for "
+            f"{spec.cluster.network!r}",
+            f"boot it with `shoal cluster up --name {state.name} --network "
+            f"{spec.cluster.network}` (results would otherwise be labelled wrongly)")
+    client = SlurmClient(prefix=slurm_prefix(spec.cluster.name))
+    return _Link(client, ctx, cdir.pfs / rel, dict(state.network))
+
+
+@study.command("run")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Results directory (default: results/<study name>).")
+@click.option("--cluster", "cluster_name", default=None,
+              help="Virtual cluster name (overrides [cluster] name in the spec).")
+@click.option("--dry-run", "dry", is_flag=True,
+              help="Print the experiments and batch scripts only.")
+@click.option("--rerun-failed", is_flag=True, help="Run failed runs again (new attempts).")
+def run_cmd(spec_path: Path, out: Path | None, cluster_name: str | None, dry: bool,
+            rerun_failed: bool) -> None:
+    """Run the study in SPEC; running it again resumes (completed runs are skipped)."""
+    _run(spec_path, out, cluster_name, dry, rerun_failed)
+
+
+def _run(spec_path: Path, out: Path | None, cluster_name: str | None, dry: bool,
+         rerun_failed: bool) -> None:
+    try:
+        from shoal.cluster.config import NETWORK_PROFILES
+        networks: set[str] | None = set(NETWORK_PROFILES)
+    except ImportError:
+        networks = None
+    spec = load_spec(spec_path, methods=_method_names(),
+                     networks=networks if _kind(spec_path) == "virtual" else None)
+    if cluster_name:
+        spec = dataclasses.replace(spec, cluster=dataclasses.replace(spec.cluster,
+                                                                     name=cluster_name))
+    exps = expand(spec)
+    out_dir = out or Path("results") / spec.name
+    link = _link(spec, out_dir, connect=not dry)
+    if dry:
+        db = StudyDB.in_dir(out_dir, create=False) if (out_dir / DB_NAME).exists() else None
+        try:
+            dry_run(spec, exps, db, link.ctx, out_dir, console, rerun_failed)
+        finally:
+            if db is not None:
+                db.close()
+        return
+    with StudyDB.in_dir(out_dir) as db:
+        runner = StudyRunner(spec, exps, db, link.client, out_dir, link.ctx,
+                             host_logs=link.host_logs, console=console,
+                             rerun_failed=rerun_failed)
+        env = collect_environment(link.client, spec, network_params=link.network_params)
+        summary = runner.execute(env)
+        counts = db.state_counts()
+    table = Table(title=f"study {spec.name}: {out_dir}")
+    for col in ("completed now", "failed now", "skipped", "re-attached", "in database"):
+        table.add_column(col)
+    table.add_row(str(summary.completed), str(summary.failed), str(summary.skipped),
+                  str(summary.reattached), ", ".join(f"{v} {k.lower()}"
+                                                     for k, v in sorted(counts.items())))
+    console.print(table)
+    console.print(f"report: shoal study report {out_dir}")
+
+
+def _kind(spec_path: Path) -> str:
+    import tomllib
+
+    try:
+        doc = tomllib.loads(spec_path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return "virtual"  # load_spec reports the real problem
+    cluster = doc.get("cluster")
+    return str(cluster.get("kind", "virtual")) if isinstance(cluster, dict) else "virtual"
+
+
+@study.command()
+@click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+def status(out_dir: Path) -> None:
+    """Runs per state, per experiment, and the latest failures of the study in DIR."""
+    with StudyDB.in_dir(out_dir, create=False) as db:
+        st = db.study()
+        exps = {e.id: e for e in db.experiments()}
+        latest = db.latest_runs()
+        done = db.completed_keys()
+        counts = db.state_counts()
+        failed = db.failed_runs()
+    name = st[1] if st else "?"
+    console.print(f"study [bold]{name}[/] in {out_dir}: " + (", ".join(
+        f"{v} {k.lower()}" for k, v in sorted(counts.items())) or "no runs yet"))
+    table = Table()
+    for col in ("experiment", "method", "workload", "image", "nodes", "done", "failed",
+                "active"):
+        table.add_column(col)
+    for eid, e in exps.items():
+        keys = [k for k in latest if k[0] == eid]
+        n_done = sum(k in done for k in keys)
+        n_failed = sum(latest[k].state.value == "FAILED" and k not in done for k in keys)
+        n_active = sum(latest[k].state.active and k not in done for k in keys)
+        table.add_row(eid, e.method, e.workload, e.image, str(e.nodes), str(n_done),
+                      str(n_failed), str(n_active))
+    console.print(table)
+    if failed:
+        ft = Table(title="failed runs (newest attempt)")
+        for col in ("run", "job", "reason"):
+            ft.add_column(col)
+        for r, e in failed[-10:]:
+            ft.add_row(f"{e.label()} r{r.rep} a{r.attempt}", str(r.job_id), (r.reason or "")[:160])
+        console.print(ft)
+
+
+@study.command()
+@click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+def report(out_dir: Path) -> None:
+    """Write DIR/report.md and DIR/report.html (with plots) and print the answers."""
+    rep = write_report(out_dir)
+    table = Table(title="answers", show_lines=True)
+    table.add_column("#")
+    table.add_column("question", max_width=40)
+    table.add_column("answer")
+    for a in rep.answers:
+        table.add_row(str(a.number), a.question, a.verdict.replace("**", ""))
+    console.print(table)
+    console.print(f"report: {rep.markdown}\n        {rep.html}")
+    console.print(f"plots:  {len(rep.plots)} in {out_dir / 'plots'}")
+
+
+@study.command()
+@click.argument("dir_a", metavar="DIR_A", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("dir_b", metavar="DIR_B", type=click.Path(file_okay=False, path_type=Path))
+def compare(dir_a: Path, dir_b: Path) -> None:
+    """Two result sets side by side (e.g. two network profiles), matched by factors."""
+    rows = compare_dirs(dir_a, dir_b)
+    if not rows:
+        raise StudyError("neither directory has completed runs",
+                         f"check with `shoal study status {dir_a}`")
+    table = Table(title=f"A = {dir_a}   B = {dir_b}   (median [95 % interval], seconds)")
+    for col in ("method", "workload", "image", "nodes", "metric", "A", "B", "B/A", "verdict"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.key.method, r.key.workload, r.key.image, str(r.key.nodes), r.metric,
+                      r.a.fmt() if r.a else "—", r.b.fmt() if r.b else "—",
+                      f"{r.ratio:.2f}" if r.ratio is not None else "—", r.verdict)
+    console.print(table)

@@ -53,6 +53,13 @@ NETWORK_PROFILES: dict[str, NetworkProfile] = {
 }
 
 
+# Where /pfs (with the image store at /pfs/store) comes from on the controller and the nodes.
+STORAGE_MODES: dict[str, str] = {
+    "bind": "host directory bind-mounted into every host (shared, no network cost)",
+    "sshfs": "sshfs from a storage host on the cluster network (reads cross the shaped links)",
+}
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     name: str = "shoal"
@@ -62,6 +69,7 @@ class ClusterConfig:
     memory_mb_per_node: int = 2048
     tmpfs_size: str = "2G"
     accounting: bool = True
+    storage: str = "bind"
     source: str = "defaults"
     extra_slurm_conf: tuple[str, ...] = field(default_factory=tuple)
 
@@ -81,6 +89,7 @@ _KEYS: dict[str, type] = {
     "memory_mb_per_node": int,
     "tmpfs_size": str,
     "accounting": bool,
+    "storage": str,
     "extra_slurm_conf": list,
 }
 
@@ -135,6 +144,11 @@ def validate(raw: dict[str, Any], source: str = "defaults", text: str | None = N
         raise ConfigError(
             f"{where('network')}: network = {cfg.network!r} is not a known profile",
             f"known profiles: {', '.join(NETWORK_PROFILES)}",
+        )
+    if cfg.storage not in STORAGE_MODES:
+        raise ConfigError(
+            f"{where('storage')}: storage = {cfg.storage!r} is not a storage mode",
+            f"use one of: {', '.join(STORAGE_MODES)}",
         )
     if not 1 <= cfg.cpus_per_node <= 256:
         raise ConfigError(

@@ -25,6 +25,7 @@ from shoal.cluster.scripts import (
     EPILOG,
     NODE_INIT,
     PROLOG,
+    WAIT_THEN_EXEC,
     controller_supervisord_conf,
 )
 from shoal.cluster.slurmconf import (
@@ -35,7 +36,7 @@ from shoal.cluster.slurmconf import (
 )
 from shoal.cluster.state import ClusterDir, ClusterState, free_index, list_states
 from shoal.errors import ClusterError, DependencyError, PrivilegeError, ShoalError
-from shoal.paths import REPO_ROOT, store_root
+from shoal.paths import store_root
 from shoal.runner import reap, run, spawn
 
 REQUIRED_PROGRAMS = [
@@ -185,9 +186,10 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     _write(cd.etc_slurm / "slurmdbd.conf", render_slurmdbd_conf(str(ctl), db_password), 0o600)
     _write(cd.etc_slurm / "prolog.sh", PROLOG, 0o755)
     _write(cd.etc_slurm / "epilog.sh", EPILOG, 0o755)
-    agent = REPO_ROOT / "shoal" / "dist" / "nodeagent.py"
-    if agent.exists():
-        shutil.copy2(agent, cd.etc_slurm / "shoal-nodeagent.py")
+    # The node agent bundle (stdlib-only zipapp) for the Prolog/Epilog privileged hook.
+    from shoal.dist.bundle import write_bundle
+
+    write_bundle(cd.etc_slurm / "shoal-nodeagent.py")
 
     # -- the unprivileged user's shared home (uid 1000 on every host of the cluster)
     uhome = cd.home / "shoal"
@@ -216,7 +218,8 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     _write(ctl / "root-ssh" / "known_hosts", known_hosts)
     _write(ctl / "root-ssh" / "config", ssh_config)
     os.chmod(ctl / "root-ssh", 0o700)
-    _write(ctl / "supervisord.conf", controller_supervisord_conf(str(ctl)))
+    _write(ctl / "supervisord.conf", controller_supervisord_conf(str(ctl), cfg.accounting))
+    _write(ctl / "wait-then-exec.py", WAIT_THEN_EXEC, 0o755)
     _write(
         ctl / "mysql-init.sql",
         "CREATE DATABASE IF NOT EXISTS slurm_acct_db;\n"
@@ -269,14 +272,6 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     (cd.root / "node-init.sh").write_text(NODE_INIT)
     (cd.root / "ctl-init.sh").write_text(CONTROLLER_INIT)
 
-    if cfg.accounting:
-        if install_db.wait(timeout=120) != 0:
-            raise ClusterError(
-                "mariadb-install-db failed for the accounting database",
-                f"see {ctl}/log/mariadb-install-db.log",
-            )
-    else:
-        _write(ctl / "mysql-init.sql", "", 0o600)
     common = {
         "SHOAL_HOME": str(cd.home),
         "SHOAL_PFS": str(cd.pfs),
@@ -285,14 +280,8 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
         "SHOAL_TBF": tbf,
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
     }
-    ctl_env = {**common, "SHOAL_IP": addr.controller, "SHOAL_CTL": str(ctl)}
-    state.controller_pid = spawn(
-        _in_new_ns(state.netns("ctl"), ["/bin/sh", str(cd.root / "ctl-init.sh")]),
-        log_path=cd.logs / "ctl.console", env=ctl_env,
-    )
-    if not cfg.accounting:
-        run(_ctl_prefix(state) + ["supervisorctl", "-c", f"{ctl}/supervisord.conf", "stop",
-                                  "mariadb", "slurmdbd"], check=False, timeout=30)
+    # Nodes first: they do not need the controller to start, and slurmctld pings every
+    # configured node when it comes up, so the order costs nothing.
     for i, name in enumerate(state.nodes, 1):
         nd = cd.node(name)
         env = {
@@ -312,19 +301,38 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
             _in_new_ns(state.netns(name), ["/bin/sh", str(cd.root / "node-init.sh")]),
             log_path=cd.logs / f"{name}.console", env=env,
         )
+    if cfg.accounting:
+        if install_db.wait(timeout=120) != 0:
+            raise ClusterError(
+                "mariadb-install-db failed for the accounting database",
+                f"see {ctl}/log/mariadb-install-db.log",
+            )
+    else:
+        _write(ctl / "mysql-init.sql", "", 0o600)
+    ctl_env = {**common, "SHOAL_IP": addr.controller, "SHOAL_CTL": str(ctl)}
+    state.controller_pid = spawn(
+        _in_new_ns(state.netns("ctl"), ["/bin/sh", str(cd.root / "ctl-init.sh")]),
+        log_path=cd.logs / "ctl.console", env=ctl_env,
+    )
     cd.save(state)
 
 
 def _with_user(text: str, kind: str) -> str:
-    """Host passwd/group plus the cluster's uid/gid 1000 user when the host has none."""
-    ids = {ln.split(":")[2] for ln in text.splitlines() if ln.count(":") >= 3}
-    if str(SHOAL_UID) in ids:
-        return text
+    """Host passwd/group as the controller sees it: uid/gid 1000 is the cluster user `shoal`.
+
+    The nodes' image defines shoal:1000; the login node must map 1000 to the same name (Slurm
+    and sacct show names), so a host entry with id 1000 under another name is replaced here.
+    """
+    def ours(ln: str) -> bool:
+        f = ln.split(":")
+        return f[0] == "shoal" or (len(f) > 2 and f[2] == str(SHOAL_UID))
+
+    keep = [ln for ln in text.splitlines() if ln and not ours(ln)]
     if kind == "passwd":
-        line = f"shoal:x:{SHOAL_UID}:{SHOAL_UID}:shoal cluster user:/home/shoal:/bin/bash"
+        keep.append(f"shoal:x:{SHOAL_UID}:{SHOAL_UID}:shoal cluster user:/home/shoal:/bin/bash")
     else:
-        line = f"shoal:x:{SHOAL_UID}:"
-    return text.rstrip("\n") + "\n" + line + "\n"
+        keep.append(f"shoal:x:{SHOAL_UID}:")
+    return "\n".join(keep) + "\n"
 
 
 def _in_new_ns(ns: str, argv: list[str]) -> list[str]:

@@ -64,7 +64,7 @@ def render_slurm_conf(cfg: ClusterConfig, addr: Addressing, ctl_dir: str) -> str
         "JobAcctGatherType=jobacct_gather/none",
         # The node's real hardware is the host's; the config is the truth for a virtual node.
         "SlurmdParameters=config_overrides",
-        "MpiDefault=none",
+        "MpiDefault=pmix",
         "SchedulerType=sched/backfill",
         "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_Core",
@@ -77,6 +77,7 @@ def render_slurm_conf(cfg: ClusterConfig, addr: Addressing, ctl_dir: str) -> str
         "MinJobAge=300",
         "Waittime=0",
         "SlurmctldDebug=info",
+        "MailProg=/bin/true",
         "SlurmdDebug=info",
         "Prolog=/etc/slurm/prolog.sh",
         "Epilog=/etc/slurm/epilog.sh",

@@ -28,6 +28,8 @@ class ClusterState:
     layer1_image: str = ""
     layer1_hash: str = ""
     controller_pid: int = 0
+    storage: str = "bind"  # bind | sshfs (config.STORAGE_MODES)
+    storage_pid: int = 0  # outer pid of the storage host (storage = "sshfs" only)
     node_pids: dict[str, int] = field(default_factory=dict)
     phase: str = "creating"  # creating | up | down
     boot_seconds: float = 0.0
@@ -48,6 +50,10 @@ class ClusterState:
 
     def all_hosts(self) -> list[str]:
         return ["ctl", *self.nodes]
+
+    def netns_hosts(self) -> list[str]:
+        """Hosts with a network namespace: all_hosts() plus the storage host when there is one."""
+        return [*self.all_hosts(), *(["storage"] if self.storage == "sshfs" else [])]
 
 
 class ClusterDir:

@@ -44,6 +44,7 @@ path-exclude /usr/share/lintian/*
 APT_NORECOMMENDS = 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n'
 HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 DEBOOTSTRAP_TIMEOUT = 1200.0
+BASE_SPACE = 600 << 20  # debootstrap downloads .debs (~60 MB) and unpacks ~200 MB
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,9 @@ def ensure_base() -> Path:
             return final
         tmp = root / f".tmp-{final.name}-{os.getpid()}"
         _remove_stale(root)
+        from shoal.images.build import require_space
+
+        require_space(root, BASE_SPACE)
         tmp.mkdir(parents=True)
         try:
             from shoal.images.progress import step

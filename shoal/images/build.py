@@ -33,6 +33,9 @@ BUILD_TIMEOUT = 3600.0
 IMPORT_TIMEOUT = 1200.0
 # Bump when the way we build changes in a way the inputs do not show (flags, post-processing).
 BUILD_RECIPE_VERSION = "1"
+# Free space a build needs in the storage: a copy of the base plus what apt downloads and
+# unpacks (the largest built-in image, lammps, is ~500 MB).
+BUILD_SPACE = 1500 << 20
 
 PostProcess = Callable[[Path], None]
 
@@ -65,8 +68,13 @@ def ch_env() -> dict[str, str]:
 
 
 def ch_image(args: list[str], *, timeout: float, what: str, hint: str | None = None) -> str:
-    """Run ch-image with shoal's storage; returns its stdout+stderr."""
-    done = run([*CH_IMAGE, *args], env=ch_env(), timeout=timeout, what=what, hint=hint)
+    """Run ch-image with shoal's storage; returns its stdout+stderr.
+
+    Serialized across shoal processes: ch-image refuses to run while another instance holds the
+    storage, and a parallel `shoal image build` should wait rather than fail.
+    """
+    with locked(markers_dir() / ".lock-storage"):
+        done = run([*CH_IMAGE, *args], env=ch_env(), timeout=timeout, what=what, hint=hint)
     return done.stdout + done.stderr
 
 
@@ -103,7 +111,7 @@ def _file_sha(p: Path) -> str:
     return h.hexdigest()
 
 
-def _read_marker(name: str) -> dict[str, object] | None:
+def read_marker(name: str) -> dict[str, object] | None:
     try:
         data = json.loads((markers_dir() / f"{name}.json").read_text())
     except (OSError, ValueError):
@@ -119,7 +127,7 @@ def _write_marker(name: str, data: dict[str, object]) -> None:
     tmp.rename(d / f"{name}.json")
 
 
-def _drop_marker(name: str) -> None:
+def drop_marker(name: str) -> None:
     (markers_dir() / f"{name}.json").unlink(missing_ok=True)
 
 
@@ -128,14 +136,14 @@ def ensure_base_imported() -> str:
     base = ensure_base()
     base_hash = base.name
     with locked(markers_dir() / ".lock-base"):
-        marker = _read_marker(BASE_IMAGE)
+        marker = read_marker(BASE_IMAGE)
         if (
             marker is not None
             and marker.get("inputs_hash") == base_hash
             and (image_dir(BASE_IMAGE) / "etc" / "debian_version").exists()
         ):
             return base_hash
-        _drop_marker(BASE_IMAGE)
+        drop_marker(BASE_IMAGE)
         start = time.monotonic()
         with step(f"ch-image import {BASE_IMAGE}"):
             try:
@@ -189,10 +197,14 @@ def build_image(
     want = inputs_hash(dockerfile, context, base_hash, extra=post_version)
     target = image_dir(name)
     with locked(markers_dir() / f".lock-{name}"):
-        marker = _read_marker(name)
+        marker = read_marker(name)
         if not rebuild and marker is not None and marker.get("inputs_hash") == want and target.is_dir():
             return BuiltImage(name, target, want, True, 0.0)
-        _drop_marker(name)
+        drop_marker(name)
+        if target.is_symlink():
+            # A pointer to a published tree (see layer1.py): ch-image must not build through it.
+            target.unlink()
+        require_space(storage(), BUILD_SPACE)
         start = time.monotonic()
         with step(f"ch-image build {name}"):
             try:
@@ -211,12 +223,17 @@ def build_image(
                     what=f"ch-image build {name}",
                 )
             except CommandError as exc:
-                output = exc.stdout + "\n" + exc.stderr
-                where = failing_step(output) or "before the first step"
-                tail = _tail(output)
+                log = markers_dir() / f"{name}.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                log.write_text(f"$ {' '.join(exc.argv)}\n--- stderr\n{exc.stderr}\n--- stdout\n{exc.stdout}")
+                _remove_partial(name)
+                where = failing_step(exc.stderr + "\n" + exc.stdout) or "before the first step"
+                errors = [ln for ln in exc.stderr.splitlines() if ln.startswith("error")]
+                reason = errors[-1] if errors else f"exit {exc.returncode}"
+                tail = _tail(exc.stdout) or _tail(exc.stderr)
                 raise ImageError(
-                    f"building image {name} failed at {where}: {tail}",
-                    f"fix {dockerfile} (full log: shoal --debug image build {name})",
+                    f"building image {name} failed at {where}: {reason}; output tail: {tail}",
+                    f"fix {dockerfile} (full log: {log})",
                 ) from exc
         if post is not None:
             post(target)
@@ -230,13 +247,35 @@ def build_image(
 
 def delete_image(name: str) -> None:
     """Forget a built image (storage tree and marker)."""
-    _drop_marker(name)
+    drop_marker(name)
     target = image_dir(name)
-    if target.exists():
+    if target.is_symlink():
+        target.unlink()
+    elif target.exists():
         try:
             ch_image(["delete", name], timeout=600, what=f"ch-image delete {name}")
         except CommandError:
             shutil.rmtree(target, ignore_errors=True)
+
+
+def require_space(where: Path, need: int) -> None:
+    """Fail early, naming the place and the amount, instead of dying half-way with ENOSPC."""
+    probe = where
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise ImageError(
+            f"no space left under {probe}: an image build needs about {need >> 20} MB, {free >> 20} MB free",
+            "free space there or set SHOAL_CACHE to a larger file system",
+        )
+
+
+def _remove_partial(name: str) -> None:
+    """A failed build leaves a half-built tree in storage; it is never used, so free the space."""
+    target = image_dir(name)
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def _tail(text: str, lines: int = 8, width: int = 1200) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from shoal import paths
 from shoal.errors import ImageError
-from shoal.images.build import BuiltImage, build_image
+from shoal.images.build import BuiltImage, build_image, image_dir, read_marker
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
@@ -69,3 +69,39 @@ def build_named(name: str, rebuild: bool = False) -> BuiltImage:
         img = ensure_layer1(rebuild=rebuild)
         return BuiltImage(name, img.path, img.hash, img.cached, img.seconds)
     return build_image(name, r.dockerfile, r.context, rebuild=rebuild)
+
+
+def stored_in_ch(name: str) -> bool:
+    """Is NAME an image in shoal's ch-image storage (built-in or made another way, e.g. synth)?"""
+    return name != "shoal-base" and image_dir(name).is_dir()
+
+
+def resolve(name: str) -> BuiltImage:
+    """The tree of image NAME: built-in images are built (cached); other images already in
+    ch-image storage (synthesized ones, say) are taken as they are."""
+    validate_name(name)
+    if name in known_images():
+        return build_named(name)
+    if stored_in_ch(name):
+        marker = read_marker(name) or {}
+        h = marker.get("inputs_hash")
+        return BuiltImage(name, image_dir(name), str(h) if h else "unknown", True, 0.0)
+    recipe(name)  # raises: unknown image, listing the known ones
+    raise AssertionError("unreachable")
+
+
+def ensure_in_store(name: str) -> str:
+    """Image NAME built (cached) and exported into the store, unless the store already holds
+    this very build (same inputs hash). Returns the name."""
+    from shoal.errors import ImageError
+    from shoal.images.store import add_to_store, load_manifest, manifest_path
+
+    built = resolve(name)
+    if manifest_path(name).is_file():
+        try:
+            if load_manifest(name).inputs_hash == built.inputs_hash:
+                return name
+        except ImageError:
+            pass  # unreadable manifest: export again
+    add_to_store(name, built.path, built.inputs_hash)
+    return name

@@ -10,17 +10,22 @@ part of the cached build: it runs once per build, before the cache marker is wri
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from shoal import paths
 from shoal.errors import ImageError
-from shoal.images.build import build_image, dir_size
+from shoal.images.base import locked
+from shoal.images.build import build_image, dir_size, drop_marker, ensure_base_imported, inputs_hash
 from shoal.runner import run
 
 NAME = "layer1"
 # Bump when post_process changes: it is part of the build's cache key.
 POST_VERSION = "layer1-post-2"
+# Published trees kept besides the current one (older ones are removed unless a cluster uses them).
+KEEP_TREES = 3
 
 # path in image -> mode; owner munge:munge. munged: key dir and state dirs private, the socket
 # dir readable by clients (0755, not 0700), the log dir not world-writable.
@@ -53,24 +58,75 @@ def layer1_context() -> Path:
     return paths.REPO_ROOT / "layer1"
 
 
+def trees_root() -> Path:
+    """Published layer1 trees, one directory per inputs hash, never modified once there."""
+    return paths.cache_root() / "layer1"
+
+
 def ensure_layer1(rebuild: bool = False) -> Layer1Image:
-    """Build layer1 (or reuse the cached build) and return where its tree is."""
+    """Build layer1 (or reuse the cached build) and return where its tree is.
+
+    Running clusters use the tree as their overlay lower layer, so it must never change under
+    them: ch-image rebuilds in place, hence each build is moved out of ch-image storage into
+    trees_root()/<hash> and a new build gets a new directory.
+    """
     ctx = layer1_context()
-    built = build_image(
-        NAME,
-        ctx / "Dockerfile",
-        ctx,
-        post=post_process,
-        post_version=POST_VERSION,
-        rebuild=rebuild,
-    )
-    return Layer1Image(
-        path=built.path,
-        hash=built.inputs_hash,
-        size_bytes=dir_size(built.path),
-        cached=built.cached,
-        seconds=built.seconds,
-    )
+    base_hash = ensure_base_imported()
+    want = inputs_hash(ctx / "Dockerfile", ctx, base_hash, extra=POST_VERSION)
+    published = trees_root() / want
+    if not rebuild and _complete(published):
+        return Layer1Image(published, want, dir_size(published), cached=True)
+    with locked(trees_root() / ".lock"):
+        if not rebuild and _complete(published):
+            return Layer1Image(published, want, dir_size(published), cached=True)
+        built = build_image(
+            NAME,
+            ctx / "Dockerfile",
+            ctx,
+            post=post_process,
+            post_version=POST_VERSION,
+            rebuild=rebuild,
+        )
+        if built.inputs_hash != want:
+            raise ImageError(f"layer1 inputs changed during the build ({want} -> {built.inputs_hash})")
+        tmp = trees_root() / f".tmp-{want}-{os.getpid()}"
+        built.path.rename(tmp)
+        drop_marker(NAME)  # the tree left ch-image storage; the marker now points at nothing
+        if published.exists():  # --rebuild: keep the old tree for clusters still using it
+            published.rename(trees_root() / f"{want}.old-{int(time.time())}")
+        tmp.rename(published)
+        _prune(keep=published)
+    return Layer1Image(published, want, dir_size(published), cached=False, seconds=built.seconds)
+
+
+def _complete(tree: Path) -> bool:
+    return (tree / "etc" / "passwd").is_file() and (tree / "usr" / "sbin" / "slurmd").exists()
+
+
+def _in_use() -> set[str]:
+    """Trees named in the state of any virtual cluster (running or kept)."""
+    used: set[str] = set()
+    for f in paths.clusters_root().glob("*/*.json"):
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        for d in trees_root().iterdir():
+            if str(d) in text:
+                used.add(d.name)
+    return used
+
+
+def _prune(keep: Path) -> None:
+    root = trees_root()
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    trees = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    trees.sort(key=lambda d: d.stat().st_ctime, reverse=True)
+    used = _in_use()
+    for old in trees[KEEP_TREES:]:
+        if old != keep and old.name not in used:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def lookup_id(db: Path, name: str) -> int:

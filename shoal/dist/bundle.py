@@ -1,0 +1,86 @@
+"""Pack the node side of shoal.dist into one zipapp file that plain ``python3`` runs.
+
+Nodes have no venv and no shoal installation; the bundle carries exactly the stdlib-only modules
+the node agent imports (MODULES) with empty package ``__init__`` files, so nothing else of shoal
+(click, rich, the driver) is imported on a node. ``python3 BUNDLE SUBCOMMAND ...`` runs
+``shoal.dist.nodeagent.main``; the file name does not matter (Python recognises the zip), so the
+same bundle can be installed as /etc/slurm/shoal-nodeagent.py for the Prolog and Epilog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+from pathlib import Path
+
+from shoal.paths import REPO_ROOT
+
+MODULES = (
+    "shoal/errors.py",
+    "shoal/runner.py",
+    "shoal/dist/base.py",
+    "shoal/dist/nodeagent.py",
+    "shoal/dist/methods/__init__.py",
+    "shoal/dist/methods/untar.py",
+    "shoal/dist/methods/sbcast.py",
+    "shoal/dist/methods/squashfs_kernel.py",
+    "shoal/dist/methods/sbcast_squashfs.py",
+    "shoal/dist/methods/squashfuse.py",
+    "shoal/dist/methods/shared_dir.py",
+    "shoal/images/treedigest.py",
+)
+PACKAGES = ("shoal", "shoal/dist", "shoal/images")
+MAIN = (
+    "import sys\n"
+    "from shoal.dist.nodeagent import main\n"
+    "sys.exit(main())\n"
+)
+# fixed timestamp: the same sources give the same bytes, so the hash names the content
+_EPOCH = (2020, 1, 1, 0, 0, 0)
+
+
+def bundle_bytes() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+
+        def add(name: str, data: bytes) -> None:
+            info = zipfile.ZipInfo(name, _EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+
+        add("__main__.py", MAIN.encode())
+        for pkg in PACKAGES:
+            add(f"{pkg}/__init__.py", b"")
+        for rel in MODULES:
+            src = REPO_ROOT / rel
+            if src.exists():
+                add(rel, src.read_bytes())
+    return buf.getvalue()
+
+
+def bundle_hash() -> str:
+    return hashlib.sha256(bundle_bytes()).hexdigest()[:16]
+
+
+def write_bundle(dest: str | os.PathLike[str]) -> Path:
+    """Write the bundle to dest atomically (a node may be reading the previous one)."""
+    data = bundle_bytes()
+    path = Path(dest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def publish(store: str | os.PathLike[str]) -> str:
+    """Put the bundle under the store's .shoal/ named by its hash; return its file name."""
+    name = f"agent-{hashlib.sha256(bundle_bytes()).hexdigest()[:16]}.pyz"
+    dest = Path(store) / ".shoal" / name
+    if not dest.exists():
+        write_bundle(dest)
+    return name

@@ -1,0 +1,425 @@
+"""The submit side of image distribution: allocation, collective steps, the agent on every node.
+
+``distribute`` stages an image on every node of an allocation: it publishes the node agent bundle
+to the store, runs ``check`` on every node for methods with a collective step (so a node without
+space or privilege fails before anything is copied), runs the collective step (``sbcast`` from the
+submit side), then ``stage`` (one task per node, one JSON record each), optionally ``verify``.
+A node that reports no record or a failed one is named in a DistError; the other nodes are
+cleaned up first. Every Slurm command is bounded by a timeout.
+
+``run_in_image`` is ``shoal run``: allocate (or use the current allocation), distribute, run the
+command with ``srun ch-run STAGED -- CMD``, clean up, release the allocation.
+
+Where Slurm is: ``Site`` holds the argv prefix for Slurm commands (empty on a real site; for a
+virtual cluster the controller's namespaces, from shoal.cluster.manager.slurm_prefix) and where
+the image store is for this process, for the nodes and for the Slurm client commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal import paths
+from shoal.dist.base import REQUESTS_DIR, Context, Method, get_method
+from shoal.dist.bundle import publish
+from shoal.errors import CommandTimeout, DistError, SlurmError
+from shoal.runner import run
+from shoal.slurm.hostlist import expand
+
+DEFAULT_TIMEOUT = 600.0
+SUBMIT_TIMEOUT = 60.0
+START_TIMEOUT = 300.0
+# sbcast's default fan-out is 8; exposed because question 5 of the study is about it
+DEFAULT_FANOUT = 8
+
+
+@dataclass(frozen=True)
+class Site:
+    """How to reach Slurm, and the image store as seen from here, the nodes and the submit side."""
+
+    prefix: tuple[str, ...]
+    store_local: Path
+    store_nodes: str
+    store_submit: str
+    cluster: str | None = None
+
+    def argv(self, *args: str) -> list[str]:
+        return [*self.prefix, *args]
+
+
+def site_for(cluster: str | None) -> Site:
+    """The Slurm on PATH (a real site), or virtual cluster NAME (the one place that knows how)."""
+    store = paths.store_root()
+    if cluster is None:
+        return Site((), store, str(store), str(store))
+    try:
+        from shoal.cluster.manager import slurm_prefix
+    except ImportError as exc:  # pragma: no cover - the lead's module is part of shoal
+        raise DistError("this shoal has no virtual cluster support", None) from exc
+    prefix = slurm_prefix(cluster)
+    # the controller and the nodes both see the host's store at /pfs/store
+    return Site(tuple(prefix), store, paths.CLUSTER_STORE_PATH, paths.CLUSTER_STORE_PATH, cluster)
+
+
+@dataclass
+class Allocation:
+    job: str
+    nodes: list[str]
+    owned: bool  # created by us: we release it
+
+
+@dataclass
+class DistResult:
+    job: str
+    method: str
+    image: str
+    nodes: list[str]
+    records: dict[str, dict[str, Any]]  # node -> its stage record (verify merged in)
+    failed: dict[str, str]  # node -> why
+    seconds: float  # wall time on the submit side, first step to last record
+    collective_seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def staged_path(self) -> str:
+        paths_ = {r.get("staged") for r in self.records.values() if r.get("ok")}
+        if len(paths_) != 1:
+            raise DistError(f"nodes staged the image at different paths: {sorted(map(str, paths_))}")
+        return str(paths_.pop())
+
+    def json_lines(self) -> list[str]:
+        out = []
+        for node in self.nodes:
+            rec = dict(self.records.get(node) or {"node": node, "ok": False})
+            rec.setdefault("method", self.method)
+            rec.setdefault("image", self.image)
+            rec["job"] = self.job
+            rec["ok"] = node not in self.failed and bool(rec.get("ok"))
+            if node in self.failed:
+                rec["error"] = self.failed[node]
+            rec["driver_seconds"] = round(self.seconds, 6)
+            rec["collective_seconds"] = self.collective_seconds
+            rec["nodes"] = len(self.nodes)
+            out.append(json.dumps(rec, sort_keys=True))
+        return out
+
+
+# ---- allocation --------------------------------------------------------------------------------
+
+
+def current_allocation(site: Site, job: str | None = None) -> Allocation | None:
+    """The allocation this process runs in ($SLURM_JOB_ID, real sites), or job JOB."""
+    if job is None and site.cluster is None:
+        job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    return Allocation(job, job_nodes(site, job), owned=False)
+
+
+def job_nodes(site: Site, job: str) -> list[str]:
+    out = run(site.argv("squeue", "-h", "-j", job, "-o", "%T %N"), timeout=SUBMIT_TIMEOUT,
+              what=f"squeue for job {job}").stdout.split()
+    if len(out) < 2 or out[0] != "RUNNING":
+        raise SlurmError(f"job {job} is not running ({' '.join(out) or 'not found'})",
+                         "start shoal inside a running allocation or let it allocate")
+    return expand(out[1])
+
+
+def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[[str], None]
+             | None = None, partition: str | None = None) -> Allocation:
+    """Submit a placeholder job of NODES nodes held, call before_start(jobid), release, wait.
+
+    Held first so a request for the Prolog can be written once the job id is known and before
+    any node runs the Prolog (PrologFlags=Alloc runs it at allocation). --no-kill keeps the
+    allocation when a node dies, so the driver can still clean up the others.
+    """
+    argv = ["sbatch", "--parsable", "--hold", "--no-kill", f"--nodes={nodes}",
+            "--ntasks-per-node=1", f"--time={time_limit}", "--job-name=shoal",
+            "--output=/dev/null", "--error=/dev/null"]
+    if partition:
+        argv.append(f"--partition={partition}")
+    argv += ["--wrap", "exec sleep 2147483647"]
+    out = run(site.argv(*argv), timeout=SUBMIT_TIMEOUT, what="sbatch (shoal allocation)")
+    job = out.stdout.strip().split(";")[0]
+    if not job.isdigit():
+        raise SlurmError(f"sbatch answered {out.stdout.strip()!r}, not a job id", None)
+    try:
+        if before_start is not None:
+            before_start(job)
+        run(site.argv("scontrol", "release", job), timeout=SUBMIT_TIMEOUT,
+            what=f"scontrol release {job}")
+        deadline = time.monotonic() + START_TIMEOUT
+        state = ""
+        while time.monotonic() < deadline:
+            out = run(site.argv("squeue", "-h", "-j", job, "-o", "%T %N"), timeout=SUBMIT_TIMEOUT,
+                      check=False)
+            fields = out.stdout.split()
+            state = fields[0] if fields else "GONE"
+            if state == "RUNNING" and len(fields) > 1:
+                return Allocation(job, expand(fields[1]), owned=True)
+            if state in ("GONE", "FAILED", "CANCELLED", "COMPLETED", "NODE_FAIL", "BOOT_FAIL"):
+                break
+            time.sleep(0.5)
+        raise SlurmError(f"job {job} did not start within {START_TIMEOUT:g} s (state {state})",
+                         "check sinfo: are enough nodes idle?")
+    except BaseException:
+        release(site, job)
+        raise
+
+
+def release(site: Site, job: str) -> None:
+    run(site.argv("scancel", job), timeout=SUBMIT_TIMEOUT, check=False)
+
+
+# ---- steps -------------------------------------------------------------------------------------
+
+
+def srun_argv(site: Site, alloc: Allocation, nodes: Sequence[str], *cmd: str) -> list[str]:
+    return site.argv(
+        "srun", f"--jobid={alloc.job}", "--overlap", f"--nodes={len(nodes)}",
+        f"--ntasks={len(nodes)}", "--ntasks-per-node=1", f"--nodelist={','.join(nodes)}",
+        "--kill-on-bad-exit=0", *cmd,
+    )
+
+
+def parse_records(text: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("node"), str):
+            out[rec["node"]] = rec
+    return out
+
+
+def agent_step(site: Site, alloc: Allocation, nodes: Sequence[str], agent: str, *args: str,
+               timeout: float) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Run the agent once per node; return (records by node, failures by node)."""
+    argv = srun_argv(site, alloc, nodes, "python3", agent, "--store", site.store_nodes, *args)
+    stdout, why = "", ""
+    try:
+        done = run(argv, timeout=timeout, check=False, what=f"node agent {args[0]}")
+        stdout = done.stdout
+        if done.returncode != 0:
+            why = _tail(done.stderr)
+    except CommandTimeout as exc:
+        stdout = exc.stdout
+        why = f"no answer within {timeout:g} s"
+    records = parse_records(stdout)
+    failed: dict[str, str] = {}
+    for node in nodes:
+        rec = records.get(node)
+        if rec is None:
+            failed[node] = f"no record from the node ({why or 'srun gave no output'})"
+        elif not rec.get("ok"):
+            failed[node] = str(rec.get("error") or "failed")
+    return records, failed
+
+
+def _tail(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return " | ".join(lines[-2:])[-300:]
+
+
+def sbcast(site: Site, alloc: Allocation, src: str, dest: str, *, fanout: int, compress: bool,
+           timeout: float) -> float:
+    argv = ["sbcast", f"--jobid={alloc.job}", "-f", f"--fanout={fanout}"]
+    if compress:
+        argv.append("--compress")
+    t0 = time.monotonic()
+    run(site.argv(*argv, src, dest), timeout=timeout, what="sbcast",
+        hint="is the file readable on the submit side and /tmp writable on the nodes?")
+    return time.monotonic() - t0
+
+
+def check_image(site: Site, image: str) -> None:
+    if not (site.store_local / image / "manifest.json").is_file():
+        known = sorted(p.parent.name for p in site.store_local.glob("*/manifest.json"))
+        raise DistError(f"image {image!r} is not in the store {site.store_local}",
+                        f"known: {', '.join(known) or 'none'}; export it: shoal image export")
+
+
+def request_path(site: Site, job: str) -> Path:
+    return site.store_local / REQUESTS_DIR / f"{job}.json"
+
+
+def write_request(site: Site, job: str, image: str, method: str) -> Path:
+    p = request_path(site, job)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(json.dumps({"format": 1, "job": job, "image": image, "method": method}))
+    os.replace(tmp, p)
+    return p
+
+
+def distribute(
+    site: Site,
+    alloc: Allocation,
+    method_name: str,
+    image: str,
+    *,
+    verify: bool = False,
+    fanout: int = DEFAULT_FANOUT,
+    compress: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> DistResult:
+    """Stage IMAGE with METHOD on every node of ALLOC; clean up everywhere if a node fails."""
+    method = get_method(method_name)
+    check_image(site, image)
+    agent = f"{site.store_nodes}/.shoal/{publish(site.store_local)}"
+    nodes = list(alloc.nodes)
+    common = ("--job", alloc.job, "--image", image)
+    t0 = time.monotonic()
+    collective_s: float | None = None
+    failed: dict[str, str] = {}
+    records: dict[str, dict[str, Any]] = {}
+    if method.collective:
+        records, failed = agent_step(site, alloc, nodes, agent, "check", *common, "--method",
+                                     method.name, timeout=timeout)
+        if not failed:
+            collective_s = _collective(site, alloc, method, image, fanout, compress, timeout)
+    if not failed:
+        records, failed = agent_step(site, alloc, nodes, agent, "stage", *common, "--method",
+                                     method.name, timeout=timeout)
+    if verify and not failed:
+        vrecs, vfailed = agent_step(site, alloc, nodes, agent, "verify", *common, timeout=timeout)
+        for node, vrec in vrecs.items():
+            if node in records:
+                records[node]["verify"] = {k: vrec.get(k) for k in ("ok", "digest", "seconds")}
+        failed.update({n: f"verify: {why}" for n, why in vfailed.items()})
+    seconds = time.monotonic() - t0
+    result = DistResult(alloc.job, method.name, image, nodes, records, failed, seconds,
+                        collective_s)
+    if failed:
+        # clean the nodes that answer; a dead node is the Epilog's (or its reboot's) business
+        alive = [n for n in nodes if n in records] or nodes
+        cleanup(site, alloc, image, nodes=alive, timeout=timeout, raise_on_left=False)
+    return result
+
+
+def _collective(site: Site, alloc: Allocation, method: Method, image: str, fanout: int,
+                compress: bool, timeout: float) -> float:
+    if method.collective != "sbcast":
+        raise DistError(f"method {method.name} asks for unknown collective {method.collective!r}")
+    ctx_submit = Context(alloc.job, image, site.store_submit)
+    ctx_local = Context(alloc.job, image, str(site.store_local))
+    # the file name comes from the manifest read here; the path is the submit side's view
+    name = ctx_local.artifact_name(method.artifact)
+    src = os.path.join(ctx_submit.image_store, name)
+    dest = ctx_submit.local_artifact(method.artifact)
+    return sbcast(site, alloc, src, dest, fanout=fanout, compress=compress, timeout=timeout)
+
+
+def cleanup(site: Site, alloc: Allocation, image: str | None = None, *,
+            nodes: Sequence[str] | None = None, timeout: float = DEFAULT_TIMEOUT,
+            raise_on_left: bool = True) -> dict[str, dict[str, Any]]:
+    """Undo staging on the nodes (one image, or everything of the job); name what is left."""
+    agent = f"{site.store_nodes}/.shoal/{publish(site.store_local)}"
+    targets = list(nodes or alloc.nodes)
+    args = ["cleanup", "--job", alloc.job] + (["--image", image] if image else [])
+    records, failed = agent_step(site, alloc, targets, agent, *args, timeout=timeout)
+    if failed and raise_on_left:
+        raise DistError(
+            "cleanup failed on " + "; ".join(f"{n}: {why}" for n, why in sorted(failed.items())),
+            "the job's Epilog removes what is left when the job ends",
+        )
+    return records
+
+
+def raise_if_failed(result: DistResult) -> None:
+    if result.failed:
+        names = ", ".join(sorted(result.failed))
+        first = next(iter(sorted(result.failed.items())))
+        raise DistError(
+            f"staging {result.image} with {result.method} failed on {len(result.failed)} of "
+            f"{len(result.nodes)} nodes ({names}): {first[0]}: {first[1]}",
+            "the other nodes were cleaned up; see the per-node table above",
+        )
+
+
+@dataclass
+class RunResult:
+    dist: DistResult
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    cleanup: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> cleanup record
+
+
+def run_in_image(
+    site: Site,
+    image: str,
+    method_name: str,
+    command: Sequence[str],
+    *,
+    nodes: int | None = None,
+    ntasks_per_node: int = 1,
+    srun_args: Sequence[str] = (),
+    time_limit: str = "60",
+    verify: bool = False,
+    fanout: int = DEFAULT_FANOUT,
+    compress: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    on_staged: Callable[[DistResult], None] | None = None,
+) -> RunResult:
+    """`shoal run`: allocate or reuse, stage, srun ch-run STAGED -- CMD on every node, clean up."""
+    method = get_method(method_name)
+    check_image(site, image)
+    alloc = current_allocation(site) if nodes is None else None
+    request: Path | None = None
+
+    def before_start(job: str) -> None:
+        nonlocal request
+        # only privileged mounts that need no broadcast can be done by the Prolog
+        if method.privileged and not method.collective:
+            request = write_request(site, job, image, method.name)
+
+    if alloc is None:
+        alloc = allocate(site, nodes or 1, time_limit=time_limit, before_start=before_start)
+    staged_ok = False
+    try:
+        result = distribute(site, alloc, method.name, image, verify=verify, fanout=fanout,
+                            compress=compress, timeout=timeout)
+        if on_staged is not None:
+            on_staged(result)
+        raise_if_failed(result)
+        staged_ok = True
+        staged = result.staged_path()
+        n = len(alloc.nodes)
+        argv = site.argv(
+            "srun", f"--jobid={alloc.job}", "--overlap", f"--nodes={n}",
+            f"--ntasks={n * ntasks_per_node}", f"--ntasks-per-node={ntasks_per_node}",
+            *srun_args, "ch-run", staged, "--", *command,
+        )
+        t0 = time.monotonic()
+        # ch-run refuses to start without $USER (daemons and CI may not set it)
+        env = None if "USER" in os.environ else {"USER": "root" if os.geteuid() == 0 else "user"}
+        done = run(argv, timeout=timeout, check=False, what="srun ch-run", env=env)
+        ran = RunResult(result, done.returncode, done.stdout, done.stderr,
+                        time.monotonic() - t0)
+        staged_ok = False
+        # our own allocation: everything of the job goes; someone else's: only this image
+        ran.cleanup = cleanup(site, alloc, None if alloc.owned else image, timeout=timeout)
+        return ran
+    finally:
+        if staged_ok:  # the command failed or timed out: still undo the staging
+            cleanup(site, alloc, image, timeout=timeout, raise_on_left=False)
+        if request is not None:
+            request.unlink(missing_ok=True)
+        if alloc.owned:
+            release(site, alloc.job)

@@ -1,0 +1,14 @@
+"""The distribution methods, one module each; importing this package registers them all.
+
+A new method (a registry pull, a pipelined broadcast) is one more module here, imported below, and
+one more line in shoal.dist.bundle.MODULES; every test parametrized over the registry covers it.
+"""
+
+from shoal.dist.methods import (  # noqa: F401
+    sbcast,
+    sbcast_squashfs,
+    shared_dir,
+    squashfs_kernel,
+    squashfuse,
+    untar,
+)

@@ -1,0 +1,461 @@
+"""The node agent: stages, verifies and cleans up an image on one node; one JSON line per call.
+
+STANDARD LIBRARY ONLY. Nodes have no venv: the driver ships this module, shoal.dist.base, the
+method modules and shoal.images.treedigest as one zipapp (shoal.dist.bundle) to shared storage and
+runs ``python3 /pfs/store/.shoal/agent-<hash>.pyz SUBCOMMAND ...`` with one task per node.
+
+Subcommands (``--job`` defaults to $SLURM_JOB_ID, ``--store`` to /pfs/store):
+
+    check   --method M --image I   fail up front (files, privilege, space); record the baseline
+                                   counters a later ``stage`` continues from (collective methods)
+    stage   --method M --image I   make the image usable at /tmp/shoal/<job>/<image> (or the shared
+                                   dir); print the per-node record (times, bytes, peak local use)
+    verify  --image I              tree digest of the staged image against the manifest's
+    cleanup [--image I]            undo staging (all images of the job without --image); report
+                                   anything left: mounts, loop devices, files
+    prolog / epilog                the privileged hook for Slurm's Prolog/Epilog (run as root)
+
+Privileged staging (kernel loop mounts) through Slurm, for sites where job steps are not root:
+the site installs, in its Prolog and Epilog scripts (shoal/cluster/scripts.py has them):
+
+    /usr/bin/python3 /etc/slurm/shoal-nodeagent.py prolog      # and: ... epilog
+
+The driver, before the job's allocation starts (``shoal run`` submits the job held, writes the
+request, then releases it), writes ``<store>/.shoal/requests/<jobid>.json`` =
+{"format": 1, "job": J, "image": I, "method": M}. The Prolog (root, SLURM_JOB_ID/SLURM_JOB_UID
+set by slurmd) reads it, accepts it only if the file is owned by the job's user (or root), the
+method is privileged and not a broadcast, and the image name is plain, then loop-mounts read-only,
+nosuid, nodev at /tmp/shoal/<jobid>/<image> and leaves its record in the job's state file; the
+job's own ``stage`` step then reports that record. The Epilog unmounts and removes everything under
+/tmp/shoal/<jobid>. Prolog and Epilog always exit 0: a failing Prolog would drain the node; a
+failed staging is reported by the job's ``stage`` step instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+
+def _lone_file() -> None:
+    """Run as a lone copy of this file (not the bundle): the methods are not importable.
+
+    The Prolog and Epilog must still exit 0 (a failing Prolog drains the node); any other
+    subcommand reports the problem as its record.
+    """
+    sub = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+    msg = ("shoal node agent: run the bundle (shoal.dist.bundle.write_bundle), not a lone copy "
+           "of nodeagent.py: the method modules are missing")
+    if sub in ("prolog", "epilog", ""):
+        sys.stderr.write(msg + "\n")
+        sys.exit(0)
+    sys.stdout.write(json.dumps({"format": 1, "phase": sub, "ok": False, "error": msg}) + "\n")
+    sys.exit(1)
+
+
+try:
+    from shoal.dist.base import (
+        DEFAULT_STORE,
+        FORMAT,
+        REQUESTS_DIR,
+        STAGE_ROOT,
+        Context,
+        Method,
+        Sampler,
+        get_method,
+        loop_backing,
+        method_names,
+        mounts_under,
+        net_rx_bytes,
+        proc_io,
+        remove_tree,
+        unmount,
+        used_bytes,
+    )
+    from shoal.errors import DistError, ShoalError
+except ImportError:
+    if __name__ == "__main__":
+        _lone_file()
+    raise
+
+_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def node_name() -> str:
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def emit(record: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def base_record(phase: str, ctx: Context, method: str | None) -> dict[str, Any]:
+    return {
+        "format": FORMAT, "phase": phase, "node": node_name(), "job": ctx.job, "image": ctx.image,
+        "method": method, "ok": False, "error": None, "hint": None,
+    }
+
+
+def fail(rec: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    rec["ok"] = False
+    if isinstance(exc, ShoalError):
+        rec["error"], rec["hint"] = exc.message, exc.hint
+        rec["error_type"] = type(exc).__name__
+    else:
+        rec["error"] = f"{type(exc).__name__}: {exc}"
+        rec["error_type"] = type(exc).__name__
+        rec["traceback"] = traceback.format_exc(limit=5)
+    return rec
+
+
+def image_digest(ctx: Context) -> str | None:
+    with contextlib.suppress(ShoalError):
+        d = ctx.manifest().get("tree_digest")
+        return d if isinstance(d, str) else None
+    return None
+
+
+# ---- state -------------------------------------------------------------------------------------
+
+
+def load_state(ctx: Context) -> dict[str, Any] | None:
+    try:
+        with open(ctx.state_file) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def save_state(ctx: Context, state: dict[str, Any]) -> None:
+    tmp = f"{ctx.state_file}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, ctx.state_file)
+
+
+def baseline(ctx: Context) -> dict[str, Any]:
+    # w0: wall clock too, so records of different nodes can be laid on one time axis
+    return {"t0": time.monotonic(), "w0": time.time(), "rx0": net_rx_bytes(),
+            "used0": used_bytes(ctx.job_dir)}
+
+
+def make_job_dir(ctx: Context) -> None:
+    os.makedirs(ctx.stage_root, mode=0o1777, exist_ok=True)
+    os.makedirs(ctx.job_dir, mode=0o700, exist_ok=True)
+
+
+# ---- subcommands -------------------------------------------------------------------------------
+
+
+def do_check(ctx: Context, method: Method) -> dict[str, Any]:
+    rec = base_record("check", ctx, method.name)
+    try:
+        method.check(ctx)
+        make_job_dir(ctx)
+        save_state(ctx, {"method": method.name, "baseline": baseline(ctx), "by": "step"})
+        rec["ok"] = True
+    except Exception as exc:  # every failure becomes this node's record
+        fail(rec, exc)
+    return rec
+
+
+def do_stage(ctx: Context, method: Method, by: str = "step") -> dict[str, Any]:
+    rec = base_record("stage", ctx, method.name)
+    rec["image_digest"] = image_digest(ctx)
+    state = load_state(ctx)
+    if state and state.get("by") == "prolog" and isinstance(state.get("record"), dict):
+        # the Prolog (root) staged it already: report its record, from this job step
+        prec = dict(state["record"])
+        prec["reported_by"] = "step"
+        return prec
+    io0 = proc_io()
+    try:
+        if method.collective and state and "baseline" in state:
+            # the collective copy ran between check and now: it belongs to staging
+            base = state["baseline"]
+        else:
+            method.check(ctx)
+            make_job_dir(ctx)
+            base = baseline(ctx)
+        save_state(ctx, {"method": method.name, "baseline": base, "by": by})
+        rec["start"] = base["t0"]
+        with Sampler(ctx.job_dir).running() as sampler:
+            staged = method.stage(ctx)
+        end = time.monotonic()
+        wall_end = time.time()
+        io1 = proc_io()
+        w0 = base.get("w0")
+        rec.update({
+            "ok": True, "staged": staged.path, "end": end,
+            "wall_start": w0 if isinstance(w0, float) else wall_end - (end - base["t0"]),
+            "wall_end": wall_end,
+            "seconds": round(end - base["t0"], 6),
+            "storage_bytes_read": staged.storage_bytes_read,
+            "net_rx_bytes": net_rx_bytes() - base["rx0"],
+            "local_bytes_peak": max(0, sampler.peak - base["used0"]),
+            "io_read_bytes": io1.get("read_bytes", 0) - io0.get("read_bytes", 0),
+            "io_rchar": io1.get("rchar", 0) - io0.get("rchar", 0),
+            "staged_by": by,
+        })
+        rec.update(staged.extra)
+        save_state(ctx, {"method": method.name, "baseline": base, "by": by,
+                         "staged": staged.path, "extra": staged.extra, "record": rec})
+    except Exception as exc:
+        fail(rec, exc)
+        # never leave a half-staged image behind
+        try:
+            method.cleanup(ctx)
+        except Exception as cexc:  # report, keep the first error
+            rec["cleanup_error"] = f"{type(cexc).__name__}: {cexc}"
+    return rec
+
+
+def do_verify(ctx: Context) -> dict[str, Any]:
+    state = load_state(ctx)
+    rec = base_record("verify", ctx, state.get("method") if state else None)
+    try:
+        if not state or not state.get("staged"):
+            raise DistError(f"image {ctx.image!r} is not staged on this node for job {ctx.job}",
+                            "stage it first: shoal dist --method M IMAGE")
+        want = image_digest(ctx)
+        if want is None:
+            raise DistError(f"the manifest of {ctx.image!r} has no tree_digest",
+                            "re-export the image with a current shoal")
+        from shoal.images.treedigest import tree_digest
+
+        t0 = time.monotonic()
+        got = tree_digest(state["staged"]).digest
+        rec.update({"expected": want, "digest": got, "seconds": round(time.monotonic() - t0, 6)})
+        rec["ok"] = got == want
+        if not rec["ok"]:
+            rec["error"] = f"staged tree digest {got} differs from the manifest's {want}"
+            rec["hint"] = "the image was corrupted in transit or on storage: shoal image verify"
+    except Exception as exc:
+        fail(rec, exc)
+    return rec
+
+
+def recorded_loops(job_dir: str) -> list[tuple[str, str | None]]:
+    """(loop device, its backing file) recorded by stage in the job's state files."""
+    out: list[tuple[str, str | None]] = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(job_dir):
+            if name.endswith(".state.json"):
+                with contextlib.suppress(OSError, ValueError), \
+                        open(os.path.join(job_dir, name)) as f:
+                    extra = json.load(f).get("extra") or {}
+                if isinstance(extra.get("loop_device"), str):
+                    out.append((extra["loop_device"], extra.get("loop_backing")))
+    return out
+
+
+def detach_loops(loops: list[tuple[str, str | None]]) -> None:
+    """Detach recorded loop devices still bound to the file they were set up for."""
+    from shoal.runner import run
+
+    for dev, backing in loops:
+        if _still_bound(dev, backing):
+            run(["losetup", "-d", dev], check=False, timeout=30)
+
+
+def sweep(job_dir: str) -> list[str]:
+    """Unmount and remove everything under job_dir; return what could not be removed."""
+    problems: list[str] = []
+    loops = recorded_loops(job_dir)
+    for m in sorted(mounts_under(job_dir), key=lambda m: m.target.count("/"), reverse=True):
+        try:
+            unmount(m.target, fuse=m.fstype.startswith("fuse"))
+            if m.source.startswith("/dev/loop") and loop_backing(m.source):
+                from shoal.runner import run
+
+                run(["losetup", "-d", m.source], check=False, timeout=30)
+        except Exception as exc:
+            problems.append(f"mount {m.target}: {exc}")
+    detach_loops(loops)
+    try:
+        remove_tree(job_dir)
+    except Exception as exc:
+        problems.append(f"{job_dir}: {exc}")
+    return problems
+
+
+def _still_bound(dev: str, backing: str | None) -> bool:
+    # another node or job may have taken the device number for another file since
+    now = loop_backing(dev)
+    return now is not None and (backing is None or now == backing)
+
+
+def leftovers(ctx: Context, loops: list[tuple[str, str | None]]) -> list[str]:
+    left = [f"mount {m.target}" for m in mounts_under(ctx.job_dir)]
+    left += [f"loop device {d} -> {b}" for d, b in loops if _still_bound(d, b)]
+    if os.path.lexists(ctx.job_dir):
+        left += [f"file {os.path.join(ctx.job_dir, n)}" for n in sorted(os.listdir(ctx.job_dir))]
+    return left
+
+
+def do_cleanup(ctx: Context, image: str | None) -> dict[str, Any]:
+    rec = base_record("cleanup", ctx, None)
+    rec["image"] = image
+    errors: list[str] = []
+    loops: list[tuple[str, str | None]] = []
+    deferred: list[str] = []
+    figures: dict[str, Any] = {}
+    if os.path.isdir(ctx.job_dir):
+        images = [image] if image else sorted(
+            n[: -len(".state.json")] for n in os.listdir(ctx.job_dir) if n.endswith(".state.json"))
+        for name in images:
+            ictx = Context(ctx.job, name, ctx.store, ctx.options, ctx.stage_root)
+            state = load_state(ictx) or {}
+            mname = state.get("method")
+            extra = state.get("extra") or {}
+            ictx.staged_extra = extra
+            if isinstance(extra.get("loop_device"), str):
+                loops.append((extra["loop_device"], extra.get("loop_backing")))
+            if not mname:
+                continue
+            rec["method"] = mname if rec["method"] in (None, mname) else "several"
+            method = get_method(mname)
+            if method.privileged and os.geteuid() != 0 and state.get("by") == "prolog":
+                deferred.append(name)  # the Epilog (root) unmounts what the Prolog mounted
+                continue
+            try:
+                figures[name] = method.cleanup(ictx)
+                os.unlink(ictx.state_file)
+            except Exception as exc:
+                errors.append(f"{name}: {type(exc).__name__}: {exc}")
+        if not image and not deferred:
+            errors += sweep(ctx.job_dir)
+    for d in (ctx.job_dir, ctx.stage_root):  # only when nothing else is staged there
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
+    rec["figures"] = figures
+    rec["deferred_to_epilog"] = deferred
+    left: list[str] = []
+    if image:
+        ictx = Context(ctx.job, image, ctx.store, ctx.options, ctx.stage_root)
+        left += [f"mount {m.target}" for m in mounts_under(ictx.staged_dir)]
+        left += [f"loop device {d}" for d, b in loops if _still_bound(d, b)]
+        if os.path.lexists(ictx.staged_dir) and image not in deferred:
+            left.append(f"file {ictx.staged_dir}")
+    elif not deferred:
+        left = leftovers(ctx, loops)
+    rec["left"] = left
+    rec["ok"] = not errors and not rec["left"]
+    if errors:
+        rec["error"] = "; ".join(errors)
+    elif rec["left"]:
+        rec["error"] = "left on the node: " + ", ".join(rec["left"])
+    return rec
+
+
+def read_request(store: str, job: str, job_uid: int | None) -> dict[str, Any] | None:
+    """The job's staging request, if its owner left one (validated: this runs as root)."""
+    path = os.path.join(store, REQUESTS_DIR, f"{job}.json")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        if job_uid is not None and st.st_uid not in (0, job_uid):
+            raise DistError(f"{path} is owned by uid {st.st_uid}, not the job's user", None)
+        req = json.load(f)
+    if not isinstance(req, dict) or str(req.get("job")) != job:
+        raise DistError(f"{path} is not a request for job {job}", None)
+    if not isinstance(req.get("image"), str) or not _IMAGE_RE.match(req["image"]):
+        raise DistError(f"{path}: bad image name {req.get('image')!r}", None)
+    return req
+
+
+def do_prolog(store: str, stage_root: str) -> int:
+    job = os.environ.get("SLURM_JOB_ID", "")
+    if not job.isdigit():
+        return 0
+    uid_s = os.environ.get("SLURM_JOB_UID", "")
+    uid = int(uid_s) if uid_s.isdigit() else None
+    try:
+        req = read_request(store, job, uid)
+        if req is None:
+            return 0
+        ctx = Context(job, req["image"], store, {}, stage_root)
+        method = get_method(str(req.get("method")))
+        if not method.privileged or method.collective:
+            return 0  # unprivileged methods and broadcasts are staged by the job's own steps
+        rec = do_stage(ctx, method, by="prolog")
+        if uid is not None:
+            os.chown(ctx.job_dir, uid, -1)
+        if not rec["ok"]:
+            save_state(ctx, {"method": method.name, "by": "prolog", "record": rec})
+        sys.stderr.write(f"shoal prolog: job {job}: {json.dumps(rec)}\n")
+    except Exception as exc:
+        sys.stderr.write(f"shoal prolog: job {job}: {type(exc).__name__}: {exc}\n")
+    return 0
+
+
+def do_epilog(stage_root: str) -> int:
+    job = os.environ.get("SLURM_JOB_ID", "")
+    if not job.isdigit():
+        return 0
+    try:
+        problems = sweep(os.path.join(stage_root, job))
+        with contextlib.suppress(OSError):
+            os.rmdir(stage_root)
+        if problems:
+            sys.stderr.write(f"shoal epilog: job {job}: {'; '.join(problems)}\n")
+    except Exception as exc:
+        sys.stderr.write(f"shoal epilog: job {job}: {type(exc).__name__}: {exc}\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="nodeagent", description="shoal node agent")
+    ap.add_argument("--store", default=DEFAULT_STORE)
+    ap.add_argument("--stage-root", default=STAGE_ROOT, help=argparse.SUPPRESS)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("check", "stage", "verify", "cleanup"):
+        p = sub.add_parser(name)
+        p.add_argument("--job", default=os.environ.get("SLURM_JOB_ID"))
+        p.add_argument("--image", required=name not in ("cleanup",))
+        if name in ("check", "stage"):
+            p.add_argument("--method", required=True)
+    sub.add_parser("prolog")
+    sub.add_parser("epilog")
+    sub.add_parser("methods")
+    args = ap.parse_args(argv)
+    if args.cmd == "prolog":
+        return do_prolog(args.store, args.stage_root)
+    if args.cmd == "epilog":
+        return do_epilog(args.stage_root)
+    if args.cmd == "methods":
+        emit({"methods": method_names()})
+        return 0
+    if not args.job:
+        ap.error("no --job and no SLURM_JOB_ID")
+    ctx = Context(str(args.job), args.image or "", args.store, {}, args.stage_root)
+    if args.cmd in ("check", "stage"):
+        try:
+            method = get_method(args.method)
+        except DistError as exc:
+            emit(fail(base_record(args.cmd, ctx, args.method), exc))
+            return 1
+        rec = do_check(ctx, method) if args.cmd == "check" else do_stage(ctx, method)
+    elif args.cmd == "verify":
+        rec = do_verify(ctx)
+    else:
+        rec = do_cleanup(ctx, args.image)
+    emit(rec)
+    return 0 if rec["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The study report (report.md + report.html + plots/*.png) and `compare`, derived from the DB.
+
+The report is built once as a list of blocks (heading, paragraph, table, image) and rendered to
+Markdown and HTML from that same list, so the two never disagree. Nothing here writes to the
+database: results are the source, the report is derived.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal.study import stats
+from shoal.study.analysis import DEFAULT_METHOD_KINDS, Cell, CellKey, aggregate
+from shoal.study.answers import NOT_SUPPORTED, Answer, answer_all
+from shoal.study.db import StudyDB
+from shoal.study.plots import all_plots
+
+
+@dataclass(frozen=True)
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Para:
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: Sequence[str]
+    rows: Sequence[Sequence[str]]
+
+
+@dataclass(frozen=True)
+class Image:
+    path: str  # relative to the report
+    alt: str
+
+
+Block = Heading | Para | Table | Image
+
+
+@dataclass(frozen=True)
+class Report:
+    markdown: Path
+    html: Path
+    plots: dict[str, Path]
+    answers: list[Answer]
+
+
+def _ci(c: Cell, metric: str, scale: float = 1.0, digits: int = 3) -> str:
+    ci = c.ci(metric)
+    return "—" if ci is None else ci.fmt(digits, scale)
+
+
+def _mib(c: Cell, metric: str) -> str:
+    return _ci(c, metric, 2**20, 4)
+
+
+def build_blocks(db: StudyDB, out_dir: Path, kinds: Mapping[str, str] = DEFAULT_METHOD_KINDS,
+                 with_plots: bool = True) -> tuple[list[Block], list[Answer], dict[str, Path]]:
+    study = db.study()
+    name = study[1] if study else "(no study)"
+    cells = aggregate(db.results())
+    counts = db.state_counts()
+    blocks: list[Block] = [
+        Heading(1, f"Study {name}: image distribution report"),
+        Para(f"Generated {dt.datetime.now().isoformat(timespec='seconds')} from "
+             f"`{db.path}`. Runs: " + (", ".join(f"{v} {k.lower()}" for k, v in
+                                                 sorted(counts.items())) or "none") +
+             f"; experiments with data: {len(cells)}."),
+    ]
+    envs = db.environments()
+    if envs:
+        e = envs[-1]
+        blocks += [Heading(2, "Environment"), Table(["item", "value"], [
+            ["Slurm", str(e["slurm_version"])], ["kernel", str(e["kernel"])],
+            ["host", str(e["hostname"])],
+            ["cluster", f"{e['cluster_kind']} {e['cluster_name'] or ''}".strip()],
+            ["network profile", f"{e['network_profile']} {e['network_params_json']}"],
+            ["images", str(e["image_digests_json"])],
+            ["shoal", f"{e['shoal_version']} (git {e['git_commit'] or 'unknown'})"],
+        ])]
+
+    answers = answer_all(cells, kinds)
+    blocks += [Heading(2, "Answers"),
+               Para("Each answer rests only on runs whose 95 % intervals separate; where they "
+                    f"overlap or runs are missing it says “{NOT_SUPPORTED}”. Experiment ids "
+                    "refer to the tables below.")]
+    blocks.append(Table(["#", "question", "answer", "experiments cited"],
+                        [[str(a.number), a.question, a.verdict, str(len(a.cites))]
+                         for a in answers]))
+    for a in answers:
+        blocks += [Heading(3, f"{a.number}. {a.question}"), Para(a.verdict)]
+        if a.rows:
+            blocks.append(Table(a.headers, a.rows))
+
+    blocks += [Heading(2, "Times per method, workload and node count"),
+               Para("Median and 95 % interval [low, high] in seconds over repetitions; a run's "
+                    "time is its slowest node's. n = completed repetitions.")]
+    blocks.append(Table(
+        ["method", "workload", "image", "nodes", "n", "staging", "workload", "total",
+         "experiment"],
+        [[k.method, k.workload, k.image, str(k.nodes), str(len(c.runs)), _ci(c, "stage"),
+          _ci(c, "workload"), _ci(c, "total"), c.experiment_id] for k, c in cells.items()]))
+    blocks += [Heading(2, "Data moved and memory"),
+               Para("MiB, median [95 % interval]; bytes are summed over the nodes of a run, "
+                    "peak memory is the largest node's.")]
+    blocks.append(Table(
+        ["method", "workload", "image", "nodes", "from storage", "over network", "peak memory",
+         "experiment"],
+        [[k.method, k.workload, k.image, str(k.nodes), _mib(c, "bytes_storage"),
+          _mib(c, "bytes_net"), _mib(c, "peak"), c.experiment_id] for k, c in cells.items()]))
+
+    plots: dict[str, Path] = {}
+    if with_plots and cells:
+        plots = all_plots(cells, out_dir / "plots")
+        blocks.append(Heading(2, "Plots"))
+        for title, path in plots.items():
+            blocks += [Heading(3, title), Image(f"plots/{path.name}", title)]
+
+    failed = db.failed_runs()
+    if failed:
+        blocks += [Heading(2, "Failed runs"), Table(
+            ["experiment", "rep", "attempt", "job", "state", "reason"],
+            [[e.label() + f" ({r.experiment_id})", str(r.rep), str(r.attempt), str(r.job_id),
+              str(r.job_state), (r.reason or "")[:200]] for r, e in failed])]
+    blocks += [Heading(2, "Method"), Para(
+        "Intervals for medians are exact order-statistic intervals; with n < 6 repetitions the "
+        "widest one, [min, max], covers the median with less than 95 % (93.75 % for n = 5), which "
+        "is what the tables show. Ratios (FUSE overhead, spreads, growth) use a percentile "
+        f"bootstrap with {stats.N_BOOT} resamples and a fixed seed ({stats.SEED}).")]
+    return blocks, answers, plots
+
+
+def to_markdown(blocks: Sequence[Block]) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append("#" * b.level + " " + b.text)
+        elif isinstance(b, Para):
+            out.append(b.text)
+        elif isinstance(b, Image):
+            out.append(f"![{b.alt}]({b.path})")
+        else:
+            cells = [[c.replace("|", "\\|").replace("\n", " ") for c in row] for row in b.rows]
+            out.append("| " + " | ".join(b.headers) + " |")
+            out[-1] += "\n|" + "|".join("---" for _ in b.headers) + "|"
+            for row in cells:
+                out[-1] += "\n| " + " | ".join(row) + " |"
+        out.append("")
+    return "\n".join(out)
+
+
+def _inline(text: str) -> str:
+    """HTML for our small Markdown subset: **bold** and `code`."""
+    esc = html.escape(text)
+    parts = esc.split("**")
+    esc = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    parts = esc.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def to_html(blocks: Sequence[Block], title: str) -> str:
+    body: list[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            body.append(f"<h{b.level}>{_inline(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            body.append(f"<p>{_inline(b.text)}</p>")
+        elif isinstance(b, Image):
+            body.append(f'<img src="{html.escape(b.path)}" alt="{html.escape(b.alt)}">')
+        else:
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in b.headers)
+            rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>"
+                           for r in b.rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
+             "th{background:#eee}img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
+            f"</title><style>{style}</style></head><body>\n" + "\n".join(body) +
+            "\n</body></html>\n")
+
+
+def write_report(out_dir: str | Path, kinds: Mapping[str, str] = DEFAULT_METHOD_KINDS) -> Report:
+    out = Path(out_dir)
+    with StudyDB.in_dir(out, create=False) as db:
+        blocks, answers, plots = build_blocks(db, out, kinds)
+        study = db.study()
+    title = f"shoal study {study[1] if study else ''}".strip()
+    md = out / "report.md"
+    hp = out / "report.html"
+    md.write_text(to_markdown(blocks))
+    hp.write_text(to_html(blocks, title))
+    return Report(md, hp, plots, answers)
+
+
+# -- compare ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CompareRow:
+    key: CellKey
+    metric: str
+    a: stats.Interval | None
+    b: stats.Interval | None
+
+    @property
+    def verdict(self) -> str:
+        if self.a is None or self.b is None:
+            return "only in " + ("B" if self.a is None else "A")
+        if self.a.overlaps(self.b):
+            return NOT_SUPPORTED.replace("not supported", "no difference supported")
+        return "B faster" if self.b.high < self.a.low else "B slower"
+
+    @property
+    def ratio(self) -> float | None:
+        if self.a is None or self.b is None or not self.a.estimate:
+            return None
+        return self.b.estimate / self.a.estimate
+
+
+def compare_dirs(dir_a: str | Path, dir_b: str | Path,
+                 metrics: Sequence[str] = ("stage", "total")) -> list[CompareRow]:
+    """Two result sets side by side, matched by factors (not by id, so two studies may differ
+    in name and spec and still be compared cell by cell)."""
+    with StudyDB.in_dir(dir_a, create=False) as da, StudyDB.in_dir(dir_b, create=False) as db_:
+        ca, cb = aggregate(da.results()), aggregate(db_.results())
+    rows: list[CompareRow] = []
+    for key in sorted(set(ca) | set(cb), key=lambda k: (k.workload, k.image, k.method, k.nodes)):
+        for m in metrics:
+            a = ca[key].ci(m) if key in ca else None
+            b = cb[key].ci(m) if key in cb else None
+            if a is None and b is None:
+                continue
+            rows.append(CompareRow(key, m, a, b))
+    return rows

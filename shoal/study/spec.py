@@ -1,0 +1,434 @@
+"""The study spec: a TOML file validated into dataclasses before anything runs.
+
+    [study]                      name, repetitions (5), timeout ("10m"), concurrency (1), partition
+    [cluster]                    kind = "virtual" | "existing", name, nodes, network
+    [matrix]                     images, methods, workloads, node_counts, zip, exclude
+
+``zip`` lists groups of factors that vary together instead of being crossed (their value lists
+must have equal lengths); ``exclude`` lists partial assignments (``{method = "squashfs-kernel",
+workload = "lammps"}``) whose matching experiments are dropped. Factor names: image, method,
+workload, nodes.
+
+Every error names the file, the line, the key and the bad value (``ConfigError``); the line is
+found by scanning the file text for the key, since tomllib does not keep positions.
+Defaults live in ``DEFAULTS`` and the name registries in ``DEFAULT_METHODS``/``DEFAULT_WORKLOADS``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import tomllib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal.errors import ConfigError
+
+# The methods shoal.dist will register; passed in explicitly once that registry exists.
+DEFAULT_METHODS: tuple[str, ...] = (
+    "untar", "sbcast", "squashfs-kernel", "squashfuse", "shared-dir", "sbcast-squashfs",
+)
+DEFAULT_WORKLOADS: tuple[str, ...] = ("catwalk", "statwalk", "pynamic", "lammps", "mpihello")
+FACTORS: tuple[str, ...] = ("image", "method", "workload", "nodes")
+CLUSTER_KINDS = ("virtual", "existing")
+
+DEFAULTS: dict[str, Any] = {
+    "study.repetitions": 5,
+    "study.timeout": 600.0,  # seconds per experiment (one job)
+    "study.concurrency": 1,
+    "study.partition": None,
+    "cluster.kind": "virtual",
+    "cluster.name": "shoal",
+    "cluster.network": None,
+}
+
+_ALLOWED: dict[str, tuple[str, ...]] = {
+    "": ("study", "cluster", "matrix"),
+    "study": ("name", "repetitions", "timeout", "concurrency", "partition", "description"),
+    "cluster": ("kind", "name", "nodes", "network"),
+    "matrix": ("images", "methods", "workloads", "node_counts", "zip", "exclude"),
+}
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    kind: str
+    name: str
+    nodes: int | None
+    network: str | None
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    repetitions: int
+    timeout: float
+    concurrency: int
+    partition: str | None
+    cluster: ClusterSpec
+    images: tuple[str, ...]
+    methods: tuple[str, ...]
+    workloads: tuple[str, ...]
+    node_counts: tuple[int, ...]
+    zip: tuple[tuple[str, ...], ...] = ()
+    exclude: tuple[Mapping[str, str | int], ...] = ()
+    description: str = ""
+    path: str = "<string>"
+    text: str = field(default="", repr=False, compare=False)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def values(self, factor: str) -> tuple[str | int, ...]:
+        table: dict[str, tuple[str | int, ...]] = {
+            "image": self.images,
+            "method": self.methods,
+            "workload": self.workloads,
+            "nodes": self.node_counts,
+        }
+        return table[factor]
+
+
+def load_spec(
+    path: str | Path,
+    *,
+    methods: Collection[str] = DEFAULT_METHODS,
+    workloads: Collection[str] = DEFAULT_WORKLOADS,
+    images: Collection[str] | None = None,
+    networks: Collection[str] | None = None,
+) -> StudySpec:
+    """Read and validate the spec at PATH (see the module docstring for the format)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read study spec {p}: {exc.strerror}",
+                          "give the path of a .toml file, e.g. examples/quick.toml") from None
+    return parse_spec(text, str(p), methods=methods, workloads=workloads, images=images,
+                      networks=networks)
+
+
+def parse_spec(
+    text: str,
+    source: str = "<string>",
+    *,
+    methods: Collection[str] = DEFAULT_METHODS,
+    workloads: Collection[str] = DEFAULT_WORKLOADS,
+    images: Collection[str] | None = None,
+    networks: Collection[str] | None = None,
+) -> StudySpec:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}",
+                          "see https://toml.io for the syntax") from None
+    v = _Validator(text, source)
+    v.known_keys("", doc)
+    study = v.table(doc, "study")
+    cluster = v.table(doc, "cluster")
+    matrix = v.table(doc, "matrix")
+    for name, tbl in (("study", study), ("cluster", cluster), ("matrix", matrix)):
+        v.known_keys(name, tbl)
+
+    name = v.string(study, "study.name", required=True)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        v.fail("study.name", name, "use letters, digits, '.', '_' and '-' only")
+    reps = v.integer(study, "study.repetitions", minimum=1)
+    timeout = v.duration(study, "study.timeout")
+    concurrency = v.integer(study, "study.concurrency", minimum=1)
+    partition = v.opt_string(study, "study.partition")
+    description = v.opt_string(study, "study.description") or ""
+
+    kind = v.string(cluster, "cluster.kind")
+    if kind not in CLUSTER_KINDS:
+        v.fail("cluster.kind", kind, f"must be one of {', '.join(CLUSTER_KINDS)}")
+    cname = v.string(cluster, "cluster.name")
+    cnodes = v.opt_integer(cluster, "cluster.nodes", minimum=1)
+    network = v.opt_string(cluster, "cluster.network")
+    if networks is not None and network is not None and network not in networks:
+        v.unknown("cluster.network", network, networks)
+    if kind == "virtual" and cnodes is None:
+        v.fail("cluster.nodes", None, "a virtual cluster needs a node count")
+
+    imgs = v.names(matrix, "matrix.images", images)
+    meths = v.names(matrix, "matrix.methods", methods)
+    wls = v.names(matrix, "matrix.workloads", workloads)
+    counts = v.int_list(matrix, "matrix.node_counts")
+    if cnodes is not None:
+        for n in counts:
+            if n > cnodes:
+                v.fail("matrix.node_counts", n,
+                       f"more nodes than the cluster has (cluster.nodes = {cnodes})")
+
+    lists: dict[str, tuple[Any, ...]] = {
+        "image": imgs, "method": meths, "workload": wls, "nodes": counts,
+    }
+    zips = v.zip_groups(matrix, lists)
+    excludes = v.exclude_rules(matrix, lists)
+
+    return StudySpec(
+        name=name,
+        repetitions=reps,
+        timeout=timeout,
+        concurrency=concurrency,
+        partition=partition,
+        cluster=ClusterSpec(kind=kind, name=cname, nodes=cnodes, network=network),
+        images=imgs,
+        methods=meths,
+        workloads=wls,
+        node_counts=counts,
+        zip=zips,
+        exclude=excludes,
+        description=description,
+        path=source,
+        text=text,
+    )
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from 90, 90.5, "90s", "10m", "1h30m"; None if VALUE is none of these."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*",
+                     value)
+    if not m or not any(m.groups()):
+        return None
+    h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mi * 60 + s
+
+
+class _Validator:
+    """Typed getters that raise ConfigError naming file:line, key and value."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.text = text
+        self.source = source
+
+    # -- error helpers ------------------------------------------------------------------
+    def fail(self, key: str, value: Any, problem: str, hint: str | None = None) -> None:
+        line = find_line(self.text, key, value)
+        where = f"{self.source}:{line}" if line else self.source
+        shown = "(missing)" if value is None else _show(value)
+        raise ConfigError(f"{where}: {key} = {shown}: {problem}", hint)
+
+    def unknown(self, key: str, value: Any, known: Collection[str]) -> None:
+        close = difflib.get_close_matches(str(value), list(known), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else None
+        self.fail(key, value, f"unknown name; known: {', '.join(sorted(known))}", hint)
+
+    def known_keys(self, table: str, tbl: Mapping[str, Any]) -> None:
+        allowed = _ALLOWED[table]
+        for k in tbl:
+            if k not in allowed:
+                close = difflib.get_close_matches(k, allowed, n=1)
+                key = f"{table}.{k}" if table else k
+                line = find_line(self.text, key)
+                where = f"{self.source}:{line}" if line else self.source
+                raise ConfigError(
+                    f"{where}: unknown key {key!r} (allowed here: {', '.join(allowed)})",
+                    f"did you mean {close[0]!r}?" if close else None,
+                )
+
+    # -- getters ------------------------------------------------------------------------
+    def table(self, doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+        tbl = doc.get(key, {})
+        if not isinstance(tbl, dict):
+            self.fail(key, tbl, "must be a table ([" + key + "])")
+        return tbl  # type: ignore[no-any-return]
+
+    def _raw(self, tbl: Mapping[str, Any], key: str) -> Any:
+        short = key.split(".")[-1]
+        if short in tbl:
+            return tbl[short]
+        return DEFAULTS.get(key)
+
+    def string(self, tbl: Mapping[str, Any], key: str, required: bool = False) -> str:
+        val = self._raw(tbl, key)
+        if val is None:
+            self.fail(key, None, "required")
+        if not isinstance(val, str) or not val.strip():
+            self.fail(key, val, "must be a non-empty string")
+        return str(val)
+
+    def opt_string(self, tbl: Mapping[str, Any], key: str) -> str | None:
+        val = self._raw(tbl, key)
+        if val is None:
+            return None
+        if not isinstance(val, str) or not val.strip():
+            self.fail(key, val, "must be a non-empty string")
+        return str(val)
+
+    def integer(self, tbl: Mapping[str, Any], key: str, minimum: int = 0) -> int:
+        val = self._raw(tbl, key)
+        if val is None:
+            self.fail(key, None, "required")
+        return self._int(key, val, minimum)
+
+    def opt_integer(self, tbl: Mapping[str, Any], key: str, minimum: int = 0) -> int | None:
+        val = self._raw(tbl, key)
+        return None if val is None else self._int(key, val, minimum)
+
+    def _int(self, key: str, val: Any, minimum: int) -> int:
+        if isinstance(val, bool) or not isinstance(val, int):
+            self.fail(key, val, "must be an integer")
+        if val < minimum:
+            self.fail(key, val, f"must be at least {minimum}")
+        return int(val)
+
+    def duration(self, tbl: Mapping[str, Any], key: str) -> float:
+        val = self._raw(tbl, key)
+        secs = parse_duration(val)
+        if secs is None or secs <= 0:
+            self.fail(key, val, "must be a positive duration: seconds or a string like '90s', "
+                      "'10m', '1h30m'")
+        assert secs is not None
+        return secs
+
+    def names(self, tbl: Mapping[str, Any], key: str,
+              known: Collection[str] | None) -> tuple[str, ...]:
+        val = self._raw(tbl, key)
+        if val is None:
+            self.fail(key, None, "required: a list of names")
+        if not isinstance(val, list) or not val:
+            self.fail(key, val, "must be a non-empty list of names")
+        out: list[str] = []
+        for item in val:
+            if not isinstance(item, str) or not item.strip():
+                self.fail(key, item, "must be a non-empty string")
+            if known is not None and item not in known:
+                self.unknown(key, item, known)
+            if item in out:
+                self.fail(key, item, "listed twice")
+            out.append(item)
+        return tuple(out)
+
+    def int_list(self, tbl: Mapping[str, Any], key: str) -> tuple[int, ...]:
+        val = self._raw(tbl, key)
+        if val is None:
+            self.fail(key, None, "required: a list of node counts")
+        if not isinstance(val, list) or not val:
+            self.fail(key, val, "must be a non-empty list of integers")
+        out: list[int] = []
+        for item in val:
+            n = self._int(key, item, 1)
+            if n in out:
+                self.fail(key, n, "listed twice")
+            out.append(n)
+        return tuple(out)
+
+    def zip_groups(self, tbl: Mapping[str, Any],
+                   lists: Mapping[str, tuple[Any, ...]]) -> tuple[tuple[str, ...], ...]:
+        key = "matrix.zip"
+        val = tbl.get("zip", [])
+        if not isinstance(val, list):
+            self.fail(key, val, "must be a list of factor-name lists, e.g. [[\"image\", "
+                      "\"workload\"]]")
+        used: set[str] = set()
+        groups: list[tuple[str, ...]] = []
+        for group in val:
+            if not isinstance(group, list) or len(group) < 2:
+                self.fail(key, group, "each group lists at least two factor names")
+            for f in group:
+                if f not in FACTORS:
+                    self.unknown(key, f, FACTORS)
+                if f in used:
+                    self.fail(key, f, "a factor can be in one zip group only")
+                used.add(f)
+            lengths = {f: len(lists[f]) for f in group}
+            if len(set(lengths.values())) != 1:
+                desc = ", ".join(f"{f}: {n}" for f, n in lengths.items())
+                self.fail(key, group, f"zipped factors need lists of equal length ({desc})")
+            groups.append(tuple(group))
+        return tuple(groups)
+
+    def exclude_rules(self, tbl: Mapping[str, Any],
+                      lists: Mapping[str, tuple[Any, ...]]) -> tuple[Mapping[str, str | int], ...]:
+        key = "matrix.exclude"
+        val = tbl.get("exclude", [])
+        if not isinstance(val, list):
+            self.fail(key, val, "must be a list of tables, e.g. [{method = \"squashfuse\"}]")
+        rules: list[dict[str, str | int]] = []
+        for i, rule in enumerate(val):
+            if not isinstance(rule, dict) or not rule:
+                self.fail(key, rule, "each rule is a non-empty table of factor = value")
+            for f, fv in rule.items():
+                if f not in FACTORS:
+                    self.unknown(f"{key}[{i}]", f, FACTORS)
+                if fv not in lists[f]:
+                    self.fail(f"{key}[{i}].{f}", fv,
+                              f"not among the study's {f} values ({_show(list(lists[f]))})")
+            rules.append(dict(rule))
+        return tuple(rules)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+_TABLE = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\" ]+?)\s*\]\]?\s*(#.*)?$")
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'')
+
+
+def find_line(text: str, key: str, value: Any = None) -> int | None:
+    """The 1-based line of KEY (dotted, ``matrix.exclude[0].method``) in TOML TEXT.
+
+    With VALUE, the line inside that key's value holding it (lists span lines); otherwise the
+    key's own line. None when the key is not written in the file (a default or a missing key).
+    """
+    parts = [re.sub(r"\[\d+\]$", "", p) for p in key.split(".")]
+    if len(parts) == 1:
+        table, name = "", parts[0]
+    else:
+        table, name = parts[0], parts[1]
+    lines = text.splitlines()
+    current = ""
+    depth = 0
+    start: int | None = None
+    key_re = re.compile(rf"^\s*{re.escape(name)}\s*=")
+    for i, line in enumerate(lines):
+        bare = _STRINGS.sub('""', line).split("#", 1)[0]
+        if depth == 0:
+            m = _TABLE.match(line)
+            if m:
+                if start is not None:
+                    break
+                current = m.group(1).strip().strip('"')
+                if len(parts) == 1 and current == name:
+                    return i + 1
+                continue
+            if start is not None and re.match(r"^\s*[A-Za-z0-9_\-\"]+\s*=", line):
+                break  # the next key: the value we looked in has ended
+            if current == table and key_re.match(line):
+                start = i
+                if value is None:
+                    return i + 1
+        depth += bare.count("[") + bare.count("{") - bare.count("]") - bare.count("}")
+        depth = max(depth, 0)
+        if start is not None and value is not None and _mentions(line, value, i == start, name):
+            return i + 1
+    return start + 1 if start is not None else None
+
+
+def _mentions(line: str, value: Any, is_key_line: bool, name: str) -> bool:
+    if is_key_line:
+        line = line.split("=", 1)[1] if "=" in line else line
+    if isinstance(value, str):
+        return f'"{value}"' in line or f"'{value}'" in line or re.search(
+            rf"(^|[\s{{,]){re.escape(value)}\s*=", line) is not None
+    if isinstance(value, bool):
+        return ("true" if value else "false") in line
+    if isinstance(value, int | float):
+        return re.search(rf"(?<![\w.]){re.escape(str(value))}(?![\w.])", line) is not None
+    if isinstance(value, list) and value:
+        return _mentions(line, value[0], False, name)
+    return False

@@ -1,0 +1,78 @@
+"""Session fixtures: one virtual cluster per test session, images built once and reused.
+
+Integration tests (marked `cluster`) need root; without it they are skipped with the reason.
+The cluster is taken down at the end of the session, also when tests fail; a cluster of the
+same name left by a crashed earlier run is removed first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from shoal.runner import Completed, run
+
+SESSION_CLUSTER = os.environ.get("SHOAL_TEST_CLUSTER_NAME", "pytest")
+SESSION_NODES = 4
+
+
+@dataclass
+class ClusterHandle:
+    """Handle on the session's running cluster for tests."""
+
+    name: str
+    nodes: list[str] = field(default_factory=list)
+
+    def ctl(self, *cmd: str, check: bool = True, timeout: float = 120) -> Completed:
+        """Run a command on the controller (login node) in its namespaces."""
+        from shoal.cluster import manager
+        from shoal.cluster.state import ClusterDir
+
+        prefix = manager.enter_prefix(ClusterDir(self.name).load(), "ctl")
+        return run([*prefix, *cmd], check=check, timeout=timeout)
+
+    def on(self, node: str, *cmd: str, check: bool = True, timeout: float = 120) -> Completed:
+        """Run a command inside a node's container."""
+        from shoal.cluster import manager
+        from shoal.cluster.state import ClusterDir
+
+        prefix = manager.enter_prefix(ClusterDir(self.name).load(), node)
+        return run([*prefix, *cmd], check=check, timeout=timeout)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("virtual cluster tests need root")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[ClusterHandle]:
+    _need_root()
+    from shoal.cluster import manager
+    from shoal.cluster.config import ClusterConfig
+    from shoal.cluster.state import ClusterDir
+
+    if ClusterDir(SESSION_CLUSTER).exists():
+        manager.down(SESSION_CLUSTER)
+    cfg = ClusterConfig(name=SESSION_CLUSTER, nodes=SESSION_NODES)
+    res = manager.up(cfg, progress=False)
+    try:
+        yield ClusterHandle(SESSION_CLUSTER, res.state.nodes)
+    finally:
+        left = manager.down(SESSION_CLUSTER)
+        assert not left, f"session cluster left behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def mpihello_in_store() -> str:
+    """The mpihello image built (cached by input hash) and exported into the image store."""
+    _need_root()
+    from shoal.images.catalog import ensure_in_store
+
+    return ensure_in_store("mpihello")

@@ -1,0 +1,128 @@
+"""Cluster life cycle: down leaves nothing, also after kill -9; bad input fails cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.cluster import manager, netns
+from shoal.cluster.config import ClusterConfig
+from shoal.cluster.state import ClusterDir
+from shoal.errors import ClusterError
+
+pytestmark = pytest.mark.cluster
+SHOAL = [sys.executable, "-m", "shoal.cli.main"]
+
+
+def leftovers(name: str, index: int, nodes: list[str]) -> list[str]:
+    left: list[str] = []
+    for h in ["ctl", *nodes]:
+        if Path(f"/run/netns/shoal-{name}-{h}").exists():
+            left.append(f"netns {h}")
+    if Path(f"/sys/class/net/shb-{name}").exists():
+        left.append("bridge")
+    mounts = Path("/proc/self/mountinfo").read_text()
+    if f"/clusters/{name}/" in mounts or f"shoal-{name}-" in mounts:
+        left.append("mount")
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            if f"clusters/{name}/".encode() in env:
+                left.append(f"process {pid}")
+    if ClusterDir(name).root.exists():
+        left.append("state dir")
+    return left
+
+
+@pytest.fixture
+def small_cluster(request: pytest.FixtureRequest) -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    name = "lc" + str(abs(hash(request.node.name)) % 1000)
+    if ClusterDir(name).exists():
+        manager.down(name)
+    manager.up(ClusterConfig(name=name, nodes=2), progress=False)
+    try:
+        yield name
+    finally:
+        if ClusterDir(name).exists():
+            manager.down(name)
+
+
+def test_down_removes_everything(small_cluster: str) -> None:
+    state = ClusterDir(small_cluster).load()
+    assert leftovers(small_cluster, state.index, state.nodes) != []  # it is really there
+    assert manager.down(small_cluster) == []
+    assert leftovers(small_cluster, state.index, state.nodes) == []
+
+
+def test_down_after_kill_9_of_every_process(small_cluster: str) -> None:
+    state = ClusterDir(small_cluster).load()
+    inodes = {netns.netns_inode(state.netns(h)) for h in state.all_hosts()}
+    pids = netns.pids_in_netns({i for i in inodes if i is not None})
+    pids += [state.controller_pid, *state.node_pids.values()]
+    assert len(pids) > 10
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert manager.down(small_cluster) == []
+    assert leftovers(small_cluster, state.index, state.nodes) == []
+
+
+def test_taken_name_is_refused(small_cluster: str) -> None:
+    with pytest.raises(ClusterError, match="already exists"):
+        manager.up(ClusterConfig(name=small_cluster, nodes=1), progress=False)
+    # ... and the running cluster is untouched
+    st = manager.node_states(ClusterDir(small_cluster).load())
+    assert set(st.values()) == {"idle"}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--nodes", "0"], "nodes = 0 is out of range"),
+        (["--nodes", "200"], "use --nodes"),
+        (["--network", "infiniband"], "not a known profile"),
+        (["--name", "Bad_Name"], "not a valid cluster name"),
+    ],
+)
+def test_bad_input_one_line_error_nothing_created(args: list[str], needle: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    name = "badin"
+    cmd = SHOAL + ["cluster", "up", *(["--name", name] if "--name" not in args else []), *args]
+    if "200" in args:
+        pytest.importorskip("shoal")
+        from shoal.cluster.manager import _mem_available_mb
+
+        if _mem_available_mb() * 0.8 > 200 * 96 + 512:
+            pytest.skip("machine has memory for 200 nodes")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert needle in res.stderr
+    assert "hint:" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not ClusterDir(name).root.exists()
+
+
+def test_not_root_is_refused() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges")
+    res = subprocess.run(
+        ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", *SHOAL,
+         "cluster", "up", "--name", "nr", "--nodes", "1"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": "/tmp"},
+    )
+    assert res.returncode != 0
+    assert "needs root" in res.stderr
+    assert not ClusterDir("nr").root.exists()

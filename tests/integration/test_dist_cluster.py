@@ -1,0 +1,139 @@
+"""Every distribution method on the virtual cluster: stage mpihello on 4 nodes, run it (4 MPI
+ranks on 4 hosts), verify, clean up, check nothing is left; and a node dying mid-staging.
+
+Uses $SHOAL_TEST_CLUSTER (a running cluster), or the session's `cluster` fixture
+(tests/conftest.py) when there is one, else boots its own
+4-node cluster for this module and takes it down after. Needs the mpihello image in the store
+(`shoal image build mpihello && shoal image export mpihello`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal import paths
+from shoal.dist import driver
+from shoal.dist.base import method_names
+from shoal.runner import run
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+IMAGE = "mpihello"
+OWN_NAME = "dh-test"
+
+
+@pytest.fixture(scope="module")
+def cluster_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    if not (paths.store_root() / IMAGE / "manifest.json").is_file():
+        pytest.skip(f"{IMAGE} not in the store: shoal image export {IMAGE}")
+    if os.environ.get("SHOAL_TEST_CLUSTER"):  # a running cluster of at least 4 nodes
+        yield os.environ["SHOAL_TEST_CLUSTER"]
+        return
+    try:
+        c: Any = request.getfixturevalue("cluster")
+        yield c if isinstance(c, str) else str(c.name)
+        return
+    except pytest.FixtureLookupError:
+        pass
+    from shoal.cluster import manager
+    from shoal.cluster.config import ClusterConfig
+
+    cfg = ClusterConfig(name=OWN_NAME, nodes=4)
+    manager.up(cfg, progress=False)
+    try:
+        yield OWN_NAME
+    finally:
+        manager.down(OWN_NAME)
+
+
+def on_node(name: str, node: str, *cmd: str) -> str:
+    from shoal.cluster import manager
+    from shoal.cluster.state import ClusterDir
+
+    prefix = manager.enter_prefix(ClusterDir(name).load(), node)
+    return run([*prefix, *cmd], timeout=60, check=False).stdout
+
+
+def assert_clean(name: str, nodes: list[str]) -> None:
+    for node in nodes:
+        out = on_node(name, node, "sh", "-c",
+                      "ls -A /tmp/shoal 2>/dev/null; grep -c ' /tmp/shoal' /proc/self/mountinfo")
+        assert out.split() == ["0"], f"{node} keeps: {out!r}"
+    assert run(["losetup", "-a"], timeout=30).stdout.strip() == ""
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_run_on_four_nodes(method: str, cluster_name: str, tmp_path: Path) -> None:
+    site = driver.site_for(cluster_name)
+    seen: list[driver.DistResult] = []
+    # gds=hash: PMIx's shared-memory store warns about locks inside ch-run containers
+    ran = driver.run_in_image(site, IMAGE, method, ["mpihello"], nodes=4, verify=True,
+                              timeout=300, on_staged=seen.append,
+                              srun_args=["--mpi=pmix", "--export=ALL,PMIX_MCA_gds=hash"])
+    assert ran.returncode == 0, ran.stderr
+    ranks = [ln.split() for ln in ran.stdout.splitlines() if ln.startswith("rank=")]
+    hosts = sorted(f[2].removeprefix("host=") for f in ranks)
+    assert sorted(f[0] for f in ranks) == [f"rank={i}" for i in range(4)]
+    assert len(set(hosts)) == 4, ran.stdout
+    assert "ring passed size=4" in ran.stdout
+    result = seen[0]
+    assert result.ok and sorted(result.records) == hosts
+    manifest = json.loads((paths.store_root() / IMAGE / "manifest.json").read_text())
+    for rec in result.records.values():
+        assert rec["verify"]["ok"] and rec["verify"]["digest"] == manifest["tree_digest"]
+        assert rec["image_digest"] == manifest["tree_digest"]
+        assert rec["seconds"] > 0
+    if method in ("sbcast", "sbcast-squashfs"):
+        assert result.collective_seconds is not None
+        # the broadcast came over the network, not from shared storage
+        assert all(r["net_rx_bytes"] >= r["broadcast_bytes"] for r in result.records.values())
+    assert all(c["ok"] and c["left"] == [] for c in ran.cleanup.values())
+    assert_clean(cluster_name, hosts)
+
+
+def test_node_dies_mid_staging(cluster_name: str) -> None:
+    """slurmd of one node stops during staging: the command names it and cleans up the others."""
+    import threading
+
+    from shoal.cluster import manager
+    from shoal.cluster.state import ClusterDir
+
+    site = driver.site_for(cluster_name)
+    alloc = driver.allocate(site, 4, time_limit="10")
+    victim = alloc.nodes[-1]
+    state = ClusterDir(cluster_name).load()
+    supervisorctl = [*manager.enter_prefix(state, victim), "supervisorctl", "-c",
+                     "/etc/supervisor/supervisord.conf"]
+
+    def kill_later() -> None:
+        # the node "dies": its slurmd stops, and the step daemons of this job on it are killed
+        # (by pid; slurmstepd would otherwise finish the step without slurmd)
+        time.sleep(1.0)
+        run([*supervisorctl, "stop", "slurmd"], timeout=60, check=False)
+        on_node(cluster_name, victim, "sh", "-c",
+                f"for p in $(pgrep -f 'slurmstepd: \\[{alloc.job}\\.'); do kill -9 $p; done")
+
+    killer = threading.Thread(target=kill_later)
+    try:
+        killer.start()
+        t0 = time.monotonic()
+        result = driver.distribute(site, alloc, "untar", IMAGE, timeout=40)
+        assert time.monotonic() - t0 < 150  # bounded: nothing hangs
+        killer.join()
+        assert victim in result.failed, result.failed
+        with pytest.raises(Exception, match=victim):
+            driver.raise_if_failed(result)
+        assert "no record" in result.failed[victim]
+        assert_clean(cluster_name, [n for n in alloc.nodes if n != victim])
+    finally:
+        killer.join()
+        run([*supervisorctl, "start", "slurmd"], timeout=60, check=False)
+        driver.release(site, alloc.job)
+        for node in alloc.nodes:
+            on_node(cluster_name, node, "rm", "-rf", f"/tmp/shoal/{alloc.job}")

@@ -1,0 +1,281 @@
+"""The node agent's steps for real on the host, for every registered method (needs root).
+
+Each test runs the agent bundle with the system python3 (as on a node: no venv) against a small
+image exported into a temporary store, staging into a tmpfs mounted in a temporary directory.
+The collective step of broadcast methods (sbcast) is played by a copy here; the cluster tests
+run the real sbcast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.dist import base
+from shoal.dist.bundle import write_bundle
+from shoal.errors import DistError, PrivilegeError
+
+PYTHON = "/usr/bin/python3"
+JOB = "4242"
+IMAGE = "tiny"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts)")
+
+METHODS = base.method_names()
+
+
+def _mounts_under(prefix: Path) -> list[str]:
+    return [m.target for m in base.mounts_under(str(prefix))]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    from shoal.images.store import add_to_store
+    from shoal.images.synth import synth_image
+
+    root = tmp_path_factory.mktemp("store")
+    tree = root.parent / "tree"
+    synth_image("many-small", tree, scale=0.01, seed=5)  # 200 files of 1-8 KiB + skeleton
+    os.environ["SHOAL_STORE"] = str(root)
+    try:
+        add_to_store(IMAGE, tree, "test")
+    finally:
+        del os.environ["SHOAL_STORE"]
+    shutil.rmtree(tree)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_bundle(tmp_path_factory.mktemp("agent") / "agent.pyz")
+
+
+@pytest.fixture()
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "node-tmp"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=1777", "tmpfs", str(mnt)],
+                   check=True)
+    try:
+        yield mnt
+    finally:
+        for m in sorted(_mounts_under(mnt), key=len, reverse=True):
+            if m != str(mnt):
+                subprocess.run(["umount", "-l", m], check=False)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def agent_run(agent: Path, store: Path, stage_root: Path, *args: str,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+    proc = subprocess.run(
+        [PYTHON, "-I", str(agent), "--store", str(store), "--stage-root", str(stage_root), *args],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, (proc.stdout, proc.stderr)
+    rec: dict[str, Any] = json.loads(lines[0])
+    assert proc.returncode == (0 if rec["ok"] else 1), proc.stderr
+    return rec
+
+
+def play_collective(method: str, store: Path, root: Path) -> None:
+    m = base.get_method(method)
+    if m.collective == "sbcast":
+        ctx = base.Context(JOB, IMAGE, str(store), {}, str(root))
+        shutil.copy(ctx.artifact(m.artifact), ctx.local_artifact(m.artifact))
+
+
+def loops_on(path: str) -> list[str]:
+    out = subprocess.run(["losetup", "-j", path], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if ln.strip()]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_stage_verify_cleanup(method: str, store: Path, agent: Path, tmpfs: Path) -> None:
+    root = tmpfs / "shoal"
+    manifest = json.loads((store / IMAGE / "manifest.json").read_text())
+    common = ("--job", JOB, "--image", IMAGE)
+    rec = agent_run(agent, store, root, "check", *common, "--method", method)
+    assert rec["ok"], rec
+    play_collective(method, store, root)
+    rec = agent_run(agent, store, root, "stage", *common, "--method", method)
+    assert rec["ok"], rec
+    assert rec["method"] == method and rec["job"] == JOB and rec["node"]
+    assert rec["image_digest"] == manifest["tree_digest"]
+    assert rec["end"] >= rec["start"] and rec["seconds"] >= 0
+    for k in ("storage_bytes_read", "net_rx_bytes", "local_bytes_peak"):
+        assert isinstance(rec[k], int) and rec[k] >= 0, k
+    staged = Path(rec["staged"])
+    assert (staged / "etc" / "passwd").is_file()
+    assert sum(1 for _ in (staged / "data").rglob("f*")) == 200
+    if method in ("untar", "sbcast"):
+        assert staged == root / JOB / IMAGE
+        assert rec["local_bytes_peak"] >= manifest["bytes"]
+    if method == "untar":
+        assert rec["storage_bytes_read"] == manifest["sizes"][f"{IMAGE}.tar.gz"]
+    if method in ("squashfs-kernel", "squashfuse", "sbcast-squashfs"):
+        assert os.path.ismount(staged)
+    if method == "shared-dir":
+        assert staged == store / IMAGE / "dir"
+
+    rec = agent_run(agent, store, root, "verify", *common)
+    assert rec["ok"] and rec["digest"] == manifest["tree_digest"], rec
+
+    if method in ("squashfs-kernel", "squashfuse"):
+        # a workload's reads through the mount show up in cleanup's figures
+        for p in (staged / "data").rglob("f*"):
+            p.read_bytes()
+    rec = agent_run(agent, store, root, "cleanup", "--job", JOB)
+    assert rec["ok"] and rec["left"] == [], rec
+    if method in ("squashfs-kernel", "squashfuse"):
+        assert rec["figures"][IMAGE]["mount_bytes_read"] > 0
+    assert _mounts_under(tmpfs) == [str(tmpfs)]
+    assert not (root / JOB).exists()
+    for sq in (store / IMAGE / f"{IMAGE}.sqfs", root / JOB / f"{IMAGE}.sqfs"):
+        assert loops_on(str(sq)) == []
+    # the store entry is untouched by staging and cleanup
+    assert (store / IMAGE / "dir" / "etc" / "passwd").is_file()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cleanup_is_idempotent(method: str, store: Path, agent: Path, tmpfs: Path) -> None:
+    root = tmpfs / "shoal"
+    rec = agent_run(agent, store, root, "stage", "--job", JOB, "--image", IMAGE,
+                    "--method", method) if not base.get_method(method).collective else None
+    if rec is not None:
+        assert rec["ok"], rec
+    for _ in range(2):
+        rec = agent_run(agent, store, root, "cleanup", "--job", JOB, "--image", IMAGE)
+        assert rec["ok"], rec
+    rec = agent_run(agent, store, root, "cleanup", "--job", JOB)
+    assert rec["ok"] and not (root / JOB).exists(), rec
+
+
+def test_tmpfs_too_small(store: Path, agent: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        for method in ("untar", "sbcast"):
+            rec = agent_run(agent, store, small / "shoal", "stage" if method == "untar" else "check",
+                            "--job", JOB, "--image", IMAGE, "--method", method)
+            assert not rec["ok"]
+            assert "node-local storage too small" in rec["error"], rec
+            assert "MiB free" in rec["error"]
+            assert not (small / "shoal" / JOB / IMAGE).exists()  # refused before unpacking
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_verify_catches_flipped_byte(store: Path, agent: Path, tmpfs: Path) -> None:
+    root = tmpfs / "shoal"
+    rec = agent_run(agent, store, root, "stage", "--job", JOB, "--image", IMAGE,
+                    "--method", "untar")
+    victim = next((Path(rec["staged"]) / "data").rglob("f*"))
+    data = bytearray(victim.read_bytes())
+    data[0] ^= 1
+    victim.write_bytes(bytes(data))
+    rec = agent_run(agent, store, root, "verify", "--job", JOB, "--image", IMAGE)
+    assert not rec["ok"] and "differs from the manifest" in rec["error"]
+    assert agent_run(agent, store, root, "cleanup", "--job", JOB)["ok"]
+
+
+def test_failed_stage_leaves_nothing(store: Path, agent: Path, tmpfs: Path,
+                                     tmp_path: Path) -> None:
+    bad = tmp_path / "badstore"
+    shutil.copytree(store / IMAGE, bad / IMAGE, symlinks=True)
+    tar = bad / IMAGE / f"{IMAGE}.tar.gz"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])  # truncated in transit
+    root = tmpfs / "shoal"
+    rec = agent_run(agent, bad, root, "stage", "--job", JOB, "--image", IMAGE,
+                    "--method", "untar")
+    assert not rec["ok"] and "unpacking" in rec["error"]
+    assert not (root / JOB / IMAGE).exists()
+    shutil.rmtree(bad)
+
+
+def test_unknown_image_and_method(store: Path, agent: Path, tmpfs: Path) -> None:
+    root = tmpfs / "shoal"
+    rec = agent_run(agent, store, root, "stage", "--job", JOB, "--image", "nope",
+                    "--method", "untar")
+    assert not rec["ok"] and "not in the store" in rec["error"]
+    rec = agent_run(agent, store, root, "stage", "--job", JOB, "--image", IMAGE,
+                    "--method", "carrier-pigeon")
+    assert not rec["ok"] and "unknown distribution method" in rec["error"]
+    assert "untar" in rec["hint"]
+
+
+def test_privileged_methods_fail_up_front_unprivileged(store: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    ctx = base.Context(JOB, IMAGE, str(store), {}, str(tmp_path / "shoal"))
+    for name in METHODS:
+        m = base.get_method(name)
+        if m.privileged:
+            with pytest.raises(PrivilegeError, match="needs root"):
+                m.check(ctx)
+        else:
+            m.check(ctx)
+    assert not (tmp_path / "shoal").exists()
+
+
+def test_prolog_epilog(store: Path, agent: Path, tmpfs: Path) -> None:
+    root = tmpfs / "shoal"
+    req = store / ".shoal" / "requests" / f"{JOB}.json"
+    req.parent.mkdir(parents=True, exist_ok=True)
+    req.write_text(json.dumps({"format": 1, "job": JOB, "image": IMAGE,
+                               "method": "squashfs-kernel"}))
+    env = {"PATH": os.environ["PATH"], "SLURM_JOB_ID": JOB, "SLURM_JOB_UID": "0"}
+    try:
+        proc = subprocess.run([PYTHON, "-I", str(agent), "--store", str(store), "--stage-root",
+                               str(root), "prolog"], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        staged = root / JOB / IMAGE
+        assert os.path.ismount(staged)
+        # the job's own step reports the Prolog's staging
+        rec = agent_run(agent, store, root, "stage", "--job", JOB, "--image", IMAGE,
+                        "--method", "squashfs-kernel")
+        assert rec["ok"] and rec["staged_by"] == "prolog" and rec["reported_by"] == "step"
+        proc = subprocess.run([PYTHON, "-I", str(agent), "--stage-root", str(root), "epilog"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert not (root / JOB).exists()
+        assert loops_on(str(store / IMAGE / f"{IMAGE}.sqfs")) == []
+    finally:
+        req.unlink()
+
+
+def test_prolog_ignores_foreign_or_bad_requests(store: Path, tmp_path: Path) -> None:
+    from shoal.dist.nodeagent import read_request
+
+    reqs = store / ".shoal" / "requests"
+    reqs.mkdir(parents=True, exist_ok=True)
+    req = reqs / "77.json"
+    try:
+        req.write_text(json.dumps({"job": "77", "image": "../etc", "method": "squashfs-kernel"}))
+        with pytest.raises(DistError, match="bad image name"):
+            read_request(str(store), "77", 0)
+        req.write_text(json.dumps({"job": "77", "image": IMAGE, "method": "squashfs-kernel"}))
+        assert read_request(str(store), "77", 1234) is not None  # root-owned: accepted
+        os.chown(req, 4321, -1)
+        with pytest.raises(DistError, match="not the job's user"):
+            read_request(str(store), "77", 1234)
+        assert read_request(str(store), "78", 0) is None
+    finally:
+        req.unlink(missing_ok=True)
+
+
+def test_bundle_needs_only_the_standard_library(agent: Path) -> None:
+    # -I -S: no site-packages at all, as on a node with a bare python3
+    proc = subprocess.run([PYTHON, "-I", "-S", str(agent), "methods"], capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert json.loads(proc.stdout)["methods"] == METHODS

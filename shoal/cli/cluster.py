@@ -29,13 +29,15 @@ def cluster() -> None:
 @click.option("--name", default=None, help="Cluster name (default 'shoal').")
 @click.option("--network", default=None, help=f"Network profile: {', '.join(ccfg.NETWORK_PROFILES)}.")
 @click.option("--tmpfs-size", default=None, help="Size of each node's local /tmp (e.g. 2G).")
+@click.option("--storage", default=None,
+              help=f"Shared /pfs: {', '.join(ccfg.STORAGE_MODES)} (default bind; sshfs crosses the network).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="Cluster settings (TOML).")
 def up(nodes: int | None, name: str | None, network: str | None, tmpfs_size: str | None,
-       config_file: Path | None) -> None:
+       storage: str | None, config_file: Path | None) -> None:
     """Boot a cluster; returns when every node is IDLE in Slurm."""
     cfg = ccfg.load(config_file, {"nodes": nodes, "name": name, "network": network,
-                                  "tmpfs_size": tmpfs_size})
+                                  "tmpfs_size": tmpfs_size, "storage": storage})
     with console.status(f"booting cluster {cfg.name!r} with {cfg.nodes} nodes ..."):
         res = manager.up(cfg)
     st = res.state
@@ -43,11 +45,14 @@ def up(nodes: int | None, name: str | None, network: str | None, tmpfs_size: str
     for col in ("host", "address", "role"):
         table.add_column(col)
     table.add_row("ctl", f"10.250.{st.index}.2", "slurmctld, slurmdbd, mariadb, munged; login")
+    if st.storage == "sshfs":
+        table.add_row("storage", f"10.250.{st.index}.3", "sshd (SFTP): /pfs for all hosts over sshfs")
     for i, n in enumerate(st.nodes, 1):
         table.add_row(n, f"10.250.{st.index}.{9 + i}", "slurmd, munged, sshd, rsyslogd")
     console.print(table)
     prof = cfg.profile
     console.print(f"network profile: {prof.name} ({prof.description})")
+    console.print(f"storage: {cfg.storage} ({ccfg.STORAGE_MODES[cfg.storage]})")
     console.print(f"layer1 image: {st.layer1_image} ({res.layer1_size / 1e6:.0f} MB)")
     console.print(f"[bold green]all {len(st.nodes)} nodes idle[/] in {res.boot_seconds:.1f} s")
 

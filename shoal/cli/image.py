@@ -158,3 +158,52 @@ def _size(p: object) -> int:
 
     path = Path(str(p))
     return dir_size(path) if path.is_dir() else path.stat().st_size
+
+
+@image.command("synth")
+@click.argument("name")
+@click.option("--profile", required=True,
+              help="many-small, few-large, or like:IMAGE (copy the size distribution of IMAGE).")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Scale the file count.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--base", "base_name", default="mpihello", show_default=True,
+              help="Image whose tree the synthetic files are layered on (needs python3 for the walks).")
+@click.option("--content", type=click.Choice(["random", "compressible"]), default="random",
+              show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing image of that name.")
+def synth_cmd(name: str, profile: str, scale: float, seed: int, base_name: str, content: str,
+              force: bool) -> None:
+    """Synthesize image NAME with a controlled file population under /data; export it with
+    `shoal image export NAME`."""
+    import hashlib
+    import shutil
+
+    from shoal.images.build import _write_marker, image_dir
+    from shoal.images.catalog import known_images, resolve, validate_name
+    from shoal.images.synth import synth_image
+
+    validate_name(name)
+    if name in known_images():
+        raise ImageError(f"{name!r} is a built-in image", "choose another name for the synthetic image")
+    base = resolve(base_name)
+    if profile.startswith("like:"):
+        profile = "like:" + str(resolve(profile.removeprefix("like:")).path)
+    dest = image_dir(name)
+    if dest.exists():
+        if not force:
+            raise ImageError(f"image {name!r} exists", "use --force to replace it, or another name")
+        shutil.rmtree(dest)
+    with console.status(f"synthesizing {name} ({profile}) ..."):
+        rep = synth_image(profile, dest, scale, seed, base_dir=base.path,
+                          content=content)  # type: ignore[arg-type]
+    inputs = hashlib.sha256(
+        f"synth {profile} {scale} {seed} {content} base {base.inputs_hash}".encode()
+    ).hexdigest()[:24]
+    _write_marker(name, {"inputs_hash": inputs, "synth": rep.to_dict()})
+    table = Table(title=f"synthetic image {name} (/data of {dest})")
+    for col in ("profile", "files", "dirs", "bytes", "min size", "max size", "seed"):
+        table.add_column(col, justify="right")
+    table.add_row(rep.profile, str(rep.files), str(rep.dirs), str(rep.bytes), str(rep.min_size),
+                  str(rep.max_size), str(rep.seed))
+    console.print(table)
+    console.print(f"export it: shoal image export {name}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from pathlib import Path
 
 import click
@@ -16,7 +17,7 @@ from shoal.study.db import DB_NAME, StudyDB
 from shoal.study.jobscript import JobContext
 from shoal.study.matrix import expand
 from shoal.study.report import compare_dirs, write_report
-from shoal.study.runner import StudyRunner, collect_environment, default_shoal_argv, dry_run
+from shoal.study.runner import StudyRunner, collect_environment, dry_run
 from shoal.study.spec import DEFAULT_METHODS, StudySpec, load_spec
 
 console = Console(highlight=False)
@@ -33,6 +34,8 @@ class _Link:
     ctx: JobContext
     host_logs: Path
     network_params: dict[str, object]
+    store_local: Path  # the image store as this process sees it
+    extra_env: dict[str, object] = dataclasses.field(default_factory=dict)
 
 
 def _method_names() -> tuple[str, ...]:
@@ -46,24 +49,35 @@ def _method_names() -> tuple[str, ...]:
 def _link(spec: StudySpec, out: Path, *, connect: bool) -> _Link:
     """The Slurm client and job paths for the spec's cluster. With connect=False (dry run) the
     cluster is not asked anything."""
-    ctx_common = {"shoal_argv": default_shoal_argv(), "partition": spec.partition,
-                  "time_limit_s": spec.timeout}
+    from shoal import paths
+
     if spec.cluster.kind == "existing":
-        # a site: the results directory must be on a file system the nodes share
+        # a site: the results directory and the store must be on file systems the nodes share,
+        # at the same paths as here
+        store = Path(spec.cluster.store or paths.store_root())
         logs = out.resolve() / "logs"
-        return _Link(SlurmClient(), JobContext(logs_dir=str(logs), **ctx_common),  # type: ignore[arg-type]
-                     logs, {})
+        ctx = JobContext(logs_dir=str(logs), agent=f"{store}/.shoal/agent.pyz",
+                         store_dir=str(store), partition=spec.partition,
+                         time_limit_s=spec.timeout)
+        return _Link(SlurmClient(), ctx, logs, {}, store)
     from shoal.cluster.state import ClusterDir
 
     cdir = ClusterDir(spec.cluster.name)
     # nodes see the cluster's pfs directory as /pfs; one log directory per results directory
     tag = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
     rel = f"shoal-study/{spec.name}-{tag}"
-    ctx = JobContext(logs_dir=f"/pfs/{rel}", **ctx_common)  # type: ignore[arg-type]
+    ctx = JobContext(logs_dir=f"/pfs/{rel}", agent=f"{paths.CLUSTER_STORE_PATH}/.shoal/agent.pyz",
+                     store_dir=paths.CLUSTER_STORE_PATH, partition=spec.partition,
+                     time_limit_s=spec.timeout)
     if not connect:
-        return _Link(SlurmClient(), ctx, cdir.pfs / rel, {})
+        return _Link(SlurmClient(), ctx, cdir.pfs / rel, {}, paths.store_root())
     from shoal.cluster.manager import slurm_prefix
 
+    if not cdir.exists() or cdir.load().phase != "up":
+        raise StudyError(
+            f"virtual cluster {spec.cluster.name!r} is not up",
+            f"shoal cluster up --name {spec.cluster.name} --nodes {spec.cluster.nodes}"
+            + (f" --network {spec.cluster.network}" if spec.cluster.network else ""))
     state = cdir.load()
     if spec.cluster.nodes is not None and len(state.nodes) < spec.cluster.nodes:
         raise StudyError(
@@ -79,7 +93,44 @@ def _link(spec: StudySpec, out: Path, *, connect: bool) -> _Link:
             f"boot it with `shoal cluster up --name {state.name} --network "
             f"{spec.cluster.network}` (results would otherwise be labelled wrongly)")
     client = SlurmClient(prefix=slurm_prefix(spec.cluster.name))
-    return _Link(client, ctx, cdir.pfs / rel, dict(state.network))
+    cfg = state.config
+    extra: dict[str, object] = {
+        "cluster_nodes": len(state.nodes),
+        **{k: cfg.get(k) for k in ("cpus_per_node", "memory_mb_per_node", "tmpfs_size")},
+        "shared_storage": "bind mount of the host's store at /pfs/store (no network cost)",
+    }
+    return _Link(client, ctx, cdir.pfs / rel, dict(state.network), paths.store_root(), extra)
+
+
+def prepare_images(spec: StudySpec, store: Path) -> dict[str, str]:
+    """Every image of the spec in the store (built and exported for a virtual cluster, only
+    checked on an existing one); returns image -> tree digest."""
+    import json
+
+    digests: dict[str, str] = {}
+    for name in spec.images:
+        manifest = store / name / "manifest.json"
+        if spec.cluster.kind == "virtual":
+            from shoal.images.catalog import ensure_in_store
+
+            with console.status(f"image {name}: building/exporting into the store if needed"):
+                ensure_in_store(name)
+        elif not manifest.is_file():
+            raise StudyError(f"image {name!r} is not in the store {store}",
+                             f"export it there first: shoal image export {name}")
+        try:
+            d = json.loads(manifest.read_text()).get("tree_digest")
+        except (OSError, ValueError) as exc:
+            raise StudyError(f"cannot read {manifest}: {exc}", "re-export the image") from None
+        if isinstance(d, str):
+            digests[name] = d
+    return digests
+
+
+def _prolog_store(spec: StudySpec, store: Path) -> Path | None:
+    if spec.privileged == "prolog" or (spec.privileged == "auto" and os.geteuid() != 0):
+        return store
+    return None
 
 
 @study.command("run")
@@ -120,11 +171,21 @@ def _run(spec_path: Path, out: Path | None, cluster_name: str | None, dry: bool,
             if db is not None:
                 db.close()
         return
+    digests = prepare_images(spec, link.store_local)
+    from shoal.dist.bundle import publish
+
+    # the bundle's name carries its hash: jobs of an older shoal keep running their own copy
+    agent = f"{link.ctx.store_dir}/.shoal/{publish(link.store_local)}"
+    ctx = dataclasses.replace(link.ctx, agent=agent)
     with StudyDB.in_dir(out_dir) as db:
-        runner = StudyRunner(spec, exps, db, link.client, out_dir, link.ctx,
+        runner = StudyRunner(spec, exps, db, link.client, out_dir, ctx,
                              host_logs=link.host_logs, console=console,
-                             rerun_failed=rerun_failed)
-        env = collect_environment(link.client, spec, network_params=link.network_params)
+                             rerun_failed=rerun_failed,
+                             prolog_requests=_prolog_store(spec, link.store_local))
+        env = collect_environment(link.client, spec, network_params=link.network_params,
+                                  image_digests=digests)
+        env = dataclasses.replace(env, extra={**link.extra_env, "agent": agent,
+                                              "privileged": spec.privileged})
         summary = runner.execute(env)
         counts = db.state_counts()
     table = Table(title=f"study {spec.name}: {out_dir}")

@@ -111,7 +111,8 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
         name=cfg.name,
         index=free_index(taken),
         nodes=cfg.node_names(),
-        network=cfg.profile.as_dict(),
+        network={**cfg.profile.as_dict(), "storage": cfg.storage},
+        storage=cfg.storage,
         config={k: v for k, v in asdict(cfg).items() if k != "source"},
         layer1_image=str(image.path),
         layer1_hash=image.hash,
@@ -264,7 +265,7 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
         os.chmod(up_ / "root", 0o700)
 
     # -- network: one bridge, a netns + veth per host
-    hosts_ = state.all_hosts()
+    hosts_ = state.netns_hosts()
     netns.create_network(
         state.bridge, [(state.netns(h), state.host_veth(h)) for h in hosts_], cfg.profile
     )
@@ -280,6 +281,19 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
         "SHOAL_TBF": tbf,
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
     }
+    # -- storage = "sshfs": a storage host serves /pfs over the cluster network; controller and
+    # nodes mount it with sshfs instead of binding SHOAL_PFS (shoal/cluster/storage.py).
+    if cfg.storage == "sshfs":
+        from shoal.cluster import storage
+
+        storage_env, mount_script = storage.prepare(cd, addr, store, tbf)
+        state.storage_pid = spawn(
+            _in_new_ns(state.netns("storage"), ["/bin/sh", str(storage.StorageFiles.of(cd).init_script)]),
+            log_path=cd.logs / "storage.console", env=storage_env,
+        )
+        cd.save(state)
+        storage.wait_listening(state.storage_pid, cd.logs / "storage.console")
+        common["SHOAL_SSHFS_MOUNT"] = str(mount_script)
     # Nodes first: they do not need the controller to start, and slurmctld pings every
     # configured node when it comes up, so the order costs nothing.
     for i, name in enumerate(state.nodes, 1):
@@ -447,7 +461,8 @@ def down(name: str, keep_state: bool = False) -> list[str]:
     check_prerequisites()
     cd = ClusterDir(name)
     state = cd.load()
-    namespaces = [state.netns(h) for h in state.all_hosts()]
+    # The storage netns is listed whatever the state says (removal skips what does not exist).
+    namespaces = [state.netns(h) for h in dict.fromkeys([*state.netns_hosts(), "storage"])]
     inodes = {i for i in (netns.netns_inode(ns) for ns in namespaces) if i is not None}
     # Ask each supervisord to stop its programs cleanly, then sweep every process left in the
     # cluster's network namespaces (this also catches jobs and anything a node started).

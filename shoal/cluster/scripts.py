@@ -29,8 +29,14 @@ mount -t tmpfs -o size=64m,mode=0755 tmpfs "$R/run"
 mkdir -p "$R/run/sshd" "$R/run/munge" "$R/run/shoal"
 chown "$SHOAL_MUNGE_UID:$SHOAL_MUNGE_GID" "$R/run/munge"
 mount --bind "$SHOAL_HOME" "$R/home"
-mount --bind "$SHOAL_PFS" "$R/pfs"
-mount --bind "$SHOAL_STORE" "$R/pfs/store"
+if [ -n "${SHOAL_SSHFS_MOUNT:-}" ]; then
+    # storage = "sshfs": /pfs (store included) from the storage host, before pivot_root while the
+    # host's sshfs is reachable; the daemon stays in this node's namespaces (shoal/cluster/storage.py)
+    /bin/sh "$SHOAL_SSHFS_MOUNT" "$R/pfs"
+else
+    mount --bind "$SHOAL_PFS" "$R/pfs"
+    mount --bind "$SHOAL_STORE" "$R/pfs/store"
+fi
 mount --bind "$SHOAL_ETC_SLURM" "$R/etc/slurm"
 mount -o remount,bind,ro "$R/etc/slurm"
 mount --bind "$SHOAL_ETC_MUNGE" "$R/etc/munge"
@@ -59,8 +65,12 @@ mkdir -p /run/munge /run/mysqld /run/shoal
 chown munge:munge /run/munge
 chown mysql:mysql /run/mysqld
 mount --bind "$SHOAL_HOME" /home
-mount --bind "$SHOAL_PFS" /pfs
-mount --bind "$SHOAL_STORE" /pfs/store
+if [ -n "${SHOAL_SSHFS_MOUNT:-}" ]; then
+    /bin/sh "$SHOAL_SSHFS_MOUNT" /pfs  # storage = "sshfs" (shoal/cluster/storage.py)
+else
+    mount --bind "$SHOAL_PFS" /pfs
+    mount --bind "$SHOAL_STORE" /pfs/store
+fi
 mount --bind "$SHOAL_ETC_SLURM" /etc/slurm
 for f in hosts passwd group; do
     mount --bind "$SHOAL_CTL/etc/$f" "/etc/$f"

@@ -22,6 +22,7 @@ MODULES = (
     "shoal/runner.py",
     "shoal/dist/base.py",
     "shoal/dist/nodeagent.py",
+    "shoal/dist/jobstep.py",
     "shoal/dist/methods/__init__.py",
     "shoal/dist/methods/untar.py",
     "shoal/dist/methods/sbcast.py",
@@ -30,8 +31,12 @@ MODULES = (
     "shoal/dist/methods/squashfuse.py",
     "shoal/dist/methods/shared_dir.py",
     "shoal/images/treedigest.py",
+    "shoal/slurm/hostlist.py",
+    # read as data by the `workload` step and copied into the container's view of /tmp
+    "shoal/workloads/catwalk.py",
+    "shoal/workloads/statwalk.py",
 )
-PACKAGES = ("shoal", "shoal/dist", "shoal/images")
+PACKAGES = ("shoal", "shoal/dist", "shoal/images", "shoal/slurm", "shoal/workloads")
 MAIN = (
     "import sys\n"
     "from shoal.dist.nodeagent import main\n"

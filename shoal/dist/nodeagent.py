@@ -13,6 +13,9 @@ Subcommands (``--job`` defaults to $SLURM_JOB_ID, ``--store`` to /pfs/store):
     verify  --image I              tree digest of the staged image against the manifest's
     cleanup [--image I]            undo staging (all images of the job without --image); report
                                    anything left: mounts, loop devices, files
+    workload --image I --workload W   run W in the staged image on this node (ch-run), timed
+    job --method M --image I --workload W   one study run from its batch script: the steps above
+                                   on every node, one record per node (shoal.dist.jobstep)
     prolog / epilog                the privileged hook for Slurm's Prolog/Epilog (run as root)
 
 Privileged staging (kernel loop mounts) through Slurm, for sites where job steps are not root:
@@ -428,10 +431,29 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--image", required=name not in ("cleanup",))
         if name in ("check", "stage"):
             p.add_argument("--method", required=True)
+    w = sub.add_parser("workload", help="run a workload in the staged image on this node")
+    w.add_argument("--job", default=os.environ.get("SLURM_JOB_ID"))
+    w.add_argument("--image", required=True)
+    w.add_argument("--workload", required=True)
+    w.add_argument("--timeout", type=float, default=600.0)
+    j = sub.add_parser("job", help="one study run from a batch script (shoal.dist.jobstep)")
+    j.add_argument("--method", required=True)
+    j.add_argument("--image", required=True)
+    j.add_argument("--workload", required=True)
+    j.add_argument("--timeout", type=float, default=600.0, help="seconds for all steps")
+    j.add_argument("--fanout", type=int, default=8, help="sbcast fan-out")
+    j.add_argument("--compress", action="store_true", help="sbcast --compress")
     sub.add_parser("prolog")
     sub.add_parser("epilog")
     sub.add_parser("methods")
     args = ap.parse_args(argv)
+    if args.cmd == "job":
+        from shoal.dist.jobstep import do_job
+
+        # the steps it starts on the nodes run this same bundle
+        return do_job(agent=os.path.abspath(sys.argv[0]), store=args.store,
+                      method_name=args.method, image=args.image, workload=args.workload,
+                      timeout=args.timeout, fanout=args.fanout, compress=args.compress)
     if args.cmd == "prolog":
         return do_prolog(args.store, args.stage_root)
     if args.cmd == "epilog":
@@ -451,6 +473,10 @@ def main(argv: list[str] | None = None) -> int:
         rec = do_check(ctx, method) if args.cmd == "check" else do_stage(ctx, method)
     elif args.cmd == "verify":
         rec = do_verify(ctx)
+    elif args.cmd == "workload":
+        from shoal.dist.jobstep import do_workload
+
+        rec = do_workload(ctx, args.workload, args.timeout)
     else:
         rec = do_cleanup(ctx, args.image)
     emit(rec)

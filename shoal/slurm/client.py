@@ -209,6 +209,10 @@ class SlurmClient:
                 return int(m.group(1))
         raise SlurmError(f"sbatch printed no job id: {out.strip()[:200]!r}")
 
+    def release(self, job_id: int) -> None:
+        """scontrol release: let a job submitted with --hold be scheduled."""
+        self._run(["scontrol", "release", str(job_id)], what=f"scontrol release {job_id}")
+
     def queue(self) -> list[Job]:
         """All jobs slurmctld still knows (squeue --json); finished ones stay for MinJobAge."""
         data = self._json(["squeue", "--json"])

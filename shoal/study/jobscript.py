@@ -1,11 +1,12 @@
 """The batch script of one run, and the per-node records the job prints (the job contract).
 
-The script (``render_script``) is a header of #SBATCH lines plus ``job_body``, one small template
-the lead adapts when the distribution CLI lands. The body runs one task per node with srun; each
-task stages the image with the run's method, runs the workload in it and prints ONE JSON line (a
-per-node record) on its stdout, which srun gathers into the job's output file. The harness reads
-every line of that file that parses as a JSON object with a "node" key; other lines are kept only
-to explain failures.
+The script (``render_script``) is a header of #SBATCH lines plus ``job_body``. The body runs on
+the first node of the allocation, where there is no venv: it calls the node agent bundle
+(shoal.dist.bundle, published in the image store) with plain python3, whose ``job`` subcommand
+(shoal.dist.jobstep) stages the image with the run's method on every node (srun, one task per
+node, plus sbcast for broadcast methods), runs the workload in it, cleans up, and prints ONE JSON
+line per node (a per-node record) into the job's output file. The harness reads every line of that
+file that parses as a JSON object with a "node" key; other lines are kept only to explain failures.
 
 Per-node record keys (JSON object, one line per node):
 
@@ -17,12 +18,17 @@ Per-node record keys (JSON object, one line per node):
     stage_start         float  epoch seconds when staging began on the node
     stage_end           float  epoch seconds when the image was usable on the node
     stage_seconds       float  stage_end - stage_start (kept even if the clocks are unknown)
-    bytes_from_storage  int    bytes read from the shared storage by this node while staging
+    bytes_from_storage  int    bytes this node read from the shared storage for the run: the
+                               staging copy, reads through a mount of a file on shared storage,
+                               a shared-dir workload's reads, the batch node's sbcast source read
     bytes_net_rx        int    bytes received over the network by this node while staging
     peak_bytes          int    peak memory the image used on the node (tmpfs, page cache)
     workload            str    workload name
-    workload_seconds    float  run time of the workload on this node
-    fom                 dict   the workload's own figures of merit (free-form JSON object)
+    workload_seconds    float  run time of the workload on this node (MPI workloads: of the
+                               whole MPI step, the same on every node; extra key
+                               workload_scope = "job" then, "node" otherwise)
+    fom                 dict   the workload's own figures of merit (free-form JSON object; MPI
+                               workloads: rank 0's, on every node's record)
 
 Numbers may be null when a method cannot measure them. Unknown keys are kept in ``extra``.
 """
@@ -52,8 +58,9 @@ class JobContext:
     # Where job output files go, as the nodes see it (shared with the harness, e.g. under /pfs
     # for a virtual cluster); also the job's working directory.
     logs_dir: str
-    # The argv that starts shoal on a node (a venv python, or `shoal` on PATH at a site).
-    shoal_argv: tuple[str, ...] = ("shoal",)
+    # The node agent bundle as the nodes see it (shoal.dist.bundle.publish puts it in the store)
+    agent: str = f"{CLUSTER_STORE_PATH}/.shoal/agent.pyz"
+    python: str = "python3"
     store_dir: str = CLUSTER_STORE_PATH
     partition: str | None = None
     time_limit_s: float = 600.0
@@ -73,19 +80,24 @@ def job_name(key: RunKey, attempt: int) -> str:
     return f"shoal-{key.name}-a{attempt}"
 
 
+# the agent's own steps must end before Slurm's time limit kills the job without records
+JOB_MARGIN_S = 20.0
+
+
 def job_body(key: RunKey, ctx: JobContext) -> str:
     """The commands of the job: stage + workload on every node, one JSON record per node.
 
-    Contract with shoal.dist: `shoal run --method M --workload W --records - IMAGE` run as one
-    task per node stages IMAGE from the store with method M, runs workload W in it, and prints
-    one record line (keys in the module docstring) even when it fails (ok = false, error = why).
+    Contract with shoal.dist.jobstep: ``python3 AGENT --store STORE job --method M --image I
+    --workload W`` run once in the batch script does every step on every node of the allocation
+    and prints one record line per node (keys in the module docstring) even when a step fails.
     """
     e = key.experiment
-    shoal = shlex.join(ctx.shoal_argv)
+    budget = max(30.0, ctx.time_limit_s - JOB_MARGIN_S)
     return "\n".join([
-        f"srun --nodes={e.nodes} --ntasks={e.nodes} --ntasks-per-node=1 --kill-on-bad-exit=0 \\",
-        f"    {shoal} run --method {shlex.quote(e.method)} --workload {shlex.quote(e.workload)} \\",
-        f"    --store {shlex.quote(ctx.store_dir)} --records - {shlex.quote(e.image)}",
+        f"{shlex.quote(ctx.python)} {shlex.quote(ctx.agent)} --store {shlex.quote(ctx.store_dir)} "
+        f"job \\",
+        f"    --method {shlex.quote(e.method)} --image {shlex.quote(e.image)} "
+        f"--workload {shlex.quote(e.workload)} --timeout {budget:.0f}",
     ])
 
 

@@ -9,6 +9,14 @@ squeue/sacct and backoff, and when the job ends reads the per-node records from 
 and stores state + records in one transaction. A failed job is recorded with its reason and the
 study goes on. Ctrl-C cancels the study's jobs (scancel), marks their runs INTERRUPTED, and
 re-raises. ``dry_run`` is a branch here: it plans and renders scripts but writes nothing.
+
+Privileged methods (kernel loop mounts) need root on the nodes. Jobs of a root harness (the
+virtual cluster: Slurm is reached as root) run as root and mount in their own stage step. Jobs of
+an unprivileged user (a site) go through shoal's Prolog instead, as ``shoal run`` does (see
+shoal.dist.nodeagent): with ``prolog_requests`` set, a run of a privileged method without a
+broadcast step is submitted held, its request is written to STORE/.shoal/requests/<job>.json,
+then the job is released; the Prolog (root) mounts before the job starts and the job's stage step
+reports the Prolog's record. The request is removed when the run is collected.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ class SlurmLike(Protocol):
     def job_states(self, job_ids: Iterable[int]) -> dict[int, Job]: ...
     def cancel(self, job_ids: Iterable[int], *, signal: str | None = None) -> None: ...
     def cancel_name(self, name: str) -> None: ...
+    def release(self, job_id: int) -> None: ...
     def version(self) -> SlurmVersion: ...
 
 
@@ -86,6 +95,7 @@ class _Active:
     started: float | None = None  # monotonic time the job was first seen running
     pending_since: float | None = None
     missing: int = 0
+    request: Path | None = None  # Prolog request of a held submission, removed at collection
 
 
 @dataclass
@@ -170,6 +180,7 @@ class StudyRunner:
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        prolog_requests: Path | None = None,
     ) -> None:
         self.spec = spec
         self.experiments = list(experiments)
@@ -187,6 +198,8 @@ class StudyRunner:
         self.active: dict[int, _Active] = {}  # run id -> active run
         self.summary = Summary()
         self._submit_failures = 0
+        # the store as this process sees it: where Prolog requests go (None: jobs mount directly)
+        self.prolog_requests = prolog_requests
 
     # -- phases ---------------------------------------------------------------------------------
     def execute(self, environment: Environment | None = None) -> Summary:
@@ -248,8 +261,22 @@ class StudyRunner:
         host_output = self.host_logs / output_name(key, attempt)
         row = self.db.begin_run(key, script_path=str(script), output_path=str(host_output),
                                 attempt=attempt)
+        held = self._via_prolog(key)
+        request: Path | None = None
         try:
-            job_id = self.client.submit(script)
+            job_id = self.client.submit(script, ["--hold"] if held else [])
+            if held:
+                try:
+                    request = write_prolog_request(self.prolog_requests, job_id, key.experiment)
+                    self.client.release(job_id)
+                except (CommandError, ShoalError, OSError):
+                    self.client.cancel([job_id])
+                    if request is not None:
+                        request.unlink(missing_ok=True)
+                    raise
+        except OSError as exc:
+            self._fail(row, key, f"prolog request: {exc}")
+            return
         except (CommandError, ShoalError) as exc:
             self._submit_failures += 1
             self._fail(row, key, f"sbatch: {exc.message}")
@@ -262,7 +289,17 @@ class StudyRunner:
         self._submit_failures = 0
         self.db.update_run(row.id, state=RunState.SUBMITTED, job_id=job_id,
                            submit_time=time.time())
-        self.active[row.id] = _Active(self.db.run(row.id), key, host_output, job_id)
+        self.active[row.id] = _Active(self.db.run(row.id), key, host_output, job_id,
+                                      request=request)
+
+    def _via_prolog(self, key: RunKey) -> bool:
+        if self.prolog_requests is None:
+            return False
+        from shoal.dist.base import get_method
+
+        m = get_method(key.experiment.method)
+        # a broadcast arrives after the Prolog ran: those methods need root in the job itself
+        return m.privileged and not m.collective
 
     def _reattach(self, row: RunRow) -> None:
         key = self._key(row)
@@ -335,6 +372,8 @@ class StudyRunner:
     def _finish(self, act: _Active, job: Job | None, override: str | None = None) -> None:
         """Collect the records of a finished (or given-up) job and store the run's final state."""
         del self.active[act.row.id]
+        if act.request is not None:
+            act.request.unlink(missing_ok=True)
         text = ""
         with contextlib.suppress(OSError):  # no file: reported below as a problem
             text = act.host_output.read_text(errors="replace")
@@ -443,12 +482,18 @@ def dry_run(spec: StudySpec, experiments: Sequence[Experiment], db: StudyDB | No
     return p
 
 
-def default_shoal_argv() -> tuple[str, ...]:
-    """How the nodes start shoal: this interpreter running the CLI module (the venv's python
-    must then be visible on the nodes), or SHOAL_NODE_CMD split on spaces when set."""
-    env = os.environ.get("SHOAL_NODE_CMD")
-    if env:
-        return tuple(env.split())
-    import sys
+def write_prolog_request(store: Path | None, job_id: int, e: Experiment) -> Path:
+    """The request shoal's Prolog reads to stage E's image as root (format of shoal.dist)."""
+    import json
 
-    return (sys.executable, "-m", "shoal.cli.main")
+    from shoal.dist.base import REQUESTS_DIR
+
+    if store is None:
+        raise StudyError("no image store for Prolog requests")
+    p = store / REQUESTS_DIR / f"{job_id}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(json.dumps({"format": 1, "job": str(job_id), "image": e.image,
+                               "method": e.method}))
+    os.replace(tmp, p)
+    return p

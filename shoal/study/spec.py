@@ -1,7 +1,10 @@
 """The study spec: a TOML file validated into dataclasses before anything runs.
 
-    [study]                      name, repetitions (5), timeout ("10m"), concurrency (1), partition
-    [cluster]                    kind = "virtual" | "existing", name, nodes, network
+    [study]                      name, repetitions (5), timeout ("10m"), concurrency (1), partition,
+                                 privileged ("auto" | "prolog" | "direct": how kernel mounts get
+                                 root; auto = direct when the harness is root, else the Prolog)
+    [cluster]                    kind = "virtual" | "existing", name, nodes, network, store (the
+                                 image store as the nodes see it; existing clusters only)
     [matrix]                     images, methods, workloads, node_counts, zip, exclude
 
 ``zip`` lists groups of factors that vary together instead of being crossed (their value lists
@@ -40,15 +43,19 @@ DEFAULTS: dict[str, Any] = {
     "study.timeout": 600.0,  # seconds per experiment (one job)
     "study.concurrency": 1,
     "study.partition": None,
+    "study.privileged": "auto",
     "cluster.kind": "virtual",
     "cluster.name": "shoal",
     "cluster.network": None,
+    "cluster.store": None,
 }
+PRIVILEGED_MODES = ("auto", "prolog", "direct")
 
 _ALLOWED: dict[str, tuple[str, ...]] = {
     "": ("study", "cluster", "matrix"),
-    "study": ("name", "repetitions", "timeout", "concurrency", "partition", "description"),
-    "cluster": ("kind", "name", "nodes", "network"),
+    "study": ("name", "repetitions", "timeout", "concurrency", "partition", "description",
+              "privileged"),
+    "cluster": ("kind", "name", "nodes", "network", "store"),
     "matrix": ("images", "methods", "workloads", "node_counts", "zip", "exclude"),
 }
 
@@ -59,6 +66,7 @@ class ClusterSpec:
     name: str
     nodes: int | None
     network: str | None
+    store: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class StudySpec:
     zip: tuple[tuple[str, ...], ...] = ()
     exclude: tuple[Mapping[str, str | int], ...] = ()
     description: str = ""
+    privileged: str = "auto"
     path: str = "<string>"
     text: str = field(default="", repr=False, compare=False)
 
@@ -142,6 +151,9 @@ def parse_spec(
     concurrency = v.integer(study, "study.concurrency", minimum=1)
     partition = v.opt_string(study, "study.partition")
     description = v.opt_string(study, "study.description") or ""
+    privileged = v.string(study, "study.privileged")
+    if privileged not in PRIVILEGED_MODES:
+        v.fail("study.privileged", privileged, f"must be one of {', '.join(PRIVILEGED_MODES)}")
 
     kind = v.string(cluster, "cluster.kind")
     if kind not in CLUSTER_KINDS:
@@ -149,6 +161,12 @@ def parse_spec(
     cname = v.string(cluster, "cluster.name")
     cnodes = v.opt_integer(cluster, "cluster.nodes", minimum=1)
     network = v.opt_string(cluster, "cluster.network")
+    store = v.opt_string(cluster, "cluster.store")
+    if store is not None and kind != "existing":
+        v.fail("cluster.store", store, "only for kind = \"existing\" (a virtual cluster's "
+               "nodes see the store at /pfs/store)")
+    if store is not None and not store.startswith("/"):
+        v.fail("cluster.store", store, "must be an absolute path")
     if networks is not None and network is not None and network not in networks:
         v.unknown("cluster.network", network, networks)
     if kind == "virtual" and cnodes is None:
@@ -176,7 +194,7 @@ def parse_spec(
         timeout=timeout,
         concurrency=concurrency,
         partition=partition,
-        cluster=ClusterSpec(kind=kind, name=cname, nodes=cnodes, network=network),
+        cluster=ClusterSpec(kind=kind, name=cname, nodes=cnodes, network=network, store=store),
         images=imgs,
         methods=meths,
         workloads=wls,
@@ -184,6 +202,7 @@ def parse_spec(
         zip=zips,
         exclude=excludes,
         description=description,
+        privileged=privileged,
         path=source,
         text=text,
     )

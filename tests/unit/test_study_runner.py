@@ -116,7 +116,7 @@ class FakeSlurm:
 
 def make_runner(out: Path, slurm: FakeSlurm, db: StudyDB, *, rerun_failed: bool = False,
                 sleep: object = None) -> StudyRunner:
-    ctx = JobContext(logs_dir=str(out / "logs"), shoal_argv=("shoal",), time_limit_s=SPEC.timeout)
+    ctx = JobContext(logs_dir=str(out / "logs"), time_limit_s=SPEC.timeout)
     return StudyRunner(SPEC, EXPS, db, slurm, out, ctx,
                        console=Console(file=io.StringIO(), width=120),
                        rerun_failed=rerun_failed, backoff=Backoff(0.0, 1.0, 0.0),

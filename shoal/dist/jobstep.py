@@ -1,0 +1,405 @@
+"""One study run inside its batch job: stage, run the workload, clean up, one record per node.
+
+STANDARD LIBRARY ONLY. The study's batch script runs on the first node of the allocation, where
+there is no venv, only python3, the Slurm clients and Charliecloud; it calls the node agent bundle:
+
+    python3 /pfs/store/.shoal/agent-<hash>.pyz --store /pfs/store \\
+        job --method M --image I --workload W [--timeout S] [--fanout K] [--compress]
+
+``job`` (this module's ``do_job``) runs, each step bounded by what is left of --timeout:
+
+1. the method's collective step when it has one: ``check`` on every node (fail before copying),
+   then ``sbcast`` of the artifact from this batch step (timed here);
+2. ``stage`` on every node (``srun --ntasks-per-node=1``; timed on the node, from ``check`` for
+   collective methods so the broadcast counts as staging);
+3. the workload: per-node workloads (catwalk, statwalk, pynamic) through the agent's
+   ``workload`` subcommand on every node (``ch-run STAGED -- CMD``, timed on the node); MPI
+   workloads (mpihello, lammps) as one ``srun --mpi=pmix ... ch-run STAGED -- CMD`` over the
+   allocation, one rank per node, timed here; their figures of merit are rank 0's JSON line and
+   are attached to EVERY node record, with ``workload_scope = "job"`` (per-node ones say "node");
+4. ``cleanup`` on every node, always (figures only known at unmount, e.g. reads through a mount);
+
+and prints ONE JSON line per node with the keys of the study's job contract
+(shoal.study.jobscript), even when a step failed (ok = false, error = why), then exits 0 if every
+node is ok. The workload runs only if every node staged the image: a partial allocation is not the
+experiment that was asked for.
+
+bytes_from_storage is what the node read from shared storage for the whole run: the copy while
+staging (untar), the reads through a mount of a file on shared storage over the mount's life
+(squashfs-kernel, squashfuse: loop device / squashfuse counters), the workload's reads for
+shared-dir (every read in the container goes to shared storage), and for broadcast methods the
+one read of the artifact by the batch node (sbcast reads it once for the job, on the first node).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pkgutil
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from shoal.dist.base import Context, get_method, proc_io
+from shoal.errors import CommandTimeout, DistError, ShoalError
+from shoal.runner import run
+
+STEP_MIN_TIMEOUT = 30.0
+CLEANUP_TIMEOUT = 120.0
+DEFAULT_JOB_TIMEOUT = 600.0
+# PMIx's shared-memory data store warns about locks inside ch-run containers: hash instead
+MPI_ENV = "ALL,PMIX_MCA_gds=hash"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What runs in the container. kind "node": one process per node (the agent's ``workload``
+    step times it on the node); kind "mpi": one MPI job over the allocation, one rank per node.
+    In argv, {script} is the bundled script copied to the node, {t0} the launch time (epoch)."""
+
+    name: str
+    kind: str
+    argv: tuple[str, ...]
+    script: str | None = None
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload("catwalk", "node", ("python3", "{script}", "/"), "catwalk.py"),
+        Workload("statwalk", "node", ("python3", "{script}", "/"), "statwalk.py"),
+        Workload("pynamic", "node", ("python3", "/opt/pynamic/pynamic_driver.py", "--t0", "{t0}")),
+        Workload("mpihello", "mpi", ("mpihello",)),
+        Workload("lammps", "mpi", ("lammps-lj",)),
+    )
+}
+
+
+def get_workload(name: str) -> Workload:
+    try:
+        return WORKLOADS[name]
+    except KeyError:
+        raise DistError(f"unknown workload {name!r}",
+                        f"known workloads: {', '.join(sorted(WORKLOADS))}") from None
+
+
+def node_name() -> str:
+    import socket
+
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def last_json(text: str) -> dict[str, Any] | None:
+    """The last line of TEXT that is a JSON object (a workload's figures of merit)."""
+    for line in reversed(text.splitlines()):
+        s = line.strip()
+        if s.startswith("{"):
+            with contextlib.suppress(ValueError):
+                d = json.loads(s)
+                if isinstance(d, dict):
+                    return d
+    return None
+
+
+def tail(text: str, n: int = 2) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])[-300:]
+
+
+def user_env() -> dict[str, str] | None:
+    # ch-run refuses to start without $USER (batch jobs of daemons may not set it)
+    if os.environ.get("USER"):
+        return None
+    return {"USER": "root" if os.geteuid() == 0 else str(os.geteuid())}
+
+
+# ---- per node: the `workload` subcommand -----------------------------------------------------
+
+
+def do_workload(ctx: Context, name: str, timeout: float) -> dict[str, Any]:
+    """Run workload NAME in the image staged for this job on this node; time it here."""
+    from shoal.dist.nodeagent import base_record, fail, load_state
+
+    state = load_state(ctx) or {}
+    rec = base_record("workload", ctx, state.get("method"))
+    rec["workload"] = name
+    try:
+        wl = get_workload(name)
+        staged = state.get("staged")
+        if not isinstance(staged, str):
+            raise DistError(f"image {ctx.image!r} is not staged on this node for job {ctx.job}",
+                            "the stage step failed or did not run")
+        script = ""
+        if wl.script:
+            data = pkgutil.get_data("shoal.workloads", wl.script)
+            if data is None:
+                raise DistError(f"workload script {wl.script} missing from the agent bundle")
+            # the host's /tmp is the container's /tmp (ch-run binds it): the path is the same
+            wdir = os.path.join(ctx.job_dir, "workloads")
+            os.makedirs(wdir, exist_ok=True)
+            script = os.path.join(wdir, wl.script)
+            with open(script, "wb") as f:
+                f.write(data)
+            os.chmod(wdir, 0o755)
+            os.chmod(script, 0o644)
+        io0 = proc_io()
+        w0, t0 = time.time(), time.monotonic()
+        argv = [a.format(script=script, t0=f"{w0:.6f}") for a in wl.argv]
+        done = run(["ch-run", staged, "--", *argv], timeout=timeout, check=False,
+                   env=user_env(), what=f"workload {name}")
+        seconds = time.monotonic() - t0
+        io1 = proc_io()
+        fom = last_json(done.stdout)
+        rec.update({
+            "seconds": round(seconds, 6), "wall_start": w0, "wall_end": time.time(),
+            "fom": fom or {}, "returncode": done.returncode,
+            # the container's reads: on shared-dir every one of them goes to shared storage
+            "rchar": io1.get("rchar", 0) - io0.get("rchar", 0),
+            "read_bytes": io1.get("read_bytes", 0) - io0.get("read_bytes", 0),
+        })
+        if done.returncode != 0:
+            rec["error"] = f"workload {name} exited {done.returncode}: " \
+                           f"{tail(done.stderr) or tail(done.stdout)}"
+        elif fom is None:
+            rec["error"] = f"workload {name} printed no JSON figures of merit: {tail(done.stdout)}"
+        else:
+            rec["ok"] = True
+    except CommandTimeout:
+        rec["error"] = f"workload {name} ran past {timeout:g} s"
+    except Exception as exc:
+        fail(rec, exc)
+    return rec
+
+
+# ---- batch side: the `job` subcommand --------------------------------------------------------
+
+
+class Steps:
+    """Job steps from the batch script: srun of the agent on every node, one record each."""
+
+    def __init__(self, agent: str, store: str, nodes: list[str], deadline: float) -> None:
+        self.agent = agent
+        self.store = store
+        self.nodes = nodes
+        self.deadline = deadline
+        self.log: list[str] = []
+
+    def left(self, minimum: float = STEP_MIN_TIMEOUT) -> float:
+        return max(minimum, self.deadline - time.monotonic())
+
+    def srun(self, *cmd: str, mpi: str = "none", export: str | None = None) -> list[str]:
+        n = len(self.nodes)
+        argv = ["srun", f"--nodes={n}", f"--ntasks={n}", "--ntasks-per-node=1",
+                f"--nodelist={','.join(self.nodes)}", "--kill-on-bad-exit=0", f"--mpi={mpi}"]
+        if export:
+            argv.append(f"--export={export}")
+        return [*argv, *cmd]
+
+    def agent_step(self, sub: str, *args: str, timeout: float | None = None
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """Run the agent's SUB on every node; (records by node, failures by node)."""
+        argv = self.srun("python3", self.agent, "--store", self.store, sub, *args)
+        limit = timeout if timeout is not None else self.left()
+        stdout, why = "", ""
+        try:
+            done = run(argv, timeout=limit, check=False, what=f"node agent {sub}")
+            stdout = done.stdout
+            if done.returncode != 0:
+                why = tail(done.stderr)
+        except CommandTimeout as exc:
+            stdout = exc.stdout
+            why = f"no answer within {limit:g} s"
+        records: dict[str, dict[str, Any]] = {}
+        for line in stdout.splitlines():
+            with contextlib.suppress(ValueError):
+                d = json.loads(line)
+                if isinstance(d, dict) and isinstance(d.get("node"), str):
+                    records[d["node"]] = d
+        failed: dict[str, str] = {}
+        for node in self.nodes:
+            r = records.get(node)
+            if r is None:
+                failed[node] = f"{sub}: no record from the node ({why or 'srun gave no output'})"
+            elif not r.get("ok"):
+                failed[node] = f"{sub}: {r.get('error') or 'failed'}"
+        if why:
+            self.log.append(f"{sub}: {why}")
+        return records, failed
+
+
+def _sbcast(steps: Steps, ctx: Context, kind: str, fanout: int, compress: bool) -> float:
+    argv = ["sbcast", f"--jobid={ctx.job}", "-f", f"--fanout={fanout}"]
+    if compress:
+        argv.append("--compress")
+    t0 = time.monotonic()
+    run([*argv, ctx.artifact(kind), ctx.local_artifact(kind)], timeout=steps.left(),
+        what="sbcast", hint="is the artifact readable here and /tmp writable on the nodes?")
+    return time.monotonic() - t0
+
+
+def _mpi_workload(steps: Steps, wl: Workload, staged: str) -> dict[str, Any]:
+    """One MPI job over the allocation; its record (timed here, rank 0's figures)."""
+    argv = steps.srun("ch-run", staged, "--", *wl.argv, mpi="pmix", export=MPI_ENV)
+    w0, t0 = time.time(), time.monotonic()
+    rec: dict[str, Any] = {"ok": False, "error": None, "wall_start": w0}
+    limit = steps.left()
+    try:
+        done = run(argv, timeout=limit, check=False, env=user_env(), what=f"workload {wl.name}")
+    except CommandTimeout:
+        rec["error"] = f"workload {wl.name} ran past {limit:g} s"
+        return rec
+    rec["seconds"] = round(time.monotonic() - t0, 6)
+    rec["wall_end"] = time.time()
+    fom = last_json(done.stdout) or {}
+    hosts = sorted({f.removeprefix("host=") for ln in done.stdout.splitlines()
+                    for f in ln.split() if f.startswith("host=")})
+    if hosts:
+        fom["hosts"] = len(hosts)
+    rec["fom"] = fom
+    rec["returncode"] = done.returncode
+    if done.returncode != 0:
+        rec["error"] = f"workload {wl.name} exited {done.returncode}: " \
+                       f"{tail(done.stderr) or tail(done.stdout)}"
+    elif not fom or fom.get("ring_passed") is False:
+        rec["error"] = f"workload {wl.name} gave no passing figures of merit: " \
+                       f"{tail(done.stdout)}"
+    else:
+        rec["ok"] = True
+    return rec
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def merge(node: str, *, method: str, image: str, workload: str, job: str, batch_node: str,
+          stage: dict[str, Any] | None, work: dict[str, Any] | None, scope: str,
+          clean: dict[str, Any] | None, error: str | None, collective_s: float | None,
+          collective_bytes: int, job_stage_s: float | None) -> dict[str, Any]:
+    """The node's record in the study's job contract (shoal.study.jobscript)."""
+    s = stage or {}
+    w = work or {}
+    c = clean or {}
+    figures: dict[str, Any] = {}
+    for v in (c.get("figures") or {}).values():
+        if isinstance(v, dict):
+            figures.update(v)
+    storage = _int(s.get("storage_bytes_read"))
+    mount_reads = _int(figures.get("mount_bytes_read"))
+    if mount_reads is not None:
+        storage = mount_reads  # the mount's whole life: staging and the workload's reads
+    elif method == "shared-dir" and _int(w.get("rchar")) is not None:
+        storage = (storage or 0) + int(w["rchar"])
+    if collective_s is not None and node == batch_node:
+        storage = (storage or 0) + collective_bytes
+    rec: dict[str, Any] = {
+        "node": node, "ok": error is None, "error": error, "method": method, "image": image,
+        "job": job, "image_digest": s.get("image_digest"),
+        "stage_start": _num(s.get("wall_start")), "stage_end": _num(s.get("wall_end")),
+        "stage_seconds": _num(s.get("seconds")),
+        "bytes_from_storage": storage,
+        "bytes_net_rx": _int(s.get("net_rx_bytes")),
+        "peak_bytes": _int(s.get("local_bytes_peak")),
+        "workload": workload, "workload_seconds": _num(w.get("seconds")),
+        "fom": w.get("fom") if isinstance(w.get("fom"), dict) else {},
+        "workload_scope": scope,
+        "workload_start": _num(w.get("wall_start")), "workload_end": _num(w.get("wall_end")),
+        "workload_rchar": _int(w.get("rchar")),
+        "stage_bytes_from_storage": _int(s.get("storage_bytes_read")),
+        "collective_seconds": collective_s, "job_stage_seconds": job_stage_s,
+        "staged": s.get("staged"), "staged_by": s.get("staged_by"),
+        "broadcast_bytes": _int(s.get("broadcast_bytes")),
+        "mount_bytes_read": mount_reads,
+        "fuse_peak_rss_bytes": _int(figures.get("fuse_peak_rss_bytes")),
+        "cleanup_ok": bool(c.get("ok")) if c else None,
+        "cleanup_left": c.get("left") if c else None,
+    }
+    return rec
+
+
+def do_job(*, agent: str, store: str, method_name: str, image: str, workload: str,
+           timeout: float = DEFAULT_JOB_TIMEOUT, fanout: int = 8, compress: bool = False,
+           out: Any = None) -> int:
+    """The whole run of one experiment repetition from the batch script (see module doc)."""
+    from shoal.slurm.hostlist import expand
+
+    out = out or sys.stdout
+    job = os.environ.get("SLURM_JOB_ID", "")
+    nodes = expand(os.environ.get("SLURM_JOB_NODELIST"))
+    if not job or not nodes:
+        sys.stderr.write("shoal job: run me inside a Slurm batch job (SLURM_JOB_ID unset)\n")
+        return 2
+    batch_node = node_name()
+    t_start = time.monotonic()
+    steps = Steps(agent, store, nodes, t_start + timeout)
+    errors: dict[str, str] = {}
+    stage: dict[str, dict[str, Any]] = {}
+    work: dict[str, dict[str, Any]] = {}
+    clean: dict[str, dict[str, Any]] = {}
+    collective_s: float | None = None
+    collective_bytes = 0
+    job_stage_s: float | None = None
+    scope = "node"
+    common = ("--job", job, "--image", image)
+    try:
+        method = get_method(method_name)
+        wl = get_workload(workload)
+        scope = "job" if wl.kind == "mpi" else "node"
+        ctx = Context(job, image, store)
+        if method.collective:
+            if method.collective != "sbcast":
+                raise DistError(f"method {method.name} asks for unknown collective "
+                                f"{method.collective!r}")
+            _, errors = steps.agent_step("check", *common, "--method", method.name)
+            if not errors:
+                try:
+                    collective_s = _sbcast(steps, ctx, method.artifact, fanout, compress)
+                    collective_bytes = os.path.getsize(ctx.artifact(method.artifact))
+                except ShoalError as exc:
+                    errors = {n: f"sbcast: {exc.message}" for n in nodes}
+        if not errors:
+            stage, errors = steps.agent_step("stage", *common, "--method", method.name)
+        job_stage_s = round(time.monotonic() - t_start, 6)
+        if not errors:
+            if wl.kind == "node":
+                work, errors = steps.agent_step(
+                    "workload", *common, "--workload", wl.name,
+                    "--timeout", f"{max(10.0, steps.left() - 5):.0f}")
+            else:
+                paths_ = {str(r.get("staged")) for r in stage.values()}
+                if len(paths_) != 1:
+                    raise DistError(f"nodes staged at different paths: {sorted(paths_)}")
+                mrec = _mpi_workload(steps, wl, paths_.pop())
+                work = {n: mrec for n in nodes}
+                if not mrec["ok"]:
+                    errors = {n: str(mrec["error"]) for n in nodes}
+        else:
+            bad = ", ".join(sorted(errors))
+            for n in nodes:
+                errors.setdefault(n, f"workload not run: staging failed on {bad}")
+    except ShoalError as exc:
+        errors = {n: errors.get(n) or exc.message for n in nodes}
+    except Exception as exc:  # every failure still gives every node its record
+        errors = {n: errors.get(n) or f"{type(exc).__name__}: {exc}" for n in nodes}
+    finally:
+        # everything of the job on every node: this is the job's own allocation
+        clean, cfailed = steps.agent_step("cleanup", "--job", job,
+                                          timeout=max(CLEANUP_TIMEOUT, steps.left(0)))
+        for n, why in cfailed.items():
+            errors.setdefault(n, why)
+    for line in steps.log:
+        sys.stderr.write(f"shoal job: {line}\n")
+    for n in nodes:
+        rec = merge(n, method=method_name, image=image, workload=workload, job=job,
+                    batch_node=batch_node, stage=stage.get(n), work=work.get(n), scope=scope,
+                    clean=clean.get(n), error=errors.get(n), collective_s=collective_s,
+                    collective_bytes=collective_bytes, job_stage_s=job_stage_s)
+        out.write(json.dumps(rec, sort_keys=True) + "\n")
+    out.flush()
+    return 1 if errors else 0

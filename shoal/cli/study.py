@@ -16,7 +16,7 @@ from shoal.slurm.client import SlurmClient
 from shoal.study.db import DB_NAME, StudyDB
 from shoal.study.jobscript import JobContext
 from shoal.study.matrix import expand
-from shoal.study.report import compare_dirs, write_report
+from shoal.study.report import Report, compare_dirs, write_report
 from shoal.study.runner import StudyRunner, collect_environment, dry_run
 from shoal.study.spec import DEFAULT_METHODS, StudySpec, load_spec
 
@@ -92,12 +92,19 @@ def _link(spec: StudySpec, out: Path, *, connect: bool) -> _Link:
             f"{spec.cluster.network!r}",
             f"boot it with `shoal cluster up --name {state.name} --network "
             f"{spec.cluster.network}` (results would otherwise be labelled wrongly)")
+    storage = str(getattr(state, "storage", None) or state.config.get("storage") or "bind")
+    if spec.cluster.storage is not None and storage != spec.cluster.storage:
+        raise StudyError(
+            f"cluster {state.name!r} shares /pfs by {storage!r}, the spec asks for "
+            f"{spec.cluster.storage!r}",
+            f"boot it with `shoal cluster up --name {state.name} --storage "
+            f"{spec.cluster.storage}`")
     client = SlurmClient(prefix=slurm_prefix(spec.cluster.name))
     cfg = state.config
     extra: dict[str, object] = {
         "cluster_nodes": len(state.nodes),
         **{k: cfg.get(k) for k in ("cpus_per_node", "memory_mb_per_node", "tmpfs_size")},
-        "shared_storage": "bind mount of the host's store at /pfs/store (no network cost)",
+        "shared_storage": storage,
     }
     return _Link(client, ctx, cdir.pfs / rel, dict(state.network), paths.store_root(), extra)
 
@@ -145,11 +152,12 @@ def _prolog_store(spec: StudySpec, store: Path) -> Path | None:
 def run_cmd(spec_path: Path, out: Path | None, cluster_name: str | None, dry: bool,
             rerun_failed: bool) -> None:
     """Run the study in SPEC; running it again resumes (completed runs are skipped)."""
-    _run(spec_path, out, cluster_name, dry, rerun_failed)
+    run_study(spec_path, out, cluster_name, dry, rerun_failed)
 
 
-def _run(spec_path: Path, out: Path | None, cluster_name: str | None, dry: bool,
-         rerun_failed: bool) -> None:
+def run_study(spec_path: Path, out: Path | None, cluster_name: str | None = None,
+              dry: bool = False, rerun_failed: bool = False) -> Path:
+    """`shoal study run` (also what shoal.demo calls); returns the results directory."""
     try:
         from shoal.cluster.config import NETWORK_PROFILES
         networks: set[str] | None = set(NETWORK_PROFILES)
@@ -170,7 +178,7 @@ def _run(spec_path: Path, out: Path | None, cluster_name: str | None, dry: bool,
         finally:
             if db is not None:
                 db.close()
-        return
+        return out_dir
     digests = prepare_images(spec, link.store_local)
     from shoal.dist.bundle import publish
 
@@ -184,8 +192,10 @@ def _run(spec_path: Path, out: Path | None, cluster_name: str | None, dry: bool,
                              prolog_requests=_prolog_store(spec, link.store_local))
         env = collect_environment(link.client, spec, network_params=link.network_params,
                                   image_digests=digests)
-        env = dataclasses.replace(env, extra={**link.extra_env, "agent": agent,
-                                              "privileged": spec.privileged})
+        env = dataclasses.replace(
+            env, extra={**link.extra_env, "agent": agent, "privileged": spec.privileged},
+            # what the cluster runs, not only what the spec asked for
+            network_profile=str(link.network_params.get("name") or spec.cluster.network))
         summary = runner.execute(env)
         counts = db.state_counts()
     table = Table(title=f"study {spec.name}: {out_dir}")
@@ -196,6 +206,7 @@ def _run(spec_path: Path, out: Path | None, cluster_name: str | None, dry: bool,
                                                      for k, v in sorted(counts.items())))
     console.print(table)
     console.print(f"report: shoal study report {out_dir}")
+    return out_dir
 
 
 def _kind(spec_path: Path) -> str:
@@ -248,7 +259,11 @@ def status(out_dir: Path) -> None:
 @click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
 def report(out_dir: Path) -> None:
     """Write DIR/report.md and DIR/report.html (with plots) and print the answers."""
-    rep = write_report(out_dir)
+    print_report(write_report(out_dir), out_dir)
+
+
+def print_report(rep: Report, out_dir: Path) -> None:
+    """The answers table and where the report is."""
     table = Table(title="answers", show_lines=True)
     table.add_column("#")
     table.add_column("question", max_width=40)

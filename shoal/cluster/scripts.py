@@ -21,7 +21,10 @@ fi
 hostname "$SHOAL_HOST"
 mount -t overlay overlay -o "lowerdir=$SHOAL_LOWER,upperdir=$SHOAL_UPPER,workdir=$SHOAL_WORK" "$R"
 mount -t proc proc "$R/proc"
-mount --rbind /sys "$R/sys"
+# A sysfs of its own: mounted from inside the node's netns it shows the node's interfaces (eth0
+# counters); the cgroup tree slurmd checks for is bound from the host.
+mount -t sysfs sysfs "$R/sys"
+mount --rbind /sys/fs/cgroup "$R/sys/fs/cgroup"
 mount --rbind /dev "$R/dev"
 mount -t tmpfs -o size=64m,mode=1777 tmpfs "$R/dev/shm"
 mount -t tmpfs -o "size=$SHOAL_TMPFS,mode=1777" tmpfs "$R/tmp"
@@ -84,6 +87,8 @@ PROLOG = r"""#!/bin/sh
 # It is shoal's privileged hook: steps of image distribution methods that need root (kernel
 # loop mounts) are done here by the node agent, from a request the job's owner left on /pfs.
 # A real site installs the same two lines in its own Prolog/Epilog.
+# slurmd runs it with an almost empty environment: losetup and mount live in sbin.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 agent=/etc/slurm/shoal-nodeagent.py
 [ -f "$agent" ] || exit 0
 exec /usr/bin/python3 "$agent" prolog
@@ -91,6 +96,7 @@ exec /usr/bin/python3 "$agent" prolog
 
 EPILOG = r"""#!/bin/sh
 # Slurm Epilog: undo what the Prolog and the job's staging left on this node (mounts, files).
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 agent=/etc/slurm/shoal-nodeagent.py
 [ -f "$agent" ] || exit 0
 exec /usr/bin/python3 "$agent" epilog

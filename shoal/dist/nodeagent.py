@@ -89,6 +89,7 @@ except ImportError:
         _lone_file()
     raise
 
+SYSTEM_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -454,6 +455,11 @@ def main(argv: list[str] | None = None) -> int:
         return do_job(agent=os.path.abspath(sys.argv[0]), store=args.store,
                       method_name=args.method, image=args.image, workload=args.workload,
                       timeout=args.timeout, fanout=args.fanout, compress=args.compress)
+    if args.cmd in ("prolog", "epilog"):
+        # slurmd starts the Prolog/Epilog with a bare environment: losetup, mount and umount
+        # live in the sbin directories
+        have = os.environ.get("PATH", "").split(":")
+        os.environ["PATH"] = ":".join(dict.fromkeys([p for p in have if p] + SYSTEM_PATH))
     if args.cmd == "prolog":
         return do_prolog(args.store, args.stage_root)
     if args.cmd == "epilog":

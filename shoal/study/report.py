@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,8 @@ def build_blocks(db: StudyDB, out_dir: Path, kinds: Mapping[str, str] = DEFAULT_
             ["network profile", f"{e['network_profile']} {e['network_params_json']}"],
             ["images", str(e["image_digests_json"])],
             ["shoal", f"{e['shoal_version']} (git {e['git_commit'] or 'unknown'})"],
+            *[[str(k), str(v)] for k, v in sorted(json.loads(e.get("extra_json") or "{}")
+                                                 .items())],
         ])]
 
     answers = answer_all(cells, kinds)

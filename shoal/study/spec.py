@@ -3,7 +3,8 @@
     [study]                      name, repetitions (5), timeout ("10m"), concurrency (1), partition,
                                  privileged ("auto" | "prolog" | "direct": how kernel mounts get
                                  root; auto = direct when the harness is root, else the Prolog)
-    [cluster]                    kind = "virtual" | "existing", name, nodes, network, store (the
+    [cluster]                    kind = "virtual" | "existing", name, nodes, network, storage
+                                 (virtual: how /pfs is shared, "bind" or "sshfs"), store (the
                                  image store as the nodes see it; existing clusters only)
     [matrix]                     images, methods, workloads, node_counts, zip, exclude
 
@@ -48,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "cluster.name": "shoal",
     "cluster.network": None,
     "cluster.store": None,
+    "cluster.storage": None,
 }
 PRIVILEGED_MODES = ("auto", "prolog", "direct")
 
@@ -55,7 +57,7 @@ _ALLOWED: dict[str, tuple[str, ...]] = {
     "": ("study", "cluster", "matrix"),
     "study": ("name", "repetitions", "timeout", "concurrency", "partition", "description",
               "privileged"),
-    "cluster": ("kind", "name", "nodes", "network", "store"),
+    "cluster": ("kind", "name", "nodes", "network", "storage", "store"),
     "matrix": ("images", "methods", "workloads", "node_counts", "zip", "exclude"),
 }
 
@@ -67,6 +69,7 @@ class ClusterSpec:
     nodes: int | None
     network: str | None
     store: str | None = None
+    storage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,9 @@ def parse_spec(
     cnodes = v.opt_integer(cluster, "cluster.nodes", minimum=1)
     network = v.opt_string(cluster, "cluster.network")
     store = v.opt_string(cluster, "cluster.store")
+    storage = v.opt_string(cluster, "cluster.storage")
+    if storage is not None and kind != "virtual":
+        v.fail("cluster.storage", storage, "only for kind = \"virtual\"")
     if store is not None and kind != "existing":
         v.fail("cluster.store", store, "only for kind = \"existing\" (a virtual cluster's "
                "nodes see the store at /pfs/store)")
@@ -194,7 +200,8 @@ def parse_spec(
         timeout=timeout,
         concurrency=concurrency,
         partition=partition,
-        cluster=ClusterSpec(kind=kind, name=cname, nodes=cnodes, network=network, store=store),
+        cluster=ClusterSpec(kind=kind, name=cname, nodes=cnodes, network=network, store=store,
+                                storage=storage),
         images=imgs,
         methods=meths,
         workloads=wls,

@@ -126,3 +126,23 @@ def test_not_root_is_refused() -> None:
     assert res.returncode != 0
     assert "needs root" in res.stderr
     assert not ClusterDir("nr").root.exists()
+
+
+def test_two_clusters_run_at_once_on_distinct_subnets(small_cluster: str) -> None:
+    other = small_cluster + "b"
+    if ClusterDir(other).exists():
+        manager.down(other)
+    manager.up(ClusterConfig(name=other, nodes=1, accounting=False), progress=False)
+    try:
+        a, b = ClusterDir(small_cluster).load(), ClusterDir(other).load()
+        assert a.index != b.index and a.bridge != b.bridge
+        for st in (a, b):
+            out = subprocess.run(
+                [*manager.enter_prefix(st, "ctl"), "srun", "-N1", "sh", "-c", "hostname -I"],
+                capture_output=True, text=True, timeout=60, check=True,
+            ).stdout
+            assert out.startswith(f"10.250.{st.index}.")
+    finally:
+        assert manager.down(other) == []
+    # taking one down leaves the other running
+    assert set(manager.node_states(ClusterDir(small_cluster).load()).values()) == {"idle"}

@@ -40,6 +40,8 @@ class FakeSlurm:
         self.submitted: list[str] = []
         self.cancelled: list[int] = []
         self.cancelled_names: list[str] = []
+        self.released: list[int] = []
+        self.args: dict[int, list[str]] = {}
         self.fail_method = fail_method
         self.lifetime = lifetime
         self.max_live = 0
@@ -54,6 +56,7 @@ class FakeSlurm:
         text = Path(script).read_text()
         job_id = self.next_id
         self.next_id += 1
+        self.args[job_id] = list(args)
         self.jobs[job_id] = {
             "polls": 0,
             "nodes": int(re.search(r"--nodes=(\d+)", text).group(1)),  # type: ignore[union-attr]
@@ -110,6 +113,9 @@ class FakeSlurm:
     def cancel_name(self, name: str) -> None:
         self.cancelled_names.append(name)
 
+    def release(self, job_id: int) -> None:
+        self.released.append(job_id)
+
     def version(self) -> SlurmVersion:
         return SlurmVersion("22.05.8")
 
@@ -138,7 +144,7 @@ def test_full_run_collects_records_under_the_concurrency_limit(tmp_path: Path) -
     scripts = sorted(p.name for p in (tmp_path / "scripts").iterdir())
     assert len(scripts) == N_RUNS and scripts[0].endswith("-r0.sh")
     body = (tmp_path / "scripts" / scripts[0]).read_text()
-    assert "#SBATCH --time=1" in body and "--records -" in body and "srun --nodes=" in body
+    assert "#SBATCH --time=1" in body and " job " in body and "--workload catwalk" in body
 
 
 def test_failed_job_is_recorded_and_the_study_goes_on(tmp_path: Path) -> None:

@@ -183,3 +183,34 @@ def service(name: str, node: str, program: str, action: str) -> None:
     getattr(sup, action)(program)
     state = {p.name: p.state for p in sup.programs()}.get(program, "?")
     console.print(f"{node}: {program} {action}: now {state}")
+
+
+@cluster.command()
+@click.option("--name", default="shoal", show_default=True)
+@click.option("--node", "nodes", multiple=True, help="Upgrade only these nodes (repeatable).")
+@click.option("--image-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A layer1 image directory (default: the current build of layer1/Dockerfile).")
+@click.option("--drain-timeout", type=float, default=600.0, show_default=True,
+              help="Seconds to wait for a node's jobs to finish.")
+def upgrade(name: str, nodes: tuple[str, ...], image_dir: Path | None, drain_timeout: float) -> None:
+    """Rolling upgrade: swap each node's layer1 container (drain, swap, resume), one at a time."""
+    import hashlib
+
+    from shoal.cluster.upgrade import NodeUpgrade
+    from shoal.cluster.upgrade import upgrade as do_upgrade
+
+    if image_dir is None:
+        from shoal.images.layer1 import ensure_layer1
+
+        img = ensure_layer1()
+        path, h = Path(img.path), img.hash
+    else:
+        path = image_dir.resolve()
+        h = "dir-" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
+
+    def show(rec: NodeUpgrade) -> None:
+        console.print(f"{rec.node}: {rec.old_hash[:12]} -> {rec.new_hash[:12]} "
+                      f"(drain {rec.drain_seconds:.1f} s, swap {rec.swap_seconds:.1f} s)")
+
+    done = do_upgrade(name, path, h, list(nodes) or None, drain_timeout, on_node=show)
+    console.print(f"{len(done)} node(s) upgraded; cluster {name!r} runs {h[:12]}")

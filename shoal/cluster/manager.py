@@ -9,6 +9,7 @@ slurmd, sshd) started in parallel -> wait until Slurm shows every node idle.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import secrets
@@ -247,22 +248,10 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     os.chown(nm, muid, mgid)
     os.chmod(nm, 0o700)
     _write(nm / "munge.key", munge_key, 0o400, muid, mgid)
-    host_key = (ssh_dir / "ssh_host_ed25519_key").read_bytes()
+    _write(cd.secrets / "known_hosts", known_hosts)
+    _write(cd.secrets / "ssh_config", ssh_config)
     for name in state.nodes:
-        nd = cd.node(name)
-        up_ = nd / "upper"
-        for sub in ("work", "root", "upper/.oldroot", "upper/pfs", "upper/etc/slurm", "upper/var/log/slurm"):
-            (nd / sub).mkdir(parents=True, exist_ok=True)
-        _write(up_ / "etc/ssh/ssh_host_ed25519_key", host_key, 0o600)
-        _write(up_ / "etc/ssh/ssh_host_ed25519_key.pub", " ".join(host_pub) + "\n")
-        _write(up_ / "etc/ssh/ssh_known_hosts", known_hosts)
-        _write(up_ / "etc/hosts", hosts)
-        _write(up_ / "etc/hostname", name + "\n")
-        _write(up_ / "root/.ssh/authorized_keys", client_pub, 0o600)
-        _write(up_ / "root/.ssh/id_ed25519", client_key, 0o600)
-        _write(up_ / "root/.ssh/config", ssh_config)
-        os.chmod(up_ / "root/.ssh", 0o700)
-        os.chmod(up_ / "root", 0o700)
+        _prepare_node(cd, name)
 
     # -- network: one bridge, a netns + veth per host
     hosts_ = state.netns_hosts()
@@ -311,10 +300,9 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
             "SHOAL_MUNGE_GID": str(mgid),
             "SHOAL_ETC_MUNGE": str(nm),
         }
-        state.node_pids[name] = spawn(
-            _in_new_ns(state.netns(name), ["/bin/sh", str(cd.root / "node-init.sh")]),
-            log_path=cd.logs / f"{name}.console", env=env,
-        )
+        (nd / "env.json").write_text(json.dumps(env, indent=1, sort_keys=True))
+        state.node_pids[name] = _start_node(cd, state, name)
+        state.node_images[name] = state.layer1_hash
     if cfg.accounting:
         if install_db.wait(timeout=120) != 0:
             raise ClusterError(
@@ -329,6 +317,41 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
         log_path=cd.logs / "ctl.console", env=ctl_env,
     )
     cd.save(state)
+
+
+def _prepare_node(cd: ClusterDir, name: str) -> None:
+    """A fresh per-node upper layer holding only the node's placed files (keys, hosts)."""
+    nd = cd.node(name)
+    for sub in ("upper", "work"):
+        if (nd / sub).exists():
+            shutil.rmtree(nd / sub)
+    up_ = nd / "upper"
+    for sub in ("work", "root", "upper/.oldroot", "upper/pfs", "upper/etc/slurm", "upper/var/log/slurm"):
+        (nd / sub).mkdir(parents=True, exist_ok=True)
+    sec = cd.secrets
+    host_pub = (sec / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+    _write(up_ / "etc/ssh/ssh_host_ed25519_key", (sec / "ssh_host_ed25519_key").read_bytes(), 0o600)
+    _write(up_ / "etc/ssh/ssh_host_ed25519_key.pub", " ".join(host_pub) + "\n")
+    _write(up_ / "etc/ssh/ssh_known_hosts", (sec / "known_hosts").read_text())
+    _write(up_ / "etc/hosts", (cd.ctl / "etc" / "hosts").read_text())
+    _write(up_ / "etc/hostname", name + "\n")
+    _write(up_ / "root/.ssh/authorized_keys", (sec / "id_ed25519.pub").read_text(), 0o600)
+    _write(up_ / "root/.ssh/id_ed25519", (sec / "id_ed25519").read_bytes(), 0o600)
+    _write(up_ / "root/.ssh/config", (sec / "ssh_config").read_text())
+    os.chmod(up_ / "root/.ssh", 0o700)
+    os.chmod(up_ / "root", 0o700)
+
+
+def _start_node(cd: ClusterDir, state: ClusterState, name: str, lower: Path | None = None) -> int:
+    """Start node `name`'s container from its saved environment (optionally on a new image)."""
+    env = json.loads((cd.node(name) / "env.json").read_text())
+    if lower is not None:
+        env["SHOAL_LOWER"] = str(lower)
+        (cd.node(name) / "env.json").write_text(json.dumps(env, indent=1, sort_keys=True))
+    return spawn(
+        _in_new_ns(state.netns(name), ["/bin/sh", str(cd.root / "node-init.sh")]),
+        log_path=cd.logs / f"{name}.console", env=env,
+    )
 
 
 def _with_user(text: str, kind: str) -> str:

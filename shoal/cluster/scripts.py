@@ -11,12 +11,13 @@ NODE_INIT = r"""#!/bin/sh
 # PID 1 of a layer1 node container until it execs supervisord (shoal/cluster/scripts.py).
 set -eu
 R="$SHOAL_ROOT"
+# The netns outlives the container (a rolling upgrade restarts the node in it): idempotent.
 ip link set lo up
-ip addr add "$SHOAL_IP/24" dev eth0
+ip addr replace "$SHOAL_IP/24" dev eth0
 ip link set eth0 up
 if [ -n "$SHOAL_TBF" ]; then
     # shellcheck disable=SC2086
-    tc qdisc add dev eth0 root tbf $SHOAL_TBF
+    tc qdisc replace dev eth0 root tbf $SHOAL_TBF
 fi
 hostname "$SHOAL_HOST"
 mount -t overlay overlay -o "lowerdir=$SHOAL_LOWER,upperdir=$SHOAL_UPPER,workdir=$SHOAL_WORK" "$R"

@@ -31,6 +31,7 @@ class ClusterState:
     storage: str = "bind"  # bind | sshfs (config.STORAGE_MODES)
     storage_pid: int = 0  # outer pid of the storage host (storage = "sshfs" only)
     node_pids: dict[str, int] = field(default_factory=dict)
+    node_images: dict[str, str] = field(default_factory=dict)  # node -> layer1 hash it runs
     phase: str = "creating"  # creating | up | down
     boot_seconds: float = 0.0
     created: float = 0.0

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
-# pytest puts this directory on sys.path (rootdir-style test modules without __init__.py)
-from test_study_report import make_db
-
 from shoal.cli.main import main
+from tests.unit.test_study_report import make_db
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,7 +34,9 @@ def test_errors_are_one_line_with_hint(tmp_path: Path, capsys: pytest.CaptureFix
                                                                           "repetitions = -1"))
     assert main(["study", "run", str(bad), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "bad.toml:7: study.repetitions = -1: must be at least 1" in err
+    line = next(i for i, ln in enumerate(bad.read_text().splitlines(), 1)
+                if ln.startswith("repetitions"))
+    assert f"bad.toml:{line}: study.repetitions = -1: must be at least 1" in err
 
 
 def test_dry_run_of_quick_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

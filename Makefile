@@ -34,6 +34,8 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/bench_cluster.py
+	$(BIN)/python bench/bench_dist.py
+	$(BIN)/python bench/bench_walks.py
 
 clean-clusters: venv
 	$(BIN)/python -m shoal.cluster.cleanup

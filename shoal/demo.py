@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     booted = False
     rc = 0
     try:
+        from shoal.cli.study import _method_names, print_report, run_study
         from shoal.cluster import manager
         from shoal.cluster.config import validate
         from shoal.cluster.state import ClusterDir
-        from shoal.cli.study import _method_names, print_report, run_study
         from shoal.images import progress
         from shoal.images.catalog import ensure_in_store
         from shoal.images.layer1 import ensure_layer1

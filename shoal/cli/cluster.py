@@ -99,6 +99,7 @@ def status(name: str, as_json: bool) -> None:
                     "running": n.running,
                     "rss_bytes": n.rss_bytes,
                     "processes": n.processes,
+                    "layer1": st.node_images.get(n.name, st.layer1_hash),
                     "programs": {p.name: p.state for p in n.programs},
                 }
                 for n in nodes
@@ -107,14 +108,14 @@ def status(name: str, as_json: bool) -> None:
         click.echo(json.dumps(doc, indent=1))
         return
     table = Table(title=f"cluster {st.name}")
-    for col in ("node", "slurm", "programs", "RSS MB"):
+    for col in ("node", "slurm", "programs", "RSS MB", "layer1"):
         table.add_column(col)
     for n in nodes:
         progs = " ".join(
             f"{p.name}:{'[green]' if p.state == 'RUNNING' else '[red]'}{p.state}[/]" for p in n.programs
         )
         table.add_row(n.name, n.slurm_state, progs or ("-" if n.running else "[red]not running[/]"),
-                      f"{n.rss_bytes / 1e6:.1f}")
+                      f"{n.rss_bytes / 1e6:.1f}", st.node_images.get(n.name, st.layer1_hash)[:12])
     console.print(table)
 
 

@@ -335,6 +335,8 @@ def _prepare_node(cd: ClusterDir, name: str) -> None:
     _write(up_ / "etc/ssh/ssh_known_hosts", (sec / "known_hosts").read_text())
     _write(up_ / "etc/hosts", (cd.ctl / "etc" / "hosts").read_text())
     _write(up_ / "etc/hostname", name + "\n")
+    # fusermount3 and mount(8) read /etc/mtab, which image builds may leave out.
+    (up_ / "etc/mtab").symlink_to("../proc/self/mounts")
     _write(up_ / "root/.ssh/authorized_keys", (sec / "id_ed25519.pub").read_text(), 0o600)
     _write(up_ / "root/.ssh/id_ed25519", (sec / "id_ed25519").read_bytes(), 0o600)
     _write(up_ / "root/.ssh/config", (sec / "ssh_config").read_text())

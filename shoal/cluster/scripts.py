@@ -31,6 +31,12 @@ mount -t tmpfs -o size=64m,mode=1777 tmpfs "$R/dev/shm"
 mount -t tmpfs -o "size=$SHOAL_TMPFS,mode=1777" tmpfs "$R/tmp"
 mount -t tmpfs -o size=64m,mode=0755 tmpfs "$R/run"
 mkdir -p "$R/run/sshd" "$R/run/munge" "$R/run/shoal"
+# Unprivileged FUSE (squashfuse, ch-run image.sqfs) needs /dev/fuse 0666, as on a stock node; a
+# node-own device inode bound over the host's keeps the host's /dev/fuse as it is.
+if [ -c /dev/fuse ]; then
+    mknod -m 0666 "$R/run/shoal/fuse" c 10 229
+    mount --bind "$R/run/shoal/fuse" "$R/dev/fuse"
+fi
 chown "$SHOAL_MUNGE_UID:$SHOAL_MUNGE_GID" "$R/run/munge"
 mount --bind "$SHOAL_HOME" "$R/home"
 if [ -n "${SHOAL_SSHFS_MOUNT:-}" ]; then

@@ -125,3 +125,14 @@ def test_status_reports_programs_and_memory(cluster: ClusterHandle) -> None:
         assert {p.name for p in n.programs} == {"rsyslogd", "munged", "slurmd", "sshd"}
         assert all(p.state == "RUNNING" for p in n.programs)
         assert 5e6 < n.rss_bytes < 200e6
+
+
+def test_unprivileged_user_can_fuse_mount_on_a_node(cluster: ClusterHandle) -> None:
+    node = cluster.nodes[0]
+    script = (
+        "set -e; d=$(mktemp -d /tmp/fuse.XXXX); mkdir $d/src $d/mnt; echo hi > $d/src/f; "
+        "mksquashfs $d/src $d/x.sqfs -quiet -noappend >/dev/null; chown -R 1000 $d; "
+        "runuser -u shoal -- sh -c \"squashfuse $d/x.sqfs $d/mnt && cat $d/mnt/f && fusermount3 -u $d/mnt\"; "
+        "rm -rf $d"
+    )
+    assert cluster.on(node, "sh", "-c", script).stdout.strip() == "hi"

@@ -44,5 +44,5 @@ def test_dry_run_of_quick_example(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["study", "run", str(REPO / "examples" / "quick.toml"), "--out", str(out),
                  "--dry-run"]) == 0
     text = capsys.readouterr().out
-    assert "36 runs to submit" in text and "#SBATCH --nodes=4" in text
+    assert "54 runs to submit" in text and "#SBATCH --nodes=4" in text
     assert not out.exists()

@@ -37,13 +37,23 @@ def _lines_vs_nodes(cells: Mapping[CellKey, Cell], metric: str, path: Path, titl
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    # One colour per method, one line style and marker per workload: 6 methods x 5 workloads
+    # would otherwise cycle through the 10 default colours and repeat.
+    method_names = sorted({m for m, _ in series})
+    workload_names = sorted({w for _, w in series})
+    colours = plt.get_cmap("tab10")
+    styles = ["-", "--", ":", "-.", (0, (5, 1))]
+    markers = ["o", "s", "^", "D", "v"]
     for (method, workload), pts in sorted(series.items()):
         pts.sort(key=lambda p: p[0])
         xs = [p[0] for p in pts]
         scaled = [stats.Interval(p[1].estimate / scale, p[1].low / scale, p[1].high / scale,
                                  p[1].n, p[1].coverage, p[1].method) for p in pts]
         meds, err = _err(scaled)
-        ax.errorbar(xs, meds, yerr=err, marker="o", capsize=3, label=f"{method} / {workload}")
+        wi = workload_names.index(workload) % len(styles)
+        ax.errorbar(xs, meds, yerr=err, capsize=3, label=f"{method} / {workload}",
+                    color=colours(method_names.index(method) % 10), linestyle=styles[wi],
+                    marker=markers[wi])
     ax.set_xscale("log", base=2)
     ax.set_xlabel("nodes")
     ax.set_ylabel(ylabel)

@@ -26,7 +26,7 @@ class FakeSlurm(Runner):
         self.seen_request_at_release: bool | None = None
         self.store: Path | None = None
 
-    def run(self, argv: Sequence[str], **kw: Any) -> Completed:  # type: ignore[override]
+    def run(self, argv: Sequence[str], **kw: Any) -> Completed:
         self.calls.append(list(argv))
         a = list(argv)[1:] if argv[0] == "pre" else list(argv)
         out = ""

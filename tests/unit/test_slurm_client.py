@@ -27,7 +27,7 @@ class Recorded(Runner):
         self.envs: list[Mapping[str, str] | None] = []
         self.prefix_len = prefix_len
 
-    def run(self, argv: Sequence[str], **kw: object) -> Completed:  # type: ignore[override]
+    def run(self, argv: Sequence[str], **kw: object) -> Completed:
         args = [os.fspath(a) for a in argv]
         self.calls.append(args)
         self.envs.append(kw.get("env"))  # type: ignore[arg-type]

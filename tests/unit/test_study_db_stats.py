@@ -140,7 +140,7 @@ def test_median_ci_coverage_by_simulation() -> None:
     trials = 2000
     for _ in range(trials):
         sample = rng.exponential(1.0, size=20)
-        ci = stats.median_ci(sample)
+        ci = stats.median_ci(sample.tolist())
         hits += ci.low <= np.log(2) <= ci.high
     assert 0.93 < hits / trials < 0.99
 

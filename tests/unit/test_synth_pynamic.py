@@ -18,7 +18,7 @@ PYN = REPO_ROOT / "images" / "pynamic"
 PYTHON = "/usr/bin/python3"
 
 sys.path.insert(0, str(PYN))
-import gen  # noqa: E402
+import gen  # type: ignore[import-not-found]  # noqa: E402
 
 needs_build = pytest.mark.skipif(
     not Path(PYTHON).exists() or shutil.which("gcc") is None

@@ -7,19 +7,22 @@ Parameters come as environment variables so one script file serves every node.
 
 from __future__ import annotations
 
-NODE_INIT = r"""#!/bin/sh
-# PID 1 of a layer1 node container until it execs supervisord (shoal/cluster/scripts.py).
-set -eu
-R="$SHOAL_ROOT"
-# The netns outlives the container (a rolling upgrade restarts the node in it): idempotent.
-ip link set lo up
+# The namespace end of a host's veth: address and shaping. Idempotent, because the netns outlives
+# the container in it (a rolling upgrade restarts a node in the same netns).
+NET_UP = r"""ip link set lo up
 ip addr replace "$SHOAL_IP/24" dev eth0
 ip link set eth0 up
 if [ -n "$SHOAL_TBF" ]; then
     # shellcheck disable=SC2086
     tc qdisc replace dev eth0 root tbf $SHOAL_TBF
 fi
-hostname "$SHOAL_HOST"
+"""
+
+NODE_INIT = r"""#!/bin/sh
+# PID 1 of a layer1 node container until it execs supervisord (shoal/cluster/scripts.py).
+set -eu
+R="$SHOAL_ROOT"
+""" + NET_UP + r"""hostname "$SHOAL_HOST"
 mount -t overlay overlay -o "lowerdir=$SHOAL_LOWER,upperdir=$SHOAL_UPPER,workdir=$SHOAL_WORK" "$R"
 mount -t proc proc "$R/proc"
 # A sysfs of its own: mounted from inside the node's netns it shows the node's interfaces (eth0
@@ -61,14 +64,7 @@ CONTROLLER_INIT = r"""#!/bin/sh
 # PID 1 of the controller (login node) until it execs supervisord (shoal/cluster/scripts.py).
 # The controller keeps the host's root filesystem; only cluster-specific paths are bound over it.
 set -eu
-ip link set lo up
-ip addr add "$SHOAL_IP/24" dev eth0
-ip link set eth0 up
-if [ -n "$SHOAL_TBF" ]; then
-    # shellcheck disable=SC2086
-    tc qdisc add dev eth0 root tbf $SHOAL_TBF
-fi
-hostname ctl
+""" + NET_UP + r"""hostname ctl
 mount -t proc proc /proc
 mount -t tmpfs -o size=64m,mode=0755 tmpfs /run
 mkdir -p /run/munge /run/mysqld /run/shoal

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoal.cluster.scripts import NET_UP
 from shoal.cluster.slurmconf import Addressing
 from shoal.cluster.state import ClusterDir
 from shoal.errors import ClusterError, DependencyError
@@ -41,14 +42,7 @@ STORAGE_INIT = r"""#!/bin/sh
 # Runs on the host's root filesystem in its own mount namespace: the export tree below is
 # built here, so the host sees none of these mounts.
 set -eu
-ip link set lo up
-ip addr add "$SHOAL_IP/24" dev eth0
-ip link set eth0 up
-if [ -n "$SHOAL_TBF" ]; then
-    # shellcheck disable=SC2086
-    tc qdisc add dev eth0 root tbf $SHOAL_TBF
-fi
-hostname storage
+""" + NET_UP + r"""hostname storage
 mount -t proc proc /proc
 mount -t tmpfs -o size=16m,mode=0755 tmpfs /run
 mkdir -p /run/sshd

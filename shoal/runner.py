@@ -135,6 +135,22 @@ class Runner:
 _children: list[subprocess.Popen[bytes]] = []
 
 
+def wait(pid: int, timeout: float) -> int:
+    """Exit code of spawned process `pid`, waiting up to `timeout` s (0 in dry-run; raises
+    CommandTimeout and kills its process group when it takes longer)."""
+    proc = next((p for p in _children if p.pid == pid), None)
+    if proc is None:
+        return 0
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(pid)
+        proc.wait()
+        raise CommandTimeout([str(a) for a in proc.args], timeout, "", "") from None  # type: ignore[union-attr]
+    _children.remove(proc)
+    return code
+
+
 def reap() -> None:
     """Collect exited spawned processes."""
     for p in list(_children):

@@ -14,7 +14,6 @@ import os
 import pwd
 import secrets
 import shutil
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from shoal.cluster.slurmconf import (
 from shoal.cluster.state import ClusterDir, ClusterState, free_index, list_states
 from shoal.errors import ClusterError, DependencyError, PrivilegeError, ShoalError
 from shoal.paths import store_root
-from shoal.runner import reap, run, spawn
+from shoal.runner import reap, run, spawn, wait
 
 REQUIRED_PROGRAMS = [
     "ip", "tc", "nsenter", "unshare", "mount", "pivot_root", "supervisord", "slurmctld", "slurmdbd",
@@ -233,12 +232,10 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     if cfg.accounting:
         # mariadb-install-db is the slowest step of the controller (seconds): run it while the
         # nodes are being prepared.
-        install_db = subprocess.Popen(
+        install_db = spawn(
             ["mariadb-install-db", "--no-defaults", f"--datadir={ctl}/mysql", "--user=mysql",
              "--auth-root-authentication-method=socket", "--skip-test-db"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(ctl / "log" / "mariadb-install-db.log", "wb"),  # noqa: SIM115
-            start_new_session=True,
+            log_path=ctl / "log" / "mariadb-install-db.log",
         )
 
     # -- per-node munge key dir owned by the image's munge user, and per-node upper dirs
@@ -304,7 +301,7 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
         state.node_pids[name] = _start_node(cd, state, name)
         state.node_images[name] = state.layer1_hash
     if cfg.accounting:
-        if install_db.wait(timeout=120) != 0:
+        if wait(install_db, timeout=120) != 0:
             raise ClusterError(
                 "mariadb-install-db failed for the accounting database",
                 f"see {ctl}/log/mariadb-install-db.log",

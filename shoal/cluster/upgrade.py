@@ -17,8 +17,9 @@ from pathlib import Path
 
 from shoal.cluster import manager, netns
 from shoal.cluster.state import ClusterDir, ClusterState
-from shoal.errors import ClusterError
+from shoal.errors import ClusterError, ShoalError
 from shoal.runner import run
+from shoal.slurm.client import SlurmClient
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,7 @@ class NodeUpgrade:
 
 
 def _slurm_state(state: ClusterState, node: str) -> str:
-    out = run([*manager.enter_prefix(state, "ctl"), "sinfo", "-h", "-n", node, "-o", "%t"],
-              timeout=30, check=False)
-    return out.stdout.strip()
+    return manager.node_states(state).get(node, "")
 
 
 def _scontrol(state: ClusterState, node: str, *settings: str) -> None:
@@ -62,12 +61,12 @@ def stop_node(state: ClusterState, node: str, grace: float = 10.0) -> None:
 
 
 def slurmd_start_time(state: ClusterState, node: str) -> str:
-    out = run([*manager.enter_prefix(state, "ctl"), "scontrol", "show", "node", "-o", node],
-              timeout=30, check=False).stdout
-    for word in out.split():
-        if word.startswith("SlurmdStartTime="):
-            return word.split("=", 1)[1]
-    return ""
+    client = SlurmClient(manager.enter_prefix(state, "ctl"), timeout=30)
+    try:
+        nodes = client.show_nodes()
+    except ShoalError:
+        return ""
+    return next((n.raw.get("SlurmdStartTime", "") for n in nodes if n.name == node), "")
 
 
 def _swap_one(

@@ -28,9 +28,11 @@ from typing import Any
 from shoal import paths
 from shoal.dist.base import REQUESTS_DIR, Context, Method, get_method
 from shoal.dist.bundle import publish
-from shoal.errors import CommandTimeout, DistError, SlurmError
+from shoal.dist.jobstep import parse_records as parse_records  # the records format, for callers
+from shoal.dist.jobstep import run_agent
+from shoal.errors import DistError, SlurmError
 from shoal.runner import run
-from shoal.slurm.hostlist import expand
+from shoal.slurm.client import Job, JobState, SlurmClient
 
 DEFAULT_TIMEOUT = 600.0
 SUBMIT_TIMEOUT = 60.0
@@ -125,13 +127,19 @@ def current_allocation(site: Site, job: str | None = None) -> Allocation | None:
     return Allocation(job, job_nodes(site, job), owned=False)
 
 
+def _queued_job(site: Site, job: str) -> Job | None:
+    """Job JOB as squeue reports it (None once slurmctld has forgotten it)."""
+    jobs = SlurmClient(site.prefix, timeout=SUBMIT_TIMEOUT).queue()
+    return next((j for j in jobs if str(j.job_id) == job), None)
+
+
 def job_nodes(site: Site, job: str) -> list[str]:
-    out = run(site.argv("squeue", "-h", "-j", job, "-o", "%T %N"), timeout=SUBMIT_TIMEOUT,
-              what=f"squeue for job {job}").stdout.split()
-    if len(out) < 2 or out[0] != "RUNNING":
-        raise SlurmError(f"job {job} is not running ({' '.join(out) or 'not found'})",
+    j = _queued_job(site, job)
+    if j is None or j.state is not JobState.RUNNING or not j.nodes:
+        shown = f"{j.state} {j.node_list}".strip() if j is not None else "not found"
+        raise SlurmError(f"job {job} is not running ({shown})",
                          "start shoal inside a running allocation or let it allocate")
-    return expand(out[1])
+    return list(j.nodes)
 
 
 def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[[str], None]
@@ -155,18 +163,15 @@ def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[
     try:
         if before_start is not None:
             before_start(job)
-        run(site.argv("scontrol", "release", job), timeout=SUBMIT_TIMEOUT,
-            what=f"scontrol release {job}")
+        SlurmClient(site.prefix, timeout=SUBMIT_TIMEOUT).release(int(job))
         deadline = time.monotonic() + START_TIMEOUT
         state = ""
         while time.monotonic() < deadline:
-            out = run(site.argv("squeue", "-h", "-j", job, "-o", "%T %N"), timeout=SUBMIT_TIMEOUT,
-                      check=False)
-            fields = out.stdout.split()
-            state = fields[0] if fields else "GONE"
-            if state == "RUNNING" and len(fields) > 1:
-                return Allocation(job, expand(fields[1]), owned=True)
-            if state in ("GONE", "FAILED", "CANCELLED", "COMPLETED", "NODE_FAIL", "BOOT_FAIL"):
+            j = _queued_job(site, job)
+            state = str(j.state) if j is not None else "GONE"
+            if j is not None and j.state is JobState.RUNNING and j.nodes:
+                return Allocation(job, list(j.nodes), owned=True)
+            if j is None or j.state.terminal:
                 break
             time.sleep(0.5)
         raise SlurmError(f"job {job} did not start within {START_TIMEOUT:g} s (state {state})",
@@ -191,48 +196,12 @@ def srun_argv(site: Site, alloc: Allocation, nodes: Sequence[str], *cmd: str) ->
     )
 
 
-def parse_records(text: str) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("node"), str):
-            out[rec["node"]] = rec
-    return out
-
-
 def agent_step(site: Site, alloc: Allocation, nodes: Sequence[str], agent: str, *args: str,
                timeout: float) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Run the agent once per node; return (records by node, failures by node)."""
     argv = srun_argv(site, alloc, nodes, "python3", agent, "--store", site.store_nodes, *args)
-    stdout, why = "", ""
-    try:
-        done = run(argv, timeout=timeout, check=False, what=f"node agent {args[0]}")
-        stdout = done.stdout
-        if done.returncode != 0:
-            why = _tail(done.stderr)
-    except CommandTimeout as exc:
-        stdout = exc.stdout
-        why = f"no answer within {timeout:g} s"
-    records = parse_records(stdout)
-    failed: dict[str, str] = {}
-    for node in nodes:
-        rec = records.get(node)
-        if rec is None:
-            failed[node] = f"no record from the node ({why or 'srun gave no output'})"
-        elif not rec.get("ok"):
-            failed[node] = str(rec.get("error") or "failed")
+    records, failed, _ = run_agent(argv, list(nodes), timeout, f"node agent {args[0]}")
     return records, failed
-
-
-def _tail(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return " | ".join(lines[-2:])[-300:]
 
 
 def sbcast(site: Site, alloc: Allocation, src: str, dest: str, *, fanout: int, compress: bool,

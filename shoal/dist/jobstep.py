@@ -108,6 +108,46 @@ def tail(text: str, n: int = 2) -> str:
     return " | ".join(lines[-n:])[-300:]
 
 
+def parse_records(text: str) -> dict[str, dict[str, Any]]:
+    """The agent's JSON records in srun output, by node (other lines are noise)."""
+    out: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("node"), str):
+            out[rec["node"]] = rec
+    return out
+
+
+def run_agent(argv: list[str], nodes: list[str], timeout: float, what: str, label: str = ""
+              ) -> tuple[dict[str, dict[str, Any]], dict[str, str], str]:
+    """Run one srun step of the agent (one task per node); (records by node, failures by node,
+    why srun itself failed or ""). Failure texts start with `label`."""
+    stdout, why = "", ""
+    try:
+        done = run(argv, timeout=timeout, check=False, what=what)
+        stdout = done.stdout
+        if done.returncode != 0:
+            why = tail(done.stderr)
+    except CommandTimeout as exc:
+        stdout = exc.stdout
+        why = f"no answer within {timeout:g} s"
+    records = parse_records(stdout)
+    failed: dict[str, str] = {}
+    for node in nodes:
+        rec = records.get(node)
+        if rec is None:
+            failed[node] = f"{label}no record from the node ({why or 'srun gave no output'})"
+        elif not rec.get("ok"):
+            failed[node] = f"{label}{rec.get('error') or 'failed'}"
+    return records, failed, why
+
+
 def user_env() -> dict[str, str] | None:
     # ch-run refuses to start without $USER (batch jobs of daemons may not set it)
     if os.environ.get("USER"):
@@ -202,28 +242,7 @@ class Steps:
         """Run the agent's SUB on every node; (records by node, failures by node)."""
         argv = self.srun("python3", self.agent, "--store", self.store, sub, *args)
         limit = timeout if timeout is not None else self.left()
-        stdout, why = "", ""
-        try:
-            done = run(argv, timeout=limit, check=False, what=f"node agent {sub}")
-            stdout = done.stdout
-            if done.returncode != 0:
-                why = tail(done.stderr)
-        except CommandTimeout as exc:
-            stdout = exc.stdout
-            why = f"no answer within {limit:g} s"
-        records: dict[str, dict[str, Any]] = {}
-        for line in stdout.splitlines():
-            with contextlib.suppress(ValueError):
-                d = json.loads(line)
-                if isinstance(d, dict) and isinstance(d.get("node"), str):
-                    records[d["node"]] = d
-        failed: dict[str, str] = {}
-        for node in self.nodes:
-            r = records.get(node)
-            if r is None:
-                failed[node] = f"{sub}: no record from the node ({why or 'srun gave no output'})"
-            elif not r.get("ok"):
-                failed[node] = f"{sub}: {r.get('error') or 'failed'}"
+        records, failed, why = run_agent(argv, self.nodes, limit, f"node agent {sub}", f"{sub}: ")
         if why:
             self.log.append(f"{sub}: {why}")
         return records, failed

@@ -35,7 +35,8 @@ class FakeSlurm(Runner):
         elif a[:2] == ["scontrol", "release"] and self.store is not None:
             self.seen_request_at_release = (self.store / ".shoal/requests/7.json").exists()
         elif a[0] == "squeue":
-            out = "RUNNING n[1-3]\n"
+            out = json.dumps({"jobs": [{"job_id": 7, "name": "shoal", "job_state": "RUNNING",
+                                        "nodes": "n[1-3]"}]})
         elif a[0] == "srun" and "python3" in a:
             sub = a[a.index("--store") + 2]
             lines = []

@@ -438,7 +438,7 @@ def _wait_idle(cd: ClusterDir, state: ClusterState, timeout: float) -> None:
     delay = 0.2
     seen: dict[str, str] = {}
     while time.monotonic() < deadline:
-        dead = [h for h in state.all_hosts() if not _running(state, h)]
+        dead = [h for h in state.all_hosts() if not running(state, h)]
         if dead:
             log = cd.logs / f"{dead[0]}.console"
             tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
@@ -459,17 +459,11 @@ def _wait_idle(cd: ClusterDir, state: ClusterState, timeout: float) -> None:
     )
 
 
-def _running(state: ClusterState, host: str) -> bool:
+def running(state: ClusterState, host: str) -> bool:
+    """Is the container of `host` ('ctl' or a node) alive?"""
     pid = state.controller_pid if host == "ctl" else state.node_pids.get(host, 0)
     reap()
-    return pid > 0 and Path(f"/proc/{pid}").exists() and not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
+    return pid > 0 and netns.is_alive(pid)
 
 
 # --------------------------------------------------------------------------------------- down

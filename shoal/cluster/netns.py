@@ -79,13 +79,14 @@ def kill_all(pids: list[int], grace: float = 5.0) -> None:
     alive = list(pids)
     while alive and time.monotonic() < deadline:
         time.sleep(0.05)
-        alive = [p for p in alive if _alive(p)]
+        alive = [p for p in alive if is_alive(p)]
     for pid in alive:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
+    """Is pid a live process (a zombie is reaped, if it is ours, and counts as dead)?"""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):

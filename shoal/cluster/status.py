@@ -46,10 +46,10 @@ def rss_of_netns(ns: str) -> tuple[int, int]:
 
 def cluster_status(name: str) -> tuple[ClusterState, list[NodeStatus]]:
     state = ClusterDir(name).load()
-    slurm = manager.node_states(state) if manager._running(state, "ctl") else {}
+    slurm = manager.node_states(state) if manager.running(state, "ctl") else {}
     out: list[NodeStatus] = []
     for node in state.nodes:
-        running = manager._running(state, node)
+        running = manager.running(state, node)
         ns = NodeStatus(node, slurm.get(node, "?"), running)
         if running:
             try:

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoal.cluster.netns import is_alive
 from shoal.cluster.scripts import NET_UP
 from shoal.cluster.slurmconf import Addressing
 from shoal.cluster.state import ClusterDir
@@ -266,7 +267,7 @@ def wait_listening(pid: int, console: Path, timeout: float = LISTEN_TIMEOUT) -> 
     while time.monotonic() < deadline:
         if listening(pid):
             return
-        if not _alive(pid):
+        if not is_alive(pid):
             break
         time.sleep(0.02)
     tail = console.read_text(errors="replace").strip().splitlines()[-3:] if console.exists() else []
@@ -276,9 +277,3 @@ def wait_listening(pid: int, console: Path, timeout: float = LISTEN_TIMEOUT) -> 
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"

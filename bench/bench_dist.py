@@ -51,7 +51,6 @@ from rich.table import Table
 from shoal import paths
 from shoal.cluster import manager
 from shoal.cluster.config import NETWORK_PROFILES, ClusterConfig
-from shoal.cluster.state import ClusterDir
 from shoal.dist import driver
 from shoal.dist.base import get_method, method_names
 from shoal.dist.bundle import publish
@@ -312,12 +311,10 @@ def main() -> int:
     rows: list[Row] = []
     t_start = time.monotonic()
     load0 = os.getloadavg()
-    if ClusterDir(NAME).exists():
-        manager.down(NAME)  # the bench's own cluster, left by a killed earlier run
-    try:
-        with console.status(f"booting cluster {NAME}: {max(counts)} nodes, {NETWORK}, {STORAGE}"):
-            up = manager.up(ClusterConfig(name=NAME, nodes=max(counts), network=NETWORK,
-                                          storage=STORAGE, accounting=False), progress=False)
+    console.print(f"booting cluster {NAME}: {max(counts)} nodes, {NETWORK}, {STORAGE}")
+    # booted(): a leftover of a killed earlier run goes first; the teardown survives Ctrl-C
+    with manager.booted(ClusterConfig(name=NAME, nodes=max(counts), network=NETWORK,
+                                      storage=STORAGE, accounting=False)) as up:
         console.print(f"cluster {NAME} up in {up.boot_seconds:.1f} s")
         site = driver.site_for(NAME)
         agent = f"{site.store_nodes}/.shoal/{publish(site.store_local)}"
@@ -345,14 +342,6 @@ def main() -> int:
                             progress.advance(task)
                 finally:
                     driver.release(site, alloc.job)
-    finally:
-        # a second Ctrl-C (or SIGTERM) must not cut the teardown short and leave the cluster up
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        with console.status(f"taking cluster {NAME} down"):
-            left = manager.down(NAME)
-        if left:
-            console.print(f"[red]down left: {left}[/]")
     elapsed = time.monotonic() - t_start
     rows.sort(key=lambda r: (image_names.index(r.image), methods.index(r.method), r.nodes))
     console.print(results_table(rows, images, link_bps, args.fanout, elapsed))

@@ -80,13 +80,10 @@ def read_on(node: str, path: str) -> Read:
 
 
 def bench_mode(mode: str, size_mb: int, counts: list[int], reps: int, progress: Progress) -> list[Sample]:
-    if ClusterDir(NAME).exists():
-        manager.down(NAME)  # our own bench cluster, left by a killed earlier run
     task = progress.add_task(f"{mode}: booting {CLUSTER_NODES} nodes", total=len(counts) * reps)
-    manager.up(ClusterConfig(name=NAME, nodes=CLUSTER_NODES, network=NETWORK, storage=mode,
-                             accounting=False), progress=False)
     samples: list[Sample] = []
-    try:
+    with manager.booted(ClusterConfig(name=NAME, nodes=CLUSTER_NODES, network=NETWORK, storage=mode,
+                                      accounting=False)):
         state = ClusterDir(NAME).load()
         data = ClusterDir(NAME).pfs / f"bench-{size_mb}.bin"
         with open(data, "wb") as f:
@@ -100,10 +97,6 @@ def bench_mode(mode: str, size_mb: int, counts: list[int], reps: int, progress: 
                     reads = list(pool.map(lambda nd: read_on(nd, f"/pfs/{data.name}"), nodes))
                 samples.append(Sample(mode, n, rep, reads))
                 progress.advance(task)
-    finally:
-        left = manager.down(NAME)
-        if left:
-            console.print(f"[red]down left: {left}[/]")
     return samples
 
 

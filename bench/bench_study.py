@@ -128,17 +128,15 @@ def run_quick(spec_path: Path, keep: Path | None) -> tuple[Path, float, float]:
     for image in spec.images:
         ensure_in_store(image)  # outside the timed part: images are "already built"
     name = "bench"
-    if ClusterDir(name).exists():
-        manager.down(name)
     out = keep or Path(tempfile.mkdtemp(prefix="bench-study-"))
+    cfg = validate({"name": name, "nodes": spec.cluster.nodes or 4,
+                    "network": spec.cluster.network or "none"})
+    if ClusterDir(name).exists():
+        manager.down(name)  # not timed: the leftover of a killed earlier run
     t0 = time.monotonic()
-    try:
-        res = manager.up(validate({"name": name, "nodes": spec.cluster.nodes or 4,
-                                   "network": spec.cluster.network or "none"}), progress=False)
+    with manager.booted(cfg) as res:
         run_study(spec_path, out, name)
         wall = time.monotonic() - t0
-    finally:
-        manager.down(name)
     return out, wall, res.boot_seconds
 
 

@@ -201,11 +201,9 @@ def main() -> int:
     ensure_images(images)
     results: dict[str, list[Variant]] = {}
     load0 = os.getloadavg()
-    if ClusterDir(NAME).exists():
-        manager.down(NAME)  # the bench's own cluster, left by a killed earlier run
-    try:
-        with console.status(f"booting cluster {NAME} (1 node)"):
-            manager.up(ClusterConfig(name=NAME, nodes=1, accounting=False), progress=False)
+    console.print(f"booting cluster {NAME} (1 node)")
+    # booted(): a leftover of a killed earlier run goes first; the teardown survives Ctrl-C
+    with manager.booted(ClusterConfig(name=NAME, nodes=1, accounting=False)):
         on_node(f"mkdir -p {SCRIPTS_DIR} && chmod 755 {SCRIPTS_DIR}")
         for script in ("catwalk.py", "statwalk.py"):
             on_node(f"cat > {SCRIPTS_DIR}/{script} && chmod 644 {SCRIPTS_DIR}/{script}",
@@ -217,14 +215,6 @@ def main() -> int:
             for image in images:
                 task = progress.add_task(image, total=(args.reps + 1) * 6)
                 results[image] = bench_image(site, image, args.reps, progress, task)
-    finally:
-        # a second Ctrl-C (or SIGTERM) must not cut the teardown short and leave the cluster up
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        with console.status(f"taking cluster {NAME} down"):
-            left = manager.down(NAME)
-        if left:
-            console.print(f"[red]down left: {left}[/]")
     console.print(results_table(results, args.reps))
     console.print(f"load average at start {load0[0]:.1f}, at end {os.getloadavg()[0]:.1f} "
                   f"(2 cores; other work on the machine slows every variant alike)")

@@ -56,17 +56,9 @@ def cluster() -> Iterator[ClusterHandle]:
     _need_root()
     from shoal.cluster import manager
     from shoal.cluster.config import ClusterConfig
-    from shoal.cluster.state import ClusterDir
 
-    if ClusterDir(SESSION_CLUSTER).exists():
-        manager.down(SESSION_CLUSTER)
-    cfg = ClusterConfig(name=SESSION_CLUSTER, nodes=SESSION_NODES)
-    res = manager.up(cfg, progress=False)
-    try:
+    with manager.booted(ClusterConfig(name=SESSION_CLUSTER, nodes=SESSION_NODES)) as res:
         yield ClusterHandle(SESSION_CLUSTER, res.state.nodes)
-    finally:
-        left = manager.down(SESSION_CLUSTER)
-        assert not left, f"session cluster left behind: {left}"
 
 
 @pytest.fixture(scope="session")

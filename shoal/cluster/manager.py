@@ -14,7 +14,10 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -135,6 +138,32 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
     state.boot_seconds = time.monotonic() - t0
     cd.save(state)
     return UpResult(state, state.boot_seconds, image.size_bytes)
+
+
+@contextlib.contextmanager
+def booted(cfg: ClusterConfig) -> Iterator[UpResult]:
+    """A cluster for the length of a with-block (tests, benchmarks, the demo).
+
+    A cluster of the same name left by a killed earlier run is removed first; the teardown always
+    runs, is not cut short by a second Ctrl-C or a SIGTERM, and raises ClusterError naming
+    anything it could not remove.
+    """
+    if ClusterDir(cfg.name).exists():
+        down(cfg.name)
+    res = up(cfg)
+    try:
+        yield res
+    finally:
+        main = threading.current_thread() is threading.main_thread()
+        saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+        try:
+            left = down(cfg.name)
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+        if left:
+            raise ClusterError(f"taking cluster {cfg.name!r} down left: {', '.join(left)}",
+                               f"run `shoal cluster down --name {cfg.name}` again")
 
 
 def _image_ids(image: Path, user: str) -> tuple[int, int]:

@@ -92,7 +92,7 @@ def _link(spec: StudySpec, out: Path, *, connect: bool) -> _Link:
             f"{spec.cluster.network!r}",
             f"boot it with `shoal cluster up --name {state.name} --network "
             f"{spec.cluster.network}` (results would otherwise be labelled wrongly)")
-    storage = str(getattr(state, "storage", None) or state.config.get("storage") or "bind")
+    storage = state.storage
     if spec.cluster.storage is not None and storage != spec.cluster.storage:
         raise StudyError(
             f"cluster {state.name!r} shares /pfs by {storage!r}, the spec asks for "

@@ -8,7 +8,7 @@ ONE virtual cluster `bd` (as many nodes as the largest count, 16 by default; net
 1 Gbit/s per link shaped with tbf, storage sshfs: /pfs and the image store are served by a storage
 host over its own shaped link) is booted for the whole run and taken down at the end, also on an
 error, Ctrl-C or SIGTERM. For each node count N one allocation of N nodes is held; in it, for
-each image and each registered method, the image is staged with the driver (shoal.dist.driver,
+each image and each registered method, the image is staged with the driver (shoal.staging.driver,
 as `shoal run` does), then, for the lazy (mount) methods, catwalk (read every byte of the image)
 runs in the container on every node (the first-access cost: the part of the work a lazy method
 defers; `--walk all` also walks the node-local copies), then the nodes are cleaned up.
@@ -51,11 +51,11 @@ from rich.table import Table
 from shoal import paths
 from shoal.cluster import manager
 from shoal.cluster.config import NETWORK_PROFILES, ClusterConfig
-from shoal.dist import driver
-from shoal.dist.base import get_method, method_names
-from shoal.dist.bundle import publish
 from shoal.errors import ShoalError
 from shoal.runner import run
+from shoal.staging import driver
+from shoal.staging.base import get_method, method_names
+from shoal.staging.bundle import publish
 
 NAME = "bd"
 NETWORK = "eth10g"

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_walks.py [--images bwsmall,mpihello] [--reps 3] [--json FILE]
 
 A 1-node virtual cluster `bw` (storage bind, network unshaped: staging is not what is measured)
-is booted; each image is staged on node1 with the `untar` method (shoal.dist.driver, as `shoal
+is booted; each image is staged on node1 with the `untar` method (shoal.staging.driver, as `shoal
 run` does) into the node's tmpfs /tmp/shoal/<job>/<image>. Then, on node1 (inside its namespaces,
 timed there with the node's clock around each command, one warm-up pass, then --reps passes;
 median shown), the same tree is walked five ways:
@@ -45,8 +45,8 @@ from shoal import paths
 from shoal.cluster import manager
 from shoal.cluster.config import ClusterConfig
 from shoal.cluster.state import ClusterDir
-from shoal.dist import driver
 from shoal.runner import run
+from shoal.staging import driver
 
 NAME = "bw"
 NODE = "node1"

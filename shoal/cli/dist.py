@@ -9,9 +9,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from shoal.dist import driver
-from shoal.dist.base import method_names
 from shoal.errors import DistError
+from shoal.staging import driver
+from shoal.staging.base import method_names
 
 console = Console(highlight=False)
 

@@ -40,7 +40,7 @@ class _Link:
 
 def _method_names() -> tuple[str, ...]:
     try:
-        from shoal.dist.base import method_names
+        from shoal.staging.base import method_names
     except ImportError:  # the distribution package is optional for reading specs
         return DEFAULT_METHODS
     return tuple(method_names())
@@ -180,7 +180,7 @@ def run_study(spec_path: Path, out: Path | None, cluster_name: str | None = None
                 db.close()
         return out_dir
     digests = prepare_images(spec, link.store_local)
-    from shoal.dist.bundle import publish
+    from shoal.staging.bundle import publish
 
     # the bundle's name carries its hash: jobs of an older shoal keep running their own copy
     agent = f"{link.ctx.store_dir}/.shoal/{publish(link.store_local)}"

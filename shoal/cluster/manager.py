@@ -217,7 +217,7 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     _write(cd.etc_slurm / "prolog.sh", PROLOG, 0o755)
     _write(cd.etc_slurm / "epilog.sh", EPILOG, 0o755)
     # The node agent bundle (stdlib-only zipapp) for the Prolog/Epilog privileged hook.
-    from shoal.dist.bundle import write_bundle
+    from shoal.staging.bundle import write_bundle
 
     write_bundle(cd.etc_slurm / "shoal-nodeagent.py")
 

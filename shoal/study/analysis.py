@@ -17,7 +17,7 @@ from shoal.study.db import ResultRow
 METRICS = ("stage", "workload", "total", "bytes_storage", "bytes_net", "peak")
 
 # Which methods leave the image on the shared storage ("network") and which copy it into each
-# node first ("local"); passed in explicitly once shoal.dist's registry can say.
+# node first ("local"); passed in explicitly once shoal.staging's registry can say.
 DEFAULT_METHOD_KINDS: dict[str, str] = {
     "squashfs-kernel": "network",
     "squashfuse": "network",

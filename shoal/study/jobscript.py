@@ -2,8 +2,8 @@
 
 The script (``render_script``) is a header of #SBATCH lines plus ``job_body``. The body runs on
 the first node of the allocation, where there is no venv: it calls the node agent bundle
-(shoal.dist.bundle, published in the image store) with plain python3, whose ``job`` subcommand
-(shoal.dist.jobstep) stages the image with the run's method on every node (srun, one task per
+(shoal.staging.bundle, published in the image store) with plain python3, whose ``job`` subcommand
+(shoal.staging.jobstep) stages the image with the run's method on every node (srun, one task per
 node, plus sbcast for broadcast methods), runs the workload in it, cleans up, and prints ONE JSON
 line per node (a per-node record) into the job's output file. The harness reads every line of that
 file that parses as a JSON object with a "node" key; other lines are kept only to explain failures.
@@ -58,7 +58,7 @@ class JobContext:
     # Where job output files go, as the nodes see it (shared with the harness, e.g. under /pfs
     # for a virtual cluster); also the job's working directory.
     logs_dir: str
-    # The node agent bundle as the nodes see it (shoal.dist.bundle.publish puts it in the store)
+    # The node agent bundle as the nodes see it (shoal.staging.bundle.publish puts it in the store)
     agent: str = f"{CLUSTER_STORE_PATH}/.shoal/agent.pyz"
     python: str = "python3"
     store_dir: str = CLUSTER_STORE_PATH
@@ -87,7 +87,7 @@ JOB_MARGIN_S = 20.0
 def job_body(key: RunKey, ctx: JobContext) -> str:
     """The commands of the job: stage + workload on every node, one JSON record per node.
 
-    Contract with shoal.dist.jobstep: ``python3 AGENT --store STORE job --method M --image I
+    Contract with shoal.staging.jobstep: ``python3 AGENT --store STORE job --method M --image I
     --workload W`` run once in the batch script does every step on every node of the allocation
     and prints one record line per node (keys in the module docstring) even when a step fails.
     """

@@ -13,7 +13,7 @@ re-raises. ``dry_run`` is a branch here: it plans and renders scripts but writes
 Privileged methods (kernel loop mounts) need root on the nodes. Jobs of a root harness (the
 virtual cluster: Slurm is reached as root) run as root and mount in their own stage step. Jobs of
 an unprivileged user (a site) go through shoal's Prolog instead, as ``shoal run`` does (see
-shoal.dist.nodeagent): with ``prolog_requests`` set, a run of a privileged method without a
+shoal.staging.nodeagent): with ``prolog_requests`` set, a run of a privileged method without a
 broadcast step is submitted held, its request is written to STORE/.shoal/requests/<job>.json,
 then the job is released; the Prolog (root) mounts before the job starts and the job's stage step
 reports the Prolog's record. The request is removed when the run is collected.
@@ -308,7 +308,7 @@ class StudyRunner:
     def _via_prolog(self, key: RunKey) -> bool:
         if self.prolog_requests is None:
             return False
-        from shoal.dist.base import get_method
+        from shoal.staging.base import get_method
 
         m = get_method(key.experiment.method)
         # a broadcast arrives after the Prolog ran: those methods need root in the job itself
@@ -527,10 +527,10 @@ def dry_run(spec: StudySpec, experiments: Sequence[Experiment], db: StudyDB | No
 
 
 def write_prolog_request(store: Path | None, job_id: int, e: Experiment) -> Path:
-    """The request shoal's Prolog reads to stage E's image as root (format of shoal.dist)."""
+    """The request shoal's Prolog reads to stage E's image as root (format of shoal.staging)."""
     import json
 
-    from shoal.dist.base import REQUESTS_DIR
+    from shoal.staging.base import REQUESTS_DIR
 
     if store is None:
         raise StudyError("no image store for Prolog requests")

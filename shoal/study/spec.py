@@ -31,7 +31,7 @@ from typing import Any
 
 from shoal.errors import ConfigError
 
-# The methods shoal.dist will register; passed in explicitly once that registry exists.
+# The methods shoal.staging will register; passed in explicitly once that registry exists.
 DEFAULT_METHODS: tuple[str, ...] = (
     "untar", "sbcast", "squashfs-kernel", "squashfuse", "shared-dir", "sbcast-squashfs",
 )

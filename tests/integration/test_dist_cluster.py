@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from shoal import paths
-from shoal.dist import driver
-from shoal.dist.base import method_names
 from shoal.runner import run
+from shoal.staging import driver
+from shoal.staging.base import method_names
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 IMAGE = "mpihello"

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from shoal.dist import driver
 from shoal.errors import DistError
 from shoal.runner import Completed, Runner, use_runner
+from shoal.staging import driver
 
 NODES = ["n1", "n2", "n3"]
 

@@ -1,4 +1,4 @@
-"""The batch-side study step (shoal.dist.jobstep): record merging and output parsing, no Slurm."""
+"""The batch-side study step (shoal.staging.jobstep): record merging and output parsing, no Slurm."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from shoal.dist import jobstep
-from shoal.dist.bundle import bundle_bytes
+from shoal.staging import jobstep
+from shoal.staging.bundle import bundle_bytes
 from shoal.study.jobscript import RECORD_KEYS, parse_output
 
 STAGE = {"node": "n1", "ok": True, "seconds": 1.5, "wall_start": 100.0, "wall_end": 101.5,
@@ -80,7 +80,7 @@ def test_bundle_carries_the_job_step_and_workload_scripts() -> None:
     import io
 
     names = set(zipfile.ZipFile(io.BytesIO(bundle_bytes())).namelist())
-    assert {"shoal/dist/jobstep.py", "shoal/slurm/hostlist.py", "shoal/workloads/catwalk.py",
+    assert {"shoal/staging/jobstep.py", "shoal/slurm/hostlist.py", "shoal/workloads/catwalk.py",
             "shoal/workloads/statwalk.py", "shoal/workloads/__init__.py"} <= names
     for w in jobstep.WORKLOADS.values():
         if w.script:

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from shoal.dist import base
-from shoal.dist.bundle import write_bundle
 from shoal.errors import DistError, PrivilegeError
+from shoal.staging import base
+from shoal.staging.bundle import write_bundle
 
 PYTHON = "/usr/bin/python3"
 JOB = "4242"
@@ -255,7 +255,7 @@ def test_prolog_epilog(store: Path, agent: Path, tmpfs: Path) -> None:
 
 
 def test_prolog_ignores_foreign_or_bad_requests(store: Path, tmp_path: Path) -> None:
-    from shoal.dist.nodeagent import read_request
+    from shoal.staging.nodeagent import read_request
 
     reqs = store / ".shoal" / "requests"
     reqs.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,10 @@
 """The distribution methods, one module each; importing this package registers them all.
 
 A new method (a registry pull, a pipelined broadcast) is one more module here, imported below, and
-one more line in shoal.dist.bundle.MODULES; every test parametrized over the registry covers it.
+one more line in shoal.staging.bundle.MODULES; every test parametrized over the registry covers it.
 """
 
-from shoal.dist.methods import (  # noqa: F401
+from shoal.staging.methods import (  # noqa: F401
     sbcast,
     sbcast_squashfs,
     shared_dir,

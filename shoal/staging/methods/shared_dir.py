@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from shoal.dist.base import Context, Method, Staged, register, require_exists
 from shoal.errors import DistError
+from shoal.staging.base import Context, Method, Staged, register, require_exists
 
 
 @register("shared-dir")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from shoal.dist.base import (
+from shoal.errors import DistError
+from shoal.runner import run
+from shoal.staging.base import (
     Context,
     Method,
     Staged,
@@ -21,8 +23,6 @@ from shoal.dist.base import (
     require_root,
     unmount,
 )
-from shoal.errors import DistError
-from shoal.runner import run
 
 
 def loop_mount(src: str, dest: str) -> Staged:

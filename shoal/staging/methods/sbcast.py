@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from shoal.dist.base import (
+from shoal.errors import DistError
+from shoal.staging.base import (
     Context,
     Method,
     Staged,
@@ -18,8 +19,7 @@ from shoal.dist.base import (
     register,
     remove_tree,
 )
-from shoal.dist.methods.untar import unpack
-from shoal.errors import DistError
+from shoal.staging.methods.untar import unpack
 
 
 @register("sbcast")

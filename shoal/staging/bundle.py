@@ -1,9 +1,9 @@
-"""Pack the node side of shoal.dist into one zipapp file that plain ``python3`` runs.
+"""Pack the node side of shoal.staging into one zipapp file that plain ``python3`` runs.
 
 Nodes have no venv and no shoal installation; the bundle carries exactly the stdlib-only modules
 the node agent imports (MODULES) with empty package ``__init__`` files, so nothing else of shoal
 (click, rich, the driver) is imported on a node. ``python3 BUNDLE SUBCOMMAND ...`` runs
-``shoal.dist.nodeagent.main``; the file name does not matter (Python recognises the zip), so the
+``shoal.staging.nodeagent.main``; the file name does not matter (Python recognises the zip), so the
 same bundle can be installed as /etc/slurm/shoal-nodeagent.py for the Prolog and Epilog.
 """
 
@@ -15,31 +15,32 @@ import os
 import zipfile
 from pathlib import Path
 
+from shoal.errors import ShoalError
 from shoal.paths import REPO_ROOT
 
 MODULES = (
     "shoal/errors.py",
     "shoal/runner.py",
-    "shoal/dist/base.py",
-    "shoal/dist/nodeagent.py",
-    "shoal/dist/jobstep.py",
-    "shoal/dist/methods/__init__.py",
-    "shoal/dist/methods/untar.py",
-    "shoal/dist/methods/sbcast.py",
-    "shoal/dist/methods/squashfs_kernel.py",
-    "shoal/dist/methods/sbcast_squashfs.py",
-    "shoal/dist/methods/squashfuse.py",
-    "shoal/dist/methods/shared_dir.py",
+    "shoal/staging/base.py",
+    "shoal/staging/nodeagent.py",
+    "shoal/staging/jobstep.py",
+    "shoal/staging/methods/__init__.py",
+    "shoal/staging/methods/untar.py",
+    "shoal/staging/methods/sbcast.py",
+    "shoal/staging/methods/squashfs_kernel.py",
+    "shoal/staging/methods/sbcast_squashfs.py",
+    "shoal/staging/methods/squashfuse.py",
+    "shoal/staging/methods/shared_dir.py",
     "shoal/images/treedigest.py",
     "shoal/slurm/hostlist.py",
     # read as data by the `workload` step and copied into the container's view of /tmp
     "shoal/workloads/catwalk.py",
     "shoal/workloads/statwalk.py",
 )
-PACKAGES = ("shoal", "shoal/dist", "shoal/images", "shoal/slurm", "shoal/workloads")
+PACKAGES = ("shoal", "shoal/staging", "shoal/images", "shoal/slurm", "shoal/workloads")
 MAIN = (
     "import sys\n"
-    "from shoal.dist.nodeagent import main\n"
+    "from shoal.staging.nodeagent import main\n"
     "sys.exit(main())\n"
 )
 # fixed timestamp: the same sources give the same bytes, so the hash names the content
@@ -61,8 +62,14 @@ def bundle_bytes() -> bytes:
             add(f"{pkg}/__init__.py", b"")
         for rel in MODULES:
             src = REPO_ROOT / rel
-            if src.exists():
-                add(rel, src.read_bytes())
+            # a module missing here would surface on the nodes as an ImportError in the middle of
+            # a job: refuse to build a bundle that cannot run
+            if not src.is_file():
+                raise ShoalError(
+                    f"node bundle: module {rel} is missing",
+                    hint="a module was renamed or removed: update MODULES in shoal/staging/bundle.py",
+                )
+            add(rel, src.read_bytes())
     return buf.getvalue()
 
 

@@ -42,9 +42,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from shoal.dist.base import Context, get_method, proc_io
 from shoal.errors import CommandTimeout, DistError, ShoalError
 from shoal.runner import run
+from shoal.staging.base import Context, get_method, proc_io
 
 STEP_MIN_TIMEOUT = 30.0
 CLEANUP_TIMEOUT = 120.0
@@ -160,7 +160,7 @@ def user_env() -> dict[str, str] | None:
 
 def do_workload(ctx: Context, name: str, timeout: float) -> dict[str, Any]:
     """Run workload NAME in the image staged for this job on this node; time it here."""
-    from shoal.dist.nodeagent import base_record, fail, load_state
+    from shoal.staging.nodeagent import base_record, fail, load_state
 
     state = load_state(ctx) or {}
     rec = base_record("workload", ctx, state.get("method"))

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from shoal import paths
-from shoal.dist.base import REQUESTS_DIR, Context, Method, get_method
-from shoal.dist.bundle import publish
-from shoal.dist.jobstep import parse_records as parse_records  # the records format, for callers
-from shoal.dist.jobstep import run_agent
 from shoal.errors import DistError, SlurmError
 from shoal.runner import run
 from shoal.slurm.client import Job, JobState, SlurmClient
+from shoal.staging.base import REQUESTS_DIR, Context, Method, get_method
+from shoal.staging.bundle import publish
+from shoal.staging.jobstep import parse_records as parse_records  # the records format, for callers
+from shoal.staging.jobstep import run_agent
 
 DEFAULT_TIMEOUT = 600.0
 SUBMIT_TIMEOUT = 60.0

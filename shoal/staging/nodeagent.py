@@ -1,7 +1,7 @@
 """The node agent: stages, verifies and cleans up an image on one node; one JSON line per call.
 
-STANDARD LIBRARY ONLY. Nodes have no venv: the driver ships this module, shoal.dist.base, the
-method modules and shoal.images.treedigest as one zipapp (shoal.dist.bundle) to shared storage and
+STANDARD LIBRARY ONLY. Nodes have no venv: the driver ships this module, shoal.staging.base, the
+method modules and shoal.images.treedigest as one zipapp (shoal.staging.bundle) to shared storage and
 runs ``python3 /pfs/store/.shoal/agent-<hash>.pyz SUBCOMMAND ...`` with one task per node.
 
 Subcommands (``--job`` defaults to $SLURM_JOB_ID, ``--store`` to /pfs/store):
@@ -15,7 +15,7 @@ Subcommands (``--job`` defaults to $SLURM_JOB_ID, ``--store`` to /pfs/store):
                                    anything left: mounts, loop devices, files
     workload --image I --workload W   run W in the staged image on this node (ch-run), timed
     job --method M --image I --workload W   one study run from its batch script: the steps above
-                                   on every node, one record per node (shoal.dist.jobstep)
+                                   on every node, one record per node (shoal.staging.jobstep)
     prolog / epilog                the privileged hook for Slurm's Prolog/Epilog (run as root)
 
 Privileged staging (kernel loop mounts) through Slurm, for sites where job steps are not root:
@@ -55,7 +55,7 @@ def _lone_file() -> None:
     subcommand reports the problem as its record.
     """
     sub = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
-    msg = ("shoal node agent: run the bundle (shoal.dist.bundle.write_bundle), not a lone copy "
+    msg = ("shoal node agent: run the bundle (shoal.staging.bundle.write_bundle), not a lone copy "
            "of nodeagent.py: the method modules are missing")
     if sub in ("prolog", "epilog", ""):
         sys.stderr.write(msg + "\n")
@@ -65,7 +65,8 @@ def _lone_file() -> None:
 
 
 try:
-    from shoal.dist.base import (
+    from shoal.errors import DistError, ShoalError
+    from shoal.staging.base import (
         DEFAULT_STORE,
         FORMAT,
         REQUESTS_DIR,
@@ -83,7 +84,6 @@ try:
         unmount,
         used_bytes,
     )
-    from shoal.errors import DistError, ShoalError
 except ImportError:
     if __name__ == "__main__":
         _lone_file()
@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--image", required=True)
     w.add_argument("--workload", required=True)
     w.add_argument("--timeout", type=float, default=600.0)
-    j = sub.add_parser("job", help="one study run from a batch script (shoal.dist.jobstep)")
+    j = sub.add_parser("job", help="one study run from a batch script (shoal.staging.jobstep)")
     j.add_argument("--method", required=True)
     j.add_argument("--image", required=True)
     j.add_argument("--workload", required=True)
@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("methods")
     args = ap.parse_args(argv)
     if args.cmd == "job":
-        from shoal.dist.jobstep import do_job
+        from shoal.staging.jobstep import do_job
 
         # the steps it starts on the nodes run this same bundle
         return do_job(agent=os.path.abspath(sys.argv[0]), store=args.store,
@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "verify":
         rec = do_verify(ctx)
     elif args.cmd == "workload":
-        from shoal.dist.jobstep import do_workload
+        from shoal.staging.jobstep import do_workload
 
         rec = do_workload(ctx, args.workload, args.timeout)
     else:

@@ -11,9 +11,9 @@ import os
 import shutil
 from typing import Any
 
-from shoal.dist.base import Context, Method, Staged, mount_at, register, require_exists, unmount
 from shoal.errors import DependencyError, DistError
 from shoal.runner import run
+from shoal.staging.base import Context, Method, Staged, mount_at, register, require_exists, unmount
 
 
 def fuse_pid(mountpoint: str) -> int | None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from shoal.dist.base import (
+from shoal.runner import run
+from shoal.staging.base import (
     Context,
     Method,
     Staged,
@@ -15,7 +16,6 @@ from shoal.dist.base import (
     remove_tree,
     require_exists,
 )
-from shoal.runner import run
 
 UNPACK_TIMEOUT = 3600.0
 

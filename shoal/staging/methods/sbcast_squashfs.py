@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from shoal.dist.base import (
+from shoal.errors import DistError
+from shoal.staging.base import (
     Context,
     Method,
     Staged,
@@ -18,8 +19,7 @@ from shoal.dist.base import (
     remove_tree,
     require_root,
 )
-from shoal.dist.methods.squashfs_kernel import loop_mount, loop_unmount
-from shoal.errors import DistError
+from shoal.staging.methods.squashfs_kernel import loop_mount, loop_unmount
 
 
 @register("sbcast-squashfs")

@@ -1,9 +1,9 @@
 """The interface every distribution method implements, its registry, and node-side helpers.
 
 STANDARD LIBRARY ONLY (plus shoal.errors and shoal.runner, themselves stdlib-only): this module runs
-on the nodes inside the node agent bundle (see shoal.dist.bundle).
+on the nodes inside the node agent bundle (see shoal.staging.bundle).
 
-A method is one module in shoal/dist/methods/ holding one ``Method`` subclass decorated with
+A method is one module in shoal/staging/methods/ holding one ``Method`` subclass decorated with
 ``@register("name")``. Its node side is ``check`` (fail up front: privilege, space, files),
 ``stage`` (make the image usable at ``Staged.path``) and ``cleanup`` (idempotent). What the login
 side must do between ``check`` and ``stage`` is declared, not coded: ``collective = "sbcast"`` asks
@@ -180,7 +180,7 @@ def get_method(name: str) -> Method:
 
 def load_methods() -> None:
     # importing the package registers every method module in it
-    import shoal.dist.methods  # noqa: F401
+    import shoal.staging.methods  # noqa: F401
 
 
 # ---- node-side helpers -------------------------------------------------------------------------

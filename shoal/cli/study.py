@@ -169,6 +169,8 @@ def run_study(spec_path: Path, out: Path | None, cluster_name: str | None = None
         spec = dataclasses.replace(spec, cluster=dataclasses.replace(spec.cluster,
                                                                      name=cluster_name))
     exps = expand(spec)
+    for msg in spec.adjustments():
+        console.print(f"[yellow]note:[/] {msg}")
     out_dir = out or Path("results") / spec.name
     link = _link(spec, out_dir, connect=not dry)
     if dry:
@@ -193,7 +195,9 @@ def run_study(spec_path: Path, out: Path | None, cluster_name: str | None = None
         env = collect_environment(link.client, spec, network_params=link.network_params,
                                   image_digests=digests)
         env = dataclasses.replace(
-            env, extra={**link.extra_env, "agent": agent, "privileged": spec.privileged},
+            env, extra={**link.extra_env, "agent": agent, "privileged": spec.privileged,
+                        "seed": spec.seed, "cache": spec.cache, "warmup": spec.warmup,
+                        "concurrency": spec.effective_concurrency, "margin": spec.margin},
             # what the cluster runs, not only what the spec asked for
             network_profile=str(link.network_params.get("name") or spec.cluster.network))
         summary = runner.execute(env)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from shoal.cluster import netns
+from shoal.cluster import cgroups, netns
 from shoal.cluster.config import NODE_MEMORY_BUDGET_MB, ClusterConfig
 from shoal.cluster.scripts import (
     CONTROLLER_INIT,
@@ -279,12 +279,20 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     for name in state.nodes:
         _prepare_node(cd, name)
 
-    # -- network: one bridge, a netns + veth per host
+    # -- network: one bridge, a netns + veth per host; the storage host's link gets its own
+    # bandwidth (HTB), separate from the per-node links (tbf)
     hosts_ = state.netns_hosts()
+    storage_rate = cfg.storage_rate_mbit if cfg.storage == "sshfs" else None
+    htb = netns.htb_args(storage_rate, cfg.profile.burst_kbyte) if storage_rate else []
     netns.create_network(
-        state.bridge, [(state.netns(h), state.host_veth(h)) for h in hosts_], cfg.profile
+        state.bridge, [(state.netns(h), state.host_veth(h)) for h in hosts_], cfg.profile,
+        htb={state.host_veth("storage"): htb} if htb else None,
     )
     tbf = " ".join(netns.tbf_args(cfg.profile))
+    # -- per-host cgroups (accounting, memory limit): PID 1 of each host joins its own
+    use_cgroups = cgroups.available()
+    _write(cd.etc_slurm / FABRIC_FILE, json.dumps(fabric(cfg, state, addr, use_cgroups),
+                                                  indent=1, sort_keys=True) + "\n")
     (cd.root / "node-init.sh").write_text(NODE_INIT)
     (cd.root / "ctl-init.sh").write_text(CONTROLLER_INIT)
 
@@ -302,6 +310,10 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
         from shoal.cluster import storage
 
         storage_env, mount_script = storage.prepare(cd, addr, store, tbf)
+        storage_env["SHOAL_TBF"] = ""
+        storage_env["SHOAL_HTB"] = " ".join(htb)
+        if use_cgroups:
+            storage_env.update(cgroups.create(cfg.name, "storage").env())
         state.storage_pid = spawn(
             _in_new_ns(state.netns("storage"), ["/bin/sh", str(storage.StorageFiles.of(cd).init_script)]),
             log_path=cd.logs / "storage.console", env=storage_env,
@@ -309,6 +321,7 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
         cd.save(state)
         storage.wait_listening(state.storage_pid, cd.logs / "storage.console")
         common["SHOAL_SSHFS_MOUNT"] = str(mount_script)
+        common["SHOAL_STORAGE_LINK"] = f"/sys/class/net/{state.host_veth('storage')}/statistics"
     # Nodes first: they do not need the controller to start, and slurmctld pings every
     # configured node when it comes up, so the order costs nothing.
     for i, name in enumerate(state.nodes, 1):
@@ -326,6 +339,8 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
             "SHOAL_MUNGE_GID": str(mgid),
             "SHOAL_ETC_MUNGE": str(nm),
         }
+        if use_cgroups:
+            env.update(cgroups.create(cfg.name, name, cfg.memory_mb_per_node).env())
         (nd / "env.json").write_text(json.dumps(env, indent=1, sort_keys=True))
         state.node_pids[name] = _start_node(cd, state, name)
         state.node_images[name] = state.layer1_hash
@@ -338,11 +353,34 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     else:
         _write(ctl / "mysql-init.sql", "", 0o600)
     ctl_env = {**common, "SHOAL_IP": addr.controller, "SHOAL_CTL": str(ctl)}
+    if use_cgroups:
+        ctl_env.update(cgroups.create(cfg.name, "ctl").env())
     state.controller_pid = spawn(
         _in_new_ns(state.netns("ctl"), ["/bin/sh", str(cd.root / "ctl-init.sh")]),
         log_path=cd.logs / "ctl.console", env=ctl_env,
     )
     cd.save(state)
+
+
+FABRIC_FILE = "shoal-fabric.json"  # in /etc/slurm: read by shoal.staging.accounting.fabric
+
+
+def fabric(cfg: ClusterConfig, state: ClusterState, addr: Addressing, use_cgroups: bool
+           ) -> dict[str, object]:
+    """The capacities a job needs to say what bound it (link and storage bandwidth, cores)."""
+    return {
+        "cluster": cfg.name,
+        "profile": cfg.network,
+        "link_mbit": cfg.profile.rate_mbit,
+        "storage": cfg.storage,
+        "storage_mbit": cfg.storage_rate_mbit if cfg.storage == "sshfs" else None,
+        "storage_ip": addr.storage if cfg.storage == "sshfs" else None,
+        "host_cores": os.cpu_count() or 1,
+        "cpus_per_node": cfg.cpus_per_node,
+        "memory_mb_per_node": cfg.memory_mb_per_node,
+        "nodes": len(state.nodes),
+        "cgroups": use_cgroups,
+    }
 
 
 def _prepare_node(cd: ClusterDir, name: str) -> None:
@@ -525,6 +563,8 @@ def down(name: str, keep_state: bool = False) -> list[str]:
     netns.delete_network(state.bridge, namespaces)
     remaining = netns.leftovers(state.bridge, namespaces)
     remaining += [f"pid {p}" for p in netns.pids_in_netns(inodes)]
+    if not any(r.startswith("pid ") for r in remaining):
+        remaining += cgroups.remove(name)
     if not remaining:
         if keep_state:
             state.phase = "down"

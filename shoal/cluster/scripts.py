@@ -12,17 +12,29 @@ from __future__ import annotations
 NET_UP = r"""ip link set lo up
 ip addr replace "$SHOAL_IP/24" dev eth0
 ip link set eth0 up
-if [ -n "$SHOAL_TBF" ]; then
+if [ -n "${SHOAL_HTB:-}" ]; then
+    # the storage host: its own bandwidth (HTB), not the per-node link's (shoal/cluster/storage.py)
+    tc qdisc replace dev eth0 root handle 1: htb default 10
+    # shellcheck disable=SC2086
+    tc class replace dev eth0 parent 1: classid 1:10 htb $SHOAL_HTB
+elif [ -n "$SHOAL_TBF" ]; then
     # shellcheck disable=SC2086
     tc qdisc replace dev eth0 root tbf $SHOAL_TBF
 fi
+"""
+
+# First thing of every host's init: move PID 1 (this shell) into the host's own cgroups, so all it
+# starts is accounted and limited per host (shoal/cluster/cgroups.py). `echo 0` moves the writer.
+CGROUP_JOIN = r"""for f in ${SHOAL_CGROUP_PROCS:-}; do
+    echo 0 > "$f"
+done
 """
 
 NODE_INIT = r"""#!/bin/sh
 # PID 1 of a layer1 node container until it execs supervisord (shoal/cluster/scripts.py).
 set -eu
 R="$SHOAL_ROOT"
-""" + NET_UP + r"""hostname "$SHOAL_HOST"
+""" + CGROUP_JOIN + NET_UP + r"""hostname "$SHOAL_HOST"
 mount -t overlay overlay -o "lowerdir=$SHOAL_LOWER,upperdir=$SHOAL_UPPER,workdir=$SHOAL_WORK" "$R"
 mount -t proc proc "$R/proc"
 # A sysfs of its own: mounted from inside the node's netns it shows the node's interfaces (eth0
@@ -50,6 +62,13 @@ else
     mount --bind "$SHOAL_PFS" "$R/pfs"
     mount --bind "$SHOAL_STORE" "$R/pfs/store"
 fi
+if [ -n "${SHOAL_STORAGE_LINK:-}" ] && [ -d "$SHOAL_STORAGE_LINK" ]; then
+    # the storage host's link counters as the host sees them, read-only: the job step counts the
+    # bytes storage served where they flow (shoal/staging/accounting.py)
+    mkdir -p "$R/run/shoal/storage-link"
+    mount --bind "$SHOAL_STORAGE_LINK" "$R/run/shoal/storage-link"
+    mount -o remount,bind,ro "$R/run/shoal/storage-link"
+fi
 mount --bind "$SHOAL_ETC_SLURM" "$R/etc/slurm"
 mount -o remount,bind,ro "$R/etc/slurm"
 mount --bind "$SHOAL_ETC_MUNGE" "$R/etc/munge"
@@ -64,7 +83,7 @@ CONTROLLER_INIT = r"""#!/bin/sh
 # PID 1 of the controller (login node) until it execs supervisord (shoal/cluster/scripts.py).
 # The controller keeps the host's root filesystem; only cluster-specific paths are bound over it.
 set -eu
-""" + NET_UP + r"""hostname ctl
+""" + CGROUP_JOIN + NET_UP + r"""hostname ctl
 mount -t proc proc /proc
 mount -t tmpfs -o size=64m,mode=0755 tmpfs /run
 mkdir -p /run/munge /run/mysqld /run/shoal

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal.cluster.netns import is_alive
-from shoal.cluster.scripts import NET_UP
+from shoal.cluster.scripts import CGROUP_JOIN, NET_UP
 from shoal.cluster.slurmconf import Addressing
 from shoal.cluster.state import ClusterDir
 from shoal.errors import ClusterError, DependencyError
@@ -43,7 +43,7 @@ STORAGE_INIT = r"""#!/bin/sh
 # Runs on the host's root filesystem in its own mount namespace: the export tree below is
 # built here, so the host sees none of these mounts.
 set -eu
-""" + NET_UP + r"""hostname storage
+""" + CGROUP_JOIN + NET_UP + r"""hostname storage
 mount -t proc proc /proc
 mount -t tmpfs -o size=16m,mode=0755 tmpfs /run
 mkdir -p /run/sshd

@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -53,6 +52,8 @@ class Context:
     stage_root: str = STAGE_ROOT
     # what stage recorded (Staged.extra), given back to cleanup
     staged_extra: dict[str, Any] = field(default_factory=dict)
+    # sub-phases a method times inside its stage step: shoal.staging.accounting.phase(ctx, name)
+    phases: dict[str, Any] = field(default_factory=dict)
     _manifest: dict[str, Any] | None = None
 
     @property
@@ -127,6 +128,9 @@ class Method:
     artifact: ClassVar[str] = "tar"  # which store artifact it uses: tar, sqfs or dir
     collective: ClassVar[str | None] = None  # driver-side step between check and stage
     privileged: ClassVar[bool] = False  # needs root on the node (mounts)
+    # what its stage step is in the job's phase breakdown: "stage" (a copy/unpack into the node)
+    # or "mount" (lazy: the image stays where it is, reads happen in the workload)
+    phase: ClassVar[str] = "stage"
     description: ClassVar[str] = ""
 
     def check(self, ctx: Context) -> None:
@@ -364,25 +368,29 @@ class Sampler:
     """Peak of used bytes on a file system, sampled in a thread while a stage runs."""
 
     def __init__(self, path: str, interval: float = 0.05) -> None:
+        import threading
+
         self.path = path
         self.interval = interval
         self.peak = used_bytes(path)
-        self._stop = False
+        # an Event, not sleep(): stopping must not wait out an interval, or every lazy staging
+        # time would have a floor of one interval
+        self._stop = threading.Event()
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Sampler]:
         import threading
 
         def loop() -> None:
-            while not self._stop:
+            while not self._stop.is_set():
                 self.peak = max(self.peak, used_bytes(self.path))
-                time.sleep(self.interval)
+                self._stop.wait(self.interval)
 
         t = threading.Thread(target=loop, daemon=True)
         t.start()
         try:
             yield self
         finally:
-            self._stop = True
+            self._stop.set()
             t.join()
             self.peak = max(self.peak, used_bytes(self.path))

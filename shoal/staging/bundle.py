@@ -22,6 +22,7 @@ MODULES = (
     "shoal/errors.py",
     "shoal/runner.py",
     "shoal/staging/base.py",
+    "shoal/staging/accounting.py",
     "shoal/staging/nodeagent.py",
     "shoal/staging/jobstep.py",
     "shoal/staging/methods/__init__.py",

@@ -2,7 +2,12 @@
 
     [study]                      name, repetitions (5), timeout ("10m"), concurrency (1), partition,
                                  privileged ("auto" | "prolog" | "direct": how kernel mounts get
-                                 root; auto = direct when the harness is root, else the Prolog)
+                                 root; auto = direct when the harness is root, else the Prolog),
+                                 seed (run order: shuffled within each repetition from it),
+                                 cache ("cold": page caches dropped before every run, one run
+                                 at a time; "warm": kept), warmup (true: one discarded run per
+                                 experiment first), margin (0.10: the equivalence margin of
+                                 "no difference" verdicts, a fraction of the reference time)
     [cluster]                    kind = "virtual" | "existing", name, nodes, network, storage
                                  (virtual: how /pfs is shared, "bind" or "sshfs"), store (the
                                  image store as the nodes see it; existing clusters only)
@@ -45,6 +50,10 @@ DEFAULTS: dict[str, Any] = {
     "study.concurrency": 1,
     "study.partition": None,
     "study.privileged": "auto",
+    "study.seed": 1,
+    "study.cache": "cold",
+    "study.warmup": True,
+    "study.margin": 0.10,
     "cluster.kind": "virtual",
     "cluster.name": "shoal",
     "cluster.network": None,
@@ -52,11 +61,12 @@ DEFAULTS: dict[str, Any] = {
     "cluster.storage": None,
 }
 PRIVILEGED_MODES = ("auto", "prolog", "direct")
+CACHE_MODES = ("cold", "warm")
 
 _ALLOWED: dict[str, tuple[str, ...]] = {
     "": ("study", "cluster", "matrix"),
     "study": ("name", "repetitions", "timeout", "concurrency", "partition", "description",
-              "privileged"),
+              "privileged", "seed", "cache", "warmup", "margin"),
     "cluster": ("kind", "name", "nodes", "network", "storage", "store"),
     "matrix": ("images", "methods", "workloads", "node_counts", "zip", "exclude"),
 }
@@ -88,8 +98,25 @@ class StudySpec:
     exclude: tuple[Mapping[str, str | int], ...] = ()
     description: str = ""
     privileged: str = "auto"
+    seed: int = 1
+    cache: str = "cold"
+    warmup: bool = True
+    margin: float = 0.10
     path: str = "<string>"
     text: str = field(default="", repr=False, compare=False)
+
+    @property
+    def effective_concurrency(self) -> int:
+        """Jobs at once as run: dropping caches is host-wide, so cold runs go one at a time."""
+        return 1 if self.cache == "cold" else self.concurrency
+
+    def adjustments(self) -> list[str]:
+        """What the harness changes from the spec as written, each as a message for the user."""
+        if self.cache == "cold" and self.concurrency > 1:
+            return [f"concurrency = {self.concurrency} lowered to 1: cache = \"cold\" drops the "
+                    "host's page caches before every run, which would disturb the runs beside "
+                    "it (set cache = \"warm\" to run jobs side by side)"]
+        return []
 
     @property
     def sha256(self) -> str:
@@ -157,6 +184,14 @@ def parse_spec(
     privileged = v.string(study, "study.privileged")
     if privileged not in PRIVILEGED_MODES:
         v.fail("study.privileged", privileged, f"must be one of {', '.join(PRIVILEGED_MODES)}")
+    seed = v.integer(study, "study.seed", minimum=0)
+    cache = v.string(study, "study.cache")
+    if cache not in CACHE_MODES:
+        v.fail("study.cache", cache, f"must be one of {', '.join(CACHE_MODES)}")
+    warmup = v.boolean(study, "study.warmup")
+    margin = v.number(study, "study.margin")
+    if not 0 < margin < 1:
+        v.fail("study.margin", margin, "must be a fraction between 0 and 1, e.g. 0.10 for 10 %")
 
     kind = v.string(cluster, "cluster.kind")
     if kind not in CLUSTER_KINDS:
@@ -210,6 +245,10 @@ def parse_spec(
         exclude=excludes,
         description=description,
         privileged=privileged,
+        seed=seed,
+        cache=cache,
+        warmup=warmup,
+        margin=margin,
         path=source,
         text=text,
     )
@@ -308,6 +347,18 @@ class _Validator:
         if val < minimum:
             self.fail(key, val, f"must be at least {minimum}")
         return int(val)
+
+    def boolean(self, tbl: Mapping[str, Any], key: str) -> bool:
+        val = self._raw(tbl, key)
+        if not isinstance(val, bool):
+            self.fail(key, val, "must be true or false")
+        return bool(val)
+
+    def number(self, tbl: Mapping[str, Any], key: str) -> float:
+        val = self._raw(tbl, key)
+        if isinstance(val, bool) or not isinstance(val, int | float):
+            self.fail(key, val, "must be a number")
+        return float(val)
 
     def duration(self, tbl: Mapping[str, Any], key: str) -> float:
         val = self._raw(tbl, key)

@@ -44,5 +44,10 @@ def test_dry_run_of_quick_example(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["study", "run", str(REPO / "examples" / "quick.toml"), "--out", str(out),
                  "--dry-run"]) == 0
     text = capsys.readouterr().out
-    assert "54 runs to submit" in text and "#SBATCH --nodes=4" in text
+    from shoal.study.matrix import expand
+    from shoal.study.spec import load_spec
+
+    spec = load_spec(REPO / "examples" / "quick.toml")
+    n = len(expand(spec)) * (spec.repetitions + int(spec.warmup))
+    assert f"{n} runs to submit" in text and "#SBATCH --nodes=4" in text
     assert not out.exists()

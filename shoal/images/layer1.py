@@ -17,8 +17,8 @@ from pathlib import Path
 
 from shoal import paths
 from shoal.errors import ImageError
-from shoal.images.base import locked
-from shoal.images.build import build_image, dir_size, drop_marker, ensure_base_imported, inputs_hash
+from shoal.fsutil import dir_size, locked
+from shoal.images.build import build_image, drop_marker, ensure_base_imported, inputs_hash
 from shoal.runner import run
 
 NAME = "layer1"

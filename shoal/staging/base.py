@@ -386,3 +386,22 @@ class Sampler:
             self._stop = True
             t.join()
             self.peak = max(self.peak, used_bytes(self.path))
+
+
+# ---- the agent's per-image state file (method, baseline counters, the staged record) ----------
+
+
+def load_state(ctx: Context) -> dict[str, Any] | None:
+    try:
+        with open(ctx.state_file) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def save_state(ctx: Context, state: dict[str, Any]) -> None:
+    tmp = f"{ctx.state_file}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, ctx.state_file)

@@ -24,6 +24,7 @@ MODULES = (
     "shoal/staging/base.py",
     "shoal/staging/nodeagent.py",
     "shoal/staging/jobstep.py",
+    "shoal/staging/record.py",
     "shoal/staging/methods/__init__.py",
     "shoal/staging/methods/untar.py",
     "shoal/staging/methods/sbcast.py",

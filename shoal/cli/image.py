@@ -25,7 +25,7 @@ def image() -> None:
 @click.argument("name")
 @click.option("--rebuild", is_flag=True, help="Build even if the cached build is up to date.")
 def build_cmd(name: str, rebuild: bool) -> None:
-    """Build built-in image NAME (layer1 or images/NAME/Dockerfile), cached by input hash."""
+    """Build built-in image NAME (shoal/images/recipes/NAME/Dockerfile), cached by input hash."""
     from shoal.fsutil import dir_size
     from shoal.images.catalog import build_named
 

@@ -1,7 +1,7 @@
 """The interface every distribution method implements, its registry, and node-side helpers.
 
 STANDARD LIBRARY ONLY (plus shoal.errors and shoal.runner, themselves stdlib-only): this module runs
-on the nodes inside the node agent bundle (see shoal.staging.bundle).
+on the nodes inside the node agent bundle (see shoal.bundle).
 
 A method is one module in shoal/staging/methods/ holding one ``Method`` subclass decorated with
 ``@register("name")``. Its node side is ``check`` (fail up front: privilege, space, files),

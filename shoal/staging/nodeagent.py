@@ -1,7 +1,7 @@
 """The node agent: stages, verifies and cleans up an image on one node; one JSON line per call.
 
 STANDARD LIBRARY ONLY. Nodes have no venv: the driver ships this module, shoal.staging.base, the
-method modules and shoal.images.treedigest as one zipapp (shoal.staging.bundle) to shared storage and
+method modules and shoal.images.treedigest as one zipapp (shoal.bundle) to shared storage and
 runs ``python3 /pfs/store/.shoal/agent-<hash>.pyz SUBCOMMAND ...`` with one task per node.
 
 Subcommands (``--job`` defaults to $SLURM_JOB_ID, ``--store`` to /pfs/store):
@@ -53,7 +53,7 @@ def _lone_file() -> None:
     subcommand reports the problem as its record.
     """
     sub = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
-    msg = ("shoal node agent: run the bundle (shoal.staging.bundle.write_bundle), not a lone copy "
+    msg = ("shoal node agent: run the bundle (shoal.bundle.write_bundle), not a lone copy "
            "of nodeagent.py: the method modules are missing")
     if sub in ("prolog", "epilog", ""):
         sys.stderr.write(msg + "\n")

@@ -1,7 +1,7 @@
 """The node agent's per-call record: how every subcommand reports one node's result as one JSON line.
 
 STANDARD LIBRARY ONLY and Python 3.6 compatible (no ``from __future__ import annotations``, no
-dataclasses, no ``X | Y``): it runs on the nodes inside the agent bundle (shoal.staging.bundle).
+dataclasses, no ``X | Y``): it runs on the nodes inside the agent bundle (shoal.bundle).
 The node agent (subcommands) and the job step (batch side) both build their records here, so the
 step does not import the agent that imports it.
 """

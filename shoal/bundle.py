@@ -24,6 +24,7 @@ from shoal.paths import PACKAGE_PARENT
 
 MODULES = (
     "shoal/errors.py",
+    "shoal/names.py",
     "shoal/runner.py",
     "shoal/staging/base.py",
     "shoal/staging/nodeagent.py",

@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import sys
 import time
 from typing import Any
@@ -63,6 +62,7 @@ def _lone_file() -> None:
 
 
 try:
+    from shoal import names
     from shoal.errors import DistError, ShoalError
     from shoal.staging.base import (
         DEFAULT_STORE,
@@ -91,7 +91,6 @@ except ImportError:
     raise
 
 SYSTEM_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def image_digest(ctx: Context) -> str | None:
@@ -333,7 +332,7 @@ def read_request(store: str, job: str, job_uid: int | None) -> dict[str, Any] | 
         req = json.load(f)
     if not isinstance(req, dict) or str(req.get("job")) != job:
         raise DistError(f"{path} is not a request for job {job}", None)
-    if not isinstance(req.get("image"), str) or not _IMAGE_RE.match(req["image"]):
+    if not isinstance(req.get("image"), str) or not names.is_image_name(req["image"]):
         raise DistError(f"{path}: bad image name {req.get('image')!r}", None)
     return req
 

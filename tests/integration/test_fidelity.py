@@ -95,10 +95,10 @@ def test_eth1g_one_node_is_link_bound_and_memory_limit_counts_tmpfs(
         assert r["util_link"] > 0.5
         # the storage host served the tarball once, counted at its link
         assert IMAGE_BYTES * 0.95 <= r["storage_served_bytes"] <= IMAGE_BYTES * 1.2
-        from shoal.cluster import manager
+        from shoal.cluster.enter import enter_prefix
         from shoal.cluster.state import ClusterDir
 
-        ctl = manager.enter_prefix(ClusterDir(name).load(), "ctl")
+        ctl = enter_prefix(ClusterDir(name).load(), "ctl")
         # 500 MB into the node's tmpfs is more than its 384 MB: the node's cgroup stops it
         # (dd is the OOM killer's choice), the node itself lives on
         big = subprocess.run([*ctl, "srun", "-N1", "sh", "-c",

@@ -42,6 +42,7 @@ MODULES = (
     "shoal/slurm/hostlist.py",
     # read as data by the `workload` step and copied into the container's view of /tmp
     "shoal/workloads/catwalk.py",
+    "shoal/workloads/startread.py",
     "shoal/workloads/statwalk.py",
 )
 PACKAGES = ("shoal", "shoal/staging", "shoal/images", "shoal/slurm", "shoal/workloads")

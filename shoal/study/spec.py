@@ -43,7 +43,8 @@ from shoal.errors import ConfigError
 DEFAULT_METHODS: tuple[str, ...] = (
     "untar", "sbcast", "squashfs-kernel", "squashfuse", "shared-dir", "sbcast-squashfs",
 )
-DEFAULT_WORKLOADS: tuple[str, ...] = ("catwalk", "statwalk", "pynamic", "lammps", "mpihello")
+DEFAULT_WORKLOADS: tuple[str, ...] = ("catwalk", "statwalk", "startread", "pynamic", "lammps",
+                                       "mpihello")
 FACTORS: tuple[str, ...] = ("image", "method", "workload", "nodes")
 CLUSTER_KINDS = ("virtual", "existing")
 

@@ -107,8 +107,9 @@ def test_eth1g_one_node_is_link_bound_and_memory_limit_counts_tmpfs(
                               "rm -f /tmp/big; exit $rc"],
                              capture_output=True, text=True, timeout=120)
         assert big.returncode != 0, big.stdout + big.stderr
-        failcnt = Path(f"/sys/fs/cgroup/memory/shoal/{name}/node1/memory.failcnt")
-        assert int(failcnt.read_text()) > 0
+        mem = Path(f"/sys/fs/cgroup/memory/shoal/{name}/node1")
+        assert int((mem / "memory.limit_in_bytes").read_text()) == 384 << 20
+        assert int((mem / "memory.failcnt").read_text()) > 0, big.stdout + big.stderr
         again = subprocess.run([*ctl, "srun", "-N1", "true"], capture_output=True, timeout=60)
         assert again.returncode == 0
 

@@ -211,3 +211,20 @@ def test_caveats_name_bind_storage_and_cpu_bound_runs(study_dir: Path) -> None:
     assert any("bind mount" in c for c in a1.caveats)
     assert not any("CPU-bound" in c for c in a1.caveats)  # Q1 cites no untar run
     assert any("CPU-bound" in c and "oversubscribe" in c for c in a2.caveats)
+
+
+def test_export_has_one_row_per_node_run_with_fixed_columns(study_dir: Path) -> None:
+    import csv
+    import io
+    import json
+
+    from shoal.study.export import COLUMNS, export
+
+    text = export(study_dir, "csv")
+    data = list(csv.DictReader(io.StringIO(text)))
+    assert tuple(data[0]) == COLUMNS
+    # 5 methods x 2 workloads x (1 + 2 + 4 nodes) x 5 repetitions; the failed run is left out
+    assert len(data) == 5 * 2 * 7 * 5
+    assert {r["network_profile"] for r in data} == {"eth10g"}
+    lines = export(study_dir, "jsonl").splitlines()
+    assert len(lines) == len(data) and json.loads(lines[0])["time_to_solution"] > 0

@@ -14,7 +14,7 @@ import hashlib
 import itertools
 import json
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,18 +97,20 @@ def expand(spec: StudySpec) -> list[Experiment]:
 WARMUP_REP = -1  # the discarded warm-up run of an experiment
 
 
-def runs(experiments: Iterable[Experiment], repetitions: int, seed: int | None = None,
-         warmup: bool = False) -> list[RunKey]:
+def runs(experiments: Iterable[Experiment], repetitions: int | Callable[[Experiment], int],
+         seed: int | None = None, warmup: bool = False) -> list[RunKey]:
     """The runs in the order they go: repetition-major, so a study stopped early still covers
     the whole matrix; within each repetition shuffled from SEED (a different order per
     repetition, the same on every resume), so drift of the machine over time (other load, a
     warming cache) is spread over all experiments instead of riding on the matrix order.
     With WARMUP, one discarded warm-up run per experiment (rep = WARMUP_REP) goes first."""
     exps = list(experiments)
-    reps = ([WARMUP_REP] if warmup else []) + list(range(repetitions))
+    count = repetitions if callable(repetitions) else (lambda _e: repetitions)
+    most = max((count(e) for e in exps), default=0)
+    reps = ([WARMUP_REP] if warmup else []) + list(range(most))
     out: list[RunKey] = []
     for rep in reps:
-        block = list(exps)
+        block = [e for e in exps if rep < count(e)]
         if seed is not None:
             random.Random(f"{seed}:{rep}").shuffle(block)
         out += [RunKey(e, rep) for e in block]

@@ -122,7 +122,7 @@ class Summary:
 
 def plan(spec: StudySpec, experiments: Sequence[Experiment], db: StudyDB | None,
          rerun_failed: bool = False) -> Plan:
-    keys = runs(experiments, spec.repetitions, spec.seed, spec.warmup)
+    keys = runs(experiments, lambda e: spec.repetitions_of(e.factors), spec.seed, spec.warmup)
     if db is None:
         return Plan(keys, [], 0, 0, len(keys))
     done = db.completed_keys()

@@ -72,7 +72,7 @@ _ALLOWED: dict[str, tuple[str, ...]] = {
     "study": ("name", "repetitions", "timeout", "concurrency", "partition", "description",
               "privileged", "seed", "cache", "warmup", "margin"),
     "cluster": ("kind", "name", "nodes", "network", "storage", "store"),
-    "matrix": ("images", "methods", "workloads", "node_counts", "zip", "exclude"),
+    "matrix": ("images", "methods", "workloads", "node_counts", "zip", "exclude", "repeat"),
 }
 
 
@@ -100,6 +100,9 @@ class StudySpec:
     node_counts: tuple[int, ...]
     zip: tuple[tuple[str, ...], ...] = ()
     exclude: tuple[Mapping[str, str | int], ...] = ()
+    # (partial assignment, repetitions): matching experiments run that many times instead (the
+    # first matching rule wins), so a fractional design spends repetitions where verdicts are
+    repeat: tuple[tuple[Mapping[str, str | int], int], ...] = ()
     description: str = ""
     privileged: str = "auto"
     seed: int = 1
@@ -108,6 +111,13 @@ class StudySpec:
     margin: float = 0.10
     path: str = "<string>"
     text: str = field(default="", repr=False, compare=False)
+
+    def repetitions_of(self, factors: Mapping[str, str | int]) -> int:
+        """How many repetitions the experiment with FACTORS gets (``repeat`` rules, else all)."""
+        for rule, n in self.repeat:
+            if all(factors.get(k) == v for k, v in rule.items()):
+                return n
+        return self.repetitions
 
     @property
     def effective_concurrency(self) -> int:
@@ -246,6 +256,7 @@ def parse_spec(
     }
     zips = v.zip_groups(matrix, lists)
     excludes = v.exclude_rules(matrix, lists)
+    repeat = v.repeat_rules(matrix, lists)
     # experiments x repetitions before exclusions (zipped factors count once): expand() and the
     # run list are built in memory, so the bound comes first
     zipped = {f for g in zips for f in g}
@@ -274,6 +285,7 @@ def parse_spec(
         node_counts=counts,
         zip=zips,
         exclude=excludes,
+        repeat=repeat,
         description=description,
         privileged=privileged,
         seed=seed,
@@ -467,6 +479,10 @@ class _Validator:
             groups.append(tuple(group))
         return tuple(groups)
 
+    def repeat_rules(self, tbl: Mapping[str, Any], lists: Mapping[str, tuple[Any, ...]]
+                     ) -> tuple[tuple[Mapping[str, str | int], int], ...]:
+        return _repeat_rules(self, tbl, lists)
+
     def exclude_rules(self, tbl: Mapping[str, Any],
                       lists: Mapping[str, tuple[Any, ...]]) -> tuple[Mapping[str, str | int], ...]:
         key = "matrix.exclude"
@@ -485,6 +501,30 @@ class _Validator:
                               f"not among the study's {f} values ({_show(list(lists[f]))})")
             rules.append(dict(rule))
         return tuple(rules)
+
+
+def _repeat_rules(v: _Validator, tbl: Mapping[str, Any], lists: Mapping[str, tuple[Any, ...]]
+                  ) -> tuple[tuple[Mapping[str, str | int], int], ...]:
+    key = "matrix.repeat"
+    val = tbl.get("repeat", [])
+    if not isinstance(val, list):
+        v.fail(key, val, "must be a list of tables, e.g. [{nodes = 32, repetitions = 3}]")
+    out: list[tuple[Mapping[str, str | int], int]] = []
+    for i, rule in enumerate(val):
+        if not isinstance(rule, dict) or "repetitions" not in rule:
+            v.fail(key, rule, "each rule is a table of factor = value plus repetitions = N")
+        n = rule["repetitions"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            v.fail(f"{key}[{i}].repetitions", n, "must be an integer of at least 1")
+        cond = {f: fv for f, fv in rule.items() if f != "repetitions"}
+        for f, fv in cond.items():
+            if f not in FACTORS:
+                v.unknown(f"{key}[{i}]", f, FACTORS)
+            if fv not in lists[f]:
+                v.fail(f"{key}[{i}].{f}", fv,
+                       f"not among the study's {f} values ({_show(list(lists[f]))})")
+        out.append((cond, int(n)))
+    return tuple(out)
 
 
 def _show(value: Any) -> str:

@@ -78,3 +78,23 @@ def test_cold_run_drops_caches_and_rows_record_how_they_ran(
     assert {row.record.extra["cache"] for row in rows} == {"cold"}
     assert {row.record.extra["concurrency"] for row in rows} == {1}
     assert not any(row.record.extra["warmup"] for row in rows)
+
+
+def test_repeat_rules_spend_repetitions_where_verdicts_are() -> None:
+    text = ('[study]\nname="c"\nrepetitions=5\n[cluster]\nkind="virtual"\nnodes=32\n'
+            '[matrix]\nimages=["i"]\nmethods=["untar","sbcast"]\nworkloads=["catwalk"]\n'
+            'node_counts=[4,32]\nrepeat=[{nodes=32, repetitions=3}]\n')
+    spec = parse_spec(text)
+    from shoal.study.matrix import expand
+
+    exps = expand(spec)
+    keys = runs(exps, lambda e: spec.repetitions_of(e.factors), 1, warmup=True)
+    per = {e.id: sum(k.experiment.id == e.id and k.rep >= 0 for k in keys) for e in exps}
+    assert sorted(per.values()) == [3, 3, 5, 5]
+    assert sum(k.rep == WARMUP_REP for k in keys) == 4
+    from shoal.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="repetitions"):
+        parse_spec(text.replace("repetitions=3}", "repetitions=0}"))
+    with pytest.raises(ConfigError, match="nodes"):
+        parse_spec(text.replace("nodes=32, repetitions", "nodes=8, repetitions"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -15,7 +16,7 @@ from shoal.errors import StudyError
 from shoal.slurm.client import SlurmClient
 from shoal.study.db import DB_NAME, StudyDB
 from shoal.study.jobscript import JobContext
-from shoal.study.matrix import expand
+from shoal.study.matrix import Experiment, expand
 from shoal.study.report import Report, compare_dirs, write_report
 from shoal.study.runner import StudyRunner, collect_environment, dry_run
 from shoal.study.spec import DEFAULT_METHODS, StudySpec, load_spec
@@ -134,6 +135,19 @@ def prepare_images(spec: StudySpec, store: Path) -> dict[str, str]:
     return digests
 
 
+def check_memory(exps: Sequence[Experiment], store: Path, tmpfs_size: object) -> None:
+    """Refuse, before anything is submitted, an experiment whose node-local copies (untar,
+    sbcast) cannot fit: every node of a virtual cluster keeps its copy in this machine's memory."""
+    from shoal.cluster.capacity import check_node_local_copies
+
+    biggest: dict[tuple[str, str], int] = {}
+    for e in exps:
+        biggest[(e.method, e.image)] = max(e.nodes, biggest.get((e.method, e.image), 0))
+    for (method, image), nodes in sorted(biggest.items()):
+        check_node_local_copies(method, image, nodes, store,
+                                tmpfs_size if isinstance(tmpfs_size, str) else None)
+
+
 def _prolog_store(spec: StudySpec, store: Path) -> Path | None:
     if spec.privileged == "prolog" or (spec.privileged == "auto" and os.geteuid() != 0):
         return store
@@ -180,6 +194,8 @@ def run_study(spec_path: Path, out: Path | None, cluster_name: str | None = None
                 db.close()
         return out_dir
     digests = prepare_images(spec, link.store_local)
+    if spec.cluster.kind == "virtual":
+        check_memory(exps, link.store_local, link.extra_env.get("tmpfs_size"))
     from shoal.staging.bundle import publish
 
     # the bundle's name carries its hash: jobs of an older shoal keep running their own copy

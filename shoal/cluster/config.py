@@ -11,13 +11,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from shoal.cluster.topology import MAX_NODES, node_names
 from shoal.errors import ConfigError
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
-
-# Per idle node: supervisord + slurmd + sshd + rsyslogd + munged, measured (docs/PERFORMANCE.md),
-# plus headroom for the overlay's page cache; used to refuse clusters the machine cannot hold.
-NODE_MEMORY_BUDGET_MB = 96
 
 
 @dataclass(frozen=True)
@@ -78,7 +75,7 @@ class ClusterConfig:
         return NETWORK_PROFILES[self.network]
 
     def node_names(self) -> list[str]:
-        return [f"node{i}" for i in range(1, self.nodes + 1)]
+        return node_names(self.nodes)
 
 
 _KEYS: dict[str, type] = {
@@ -135,10 +132,12 @@ def validate(raw: dict[str, Any], source: str = "defaults", text: str | None = N
             f"{where('name')}: name = {cfg.name!r} is not a valid cluster name",
             "use 1-10 lowercase letters/digits starting with a letter (it names bridges and netns)",
         )
-    if not 1 <= cfg.nodes <= 200:
+    if not 1 <= cfg.nodes <= MAX_NODES:
+        # The design limit of the address plan and bridge layout; what fits in this machine's
+        # memory is checked at `up` from measured memory per node (shoal/cluster/capacity.py).
         raise ConfigError(
             f"{where('nodes')}: nodes = {cfg.nodes} is out of range",
-            "a virtual cluster has 1 to 200 nodes",
+            f"a virtual cluster has 1 to {MAX_NODES} nodes (how many fit here: `shoal cluster capacity`)",
         )
     if cfg.network not in NETWORK_PROFILES:
         raise ConfigError(

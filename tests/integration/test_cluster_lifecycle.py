@@ -15,6 +15,7 @@ import pytest
 from shoal.cluster import manager, netns
 from shoal.cluster.config import ClusterConfig
 from shoal.cluster.state import ClusterDir
+from shoal.cluster.topology import Addressing
 from shoal.errors import ClusterError
 
 pytestmark = pytest.mark.cluster
@@ -91,7 +92,8 @@ def test_taken_name_is_refused(small_cluster: str) -> None:
     ("args", "needle"),
     [
         (["--nodes", "0"], "nodes = 0 is out of range"),
-        (["--nodes", "200"], "use --nodes"),
+        (["--nodes", "4096"], "use --nodes"),
+        (["--nodes", "4097"], "nodes = 4097 is out of range"),
         (["--network", "infiniband"], "not a known profile"),
         (["--name", "Bad_Name"], "not a valid cluster name"),
     ],
@@ -101,12 +103,11 @@ def test_bad_input_one_line_error_nothing_created(args: list[str], needle: str) 
         pytest.skip("needs root")
     name = "badin"
     cmd = SHOAL + ["cluster", "up", *(["--name", name] if "--name" not in args else []), *args]
-    if "200" in args:
-        pytest.importorskip("shoal")
-        from shoal.cluster.manager import _mem_available_mb
+    if "4096" in args:
+        from shoal.cluster.capacity import capacity
 
-        if _mem_available_mb() * 0.8 > 200 * 96 + 512:
-            pytest.skip("machine has memory for 200 nodes")
+        if capacity().max_nodes() >= 4096:
+            pytest.skip("machine has memory for 4096 nodes")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
     assert needle in res.stderr
@@ -141,7 +142,7 @@ def test_two_clusters_run_at_once_on_distinct_subnets(small_cluster: str) -> Non
                 [*manager.enter_prefix(st, "ctl"), "srun", "-N1", "sh", "-c", "hostname -I"],
                 capture_output=True, text=True, timeout=60, check=True,
             ).stdout
-            assert out.startswith(f"10.250.{st.index}.")
+            assert out.startswith(Addressing(st.index).prefix)
     finally:
         assert manager.down(other) == []
     # taking one down leaves the other running

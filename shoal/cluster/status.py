@@ -1,8 +1,10 @@
 """What `shoal cluster status` reports: Slurm's view, each node's supervisord programs, memory.
 
-Built for thousands of nodes: one pass over /proc finds every node's processes, and the
+Built for hundreds of nodes: one pass over /proc finds every node's processes, and the
 supervisord XML-RPC calls (one per node, through its socket in the node's /run) run in a thread
-pool, so the time is a few process scans and not one per node.
+pool, so the time is one process scan plus a few RPC round trips, not one scan per node.
+Memory is PSS (shared pages split among the processes that map them): what a node really costs.
+Idle nodes' PSS is kept as the measurement the capacity check uses (shoal/cluster/capacity.py).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from shoal.cluster import capacity, manager, netns
+from shoal.cluster.enter import pid1
+from shoal.cluster.node import running as host_running
 from shoal.cluster.state import ClusterDir, ClusterState
 from shoal.cluster.supervisor import Program, Supervisor
 from shoal.errors import ClusterError
 
-# supervisord answers from one thread per node; more workers than this only queue on 2 cores
+# supervisord answers in its one thread; more workers than this only queue on 2 cores
 RPC_WORKERS = 16
 
 
@@ -27,22 +31,28 @@ class NodeStatus:
     running: bool
     programs: list[Program] = field(default_factory=list)
     rss_bytes: int = 0
-    pss_bytes: int = 0  # what the node really costs: shared pages split among their users
+    pss_bytes: int = 0  # what the node costs: shared pages split among their users
     uss_bytes: int = 0  # private pages only
     processes: int = 0
 
 
 def supervisor_of(state: ClusterState, node: str, timeout: float = 10.0) -> Supervisor:
-    pid = manager.pid1(state, node)
+    pid = pid1(state, node)
     return Supervisor(f"/proc/{pid}/root/run/supervisor.sock", node, timeout=timeout)
+
+
+def memory_of_netns(ns: str) -> capacity.NodeMemory:
+    """PSS/USS/RSS and count of the processes in one network namespace (the node's unshare
+    wrapper is outside its pid namespace but inside its netns, so it counts too)."""
+    ino = netns.netns_inode(ns)
+    if ino is None:
+        return capacity.NodeMemory()
+    return capacity.memory_of(capacity.processes_by_netns([ino]).get(ino, []))
 
 
 def rss_of_netns(ns: str) -> tuple[int, int]:
     """Total RSS (bytes) and count of the processes in one network namespace."""
-    ino = netns.netns_inode(ns)
-    if ino is None:
-        return 0, 0
-    mem = capacity.memory_of(capacity.processes_by_netns([ino]).get(ino, []))
+    mem = memory_of_netns(ns)
     return mem.rss, mem.processes
 
 
@@ -55,14 +65,14 @@ def _programs(state: ClusterState, node: str) -> list[Program]:
 
 def cluster_status(name: str, record: bool = True) -> tuple[ClusterState, list[NodeStatus]]:
     state = ClusterDir(name).load()
-    slurm = manager.node_states(state) if manager.running(state, "ctl") else {}
-    up = [n for n in state.nodes if manager.running(state, n)]
+    slurm = manager.node_states(state) if host_running(state, "ctl") else {}
+    up = [n for n in state.nodes if host_running(state, n)]
     inodes = {n: netns.netns_inode(state.netns(n)) for n in up}
     by_ns = capacity.processes_by_netns(i for i in inodes.values() if i is not None)
     with ThreadPoolExecutor(max_workers=RPC_WORKERS) as pool:
         programs = dict(zip(up, pool.map(lambda n: _programs(state, n), up), strict=True))
     out: list[NodeStatus] = []
-    mems: list[capacity.NodeMemory] = []
+    idle: list[capacity.NodeMemory] = []
     for node in state.nodes:
         ns = NodeStatus(node, slurm.get(node, "?"), node in programs)
         if ns.running:
@@ -71,11 +81,11 @@ def cluster_status(name: str, record: bool = True) -> tuple[ClusterState, list[N
             mem = capacity.memory_of(by_ns.get(ino, []) if ino is not None else [])
             ns.rss_bytes, ns.pss_bytes, ns.uss_bytes, ns.processes = mem.rss, mem.pss, mem.uss, mem.processes
             if ns.slurm_state == "idle":
-                mems.append(mem)
+                idle.append(mem)
         out.append(ns)
     if record and state.phase == "up":
         # idle nodes only: a busy node's memory is its jobs', not what the node costs
-        cost = capacity.cost_from(mems, len(state.nodes), state.layer1_hash)
+        cost = capacity.cost_from(idle, len(state.nodes), state.layer1_hash)
         if cost is not None:
             with contextlib.suppress(OSError):
                 capacity.record(cost)

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Hard design limit of a cluster (config validation); what fits on THIS machine is decided by
-# shoal.cluster.capacity from measured memory per node.
-MAX_NODES = 4096
+# Design limit of the plan (addresses, bridges, interface names), tested; the config's bound is
+# shoal.limits.MAX_NODES (what this 2-core machine is meant to boot), and what fits in memory
+# now is decided at `up` by shoal.cluster.capacity from measured memory per node.
+PLAN_MAX_NODES = 4096
 # Kernel limit on ports per bridge (net/bridge/br_private.h: BR_MAX_PORTS = 1 << 10, port 0 unused).
 BRIDGE_MAX_PORTS = 1023
 # Nodes per bridge: well under the port limit, leaving room for the controller, storage and the
-# trunks of up to MAX_NODES / NODES_PER_BRIDGE - 1 further bridges on the first one.
+# trunks of up to PLAN_MAX_NODES / NODES_PER_BRIDGE - 1 further bridges on the first one.
 NODES_PER_BRIDGE = 512
 HOSTS_PER_OCTET = 254
 FIRST_NODE_HOST = 10  # node1 is host 10: .1 unused, .2 controller, .3 storage, .4-.9 spare
@@ -77,8 +78,8 @@ class Addressing:
 
     def node(self, i: int) -> str:
         """Address of node i (1-based)."""
-        if not 1 <= i <= MAX_NODES:
-            raise ValueError(f"node index {i} out of range 1-{MAX_NODES}")
+        if not 1 <= i <= PLAN_MAX_NODES:
+            raise ValueError(f"node index {i} out of range 1-{PLAN_MAX_NODES}")
         return self.host(FIRST_NODE_HOST - 1 + i)
 
     def node_blocks(self, nodes: int) -> list[tuple[int, int, str]]:

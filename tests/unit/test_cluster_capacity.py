@@ -103,8 +103,8 @@ def test_copy_larger_than_a_nodes_tmpfs_is_refused(tmp_path: Path) -> None:
 
 
 def test_study_refuses_copies_before_submitting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shoal.cli.study import check_memory
     from shoal.study.matrix import Experiment
+    from shoal.study.session import check_memory
 
     store = _store(tmp_path)
     monkeypatch.setattr(capacity, "meminfo", lambda: {"MemTotal": 24000, "MemAvailable": 20000})

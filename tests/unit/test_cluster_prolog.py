@@ -6,8 +6,11 @@ import os
 import subprocess
 from pathlib import Path
 
-from shoal.cluster.scripts import EPILOG, PROLOG
+from shoal.cluster import scripts
 from shoal.staging.base import DEFAULT_STORE, REQUESTS_DIR, STAGE_ROOT
+
+PROLOG = scripts.text(scripts.PROLOG)
+EPILOG = scripts.text(scripts.EPILOG)
 
 
 def test_fast_path_uses_the_agents_locations() -> None:

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from shoal.cluster import topology
+from shoal import limits
+from shoal.cluster import scripts, topology
 from shoal.cluster.config import ClusterConfig, validate
-from shoal.cluster.scripts import NET_UP
 from shoal.cluster.slurmconf import render_hosts, render_slurm_conf
 from shoal.cluster.state import ClusterState
 from shoal.cluster.topology import Addressing, BridgePlan, expand_hostlist, hostlist
@@ -37,7 +37,7 @@ def _slurm_nodes(text: str) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("nodes", [1, 245, 246, 1024, topology.MAX_NODES])
+@pytest.mark.parametrize("nodes", [1, 245, 246, 1024, topology.PLAN_MAX_NODES])
 def test_every_node_has_a_unique_usable_address_in_the_subnet(nodes: int) -> None:
     addr = Addressing(249)
     net = ipaddress.ip_network(addr.subnet)
@@ -79,7 +79,7 @@ def test_hostlist_round_trip() -> None:
         hostlist(["node01"])
 
 
-@pytest.mark.parametrize("nodes", [1, 512, 513, 1024, topology.MAX_NODES])
+@pytest.mark.parametrize("nodes", [1, 512, 513, 1024, topology.PLAN_MAX_NODES])
 def test_bridges_stay_under_the_kernel_port_limit(nodes: int) -> None:
     plan = BridgePlan.of("abcdefghij", 249, nodes)
     assert len(plan.bridges) == -(-nodes // topology.NODES_PER_BRIDGE)
@@ -100,12 +100,12 @@ def test_1024_nodes_use_two_bridges_joined_by_a_trunk() -> None:
     assert st.host_veth("node1024") == "sv7n1024"
 
 
-def test_config_bound_is_the_design_limit() -> None:
-    assert validate({"nodes": 1024}).nodes == 1024
-    assert validate({"nodes": topology.MAX_NODES}).nodes == topology.MAX_NODES
-    with pytest.raises(ConfigError, match=f"nodes = {topology.MAX_NODES + 1} is out of range"):
-        validate({"nodes": topology.MAX_NODES + 1})
+def test_config_bound_is_within_the_plan() -> None:
+    assert limits.MAX_NODES <= topology.PLAN_MAX_NODES
+    assert validate({"nodes": limits.MAX_NODES}).nodes == limits.MAX_NODES
+    with pytest.raises(ConfigError, match=f"nodes = {limits.MAX_NODES + 1} is out of range"):
+        validate({"nodes": limits.MAX_NODES + 1})
 
 
 def test_namespace_end_uses_the_plans_prefix_length() -> None:
-    assert f'"$SHOAL_IP/{Addressing(1).prefix_len}"' in NET_UP
+    assert f'"$SHOAL_IP/{Addressing(1).prefix_len}"' in scripts.text(scripts.NET_UP)

@@ -30,9 +30,10 @@ from shoal.bundle import publish
 from shoal.errors import DistError, SlurmError
 from shoal.runner import run
 from shoal.slurm.client import Job, JobState, SlurmClient
-from shoal.staging.base import REQUESTS_DIR, Context, Method, get_method
+from shoal.staging.base import REQUESTS_DIR, Context, Method
 from shoal.staging.jobstep import parse_records as parse_records  # the records format, for callers
 from shoal.staging.jobstep import run_agent
+from shoal.staging.registry import get_method
 
 DEFAULT_TIMEOUT = 600.0
 SUBMIT_TIMEOUT = 60.0

@@ -53,7 +53,7 @@ class RunOutcome:
 
 def method_names() -> tuple[str, ...]:
     """Names of the registered distribution methods (what a spec may ask for)."""
-    from shoal.staging.base import method_names as registered
+    from shoal.staging.registry import method_names as registered
 
     return tuple(registered())
 

@@ -16,7 +16,8 @@ process's PSS; it was measured once as the drop in MemAvailable minus the PSS
 (bench/bench_cluster.py, docs/PERFORMANCE.md).
 
 Node-local copies (untar, sbcast: a copy of the image in each node's tmpfs) also all land in
-this machine's memory: `check_node_local_copies` refuses a staging whose copies cannot fit in total.
+this machine's memory: `check_copies` refuses copies that cannot fit in total (called with a
+method's per-node bytes by shoal.staging.fit).
 """
 
 from __future__ import annotations
@@ -248,56 +249,43 @@ def check_nodes(nodes: int, layer1: str | None = None) -> Capacity:
 # ------------------------------------------------------------------- node-local copies (staging)
 
 
-def _size_bytes(text: str) -> int:
+def usable_mb(info: dict[str, int] | None = None) -> float:
+    """MemAvailable minus the reserve left to the rest of the machine (MiB)."""
+    info = info if info is not None else meminfo()
+    reserve = max(RESERVE_MIN_MB, RESERVE_SHARE * info.get("MemTotal", 0))
+    return max(0.0, info.get("MemAvailable", 0) - reserve)
+
+
+def check_copies(what: str, per_node: int, nodes: int, tmpfs_size: str | None, alternative: str,
+                 available_mb: float | None = None) -> None:
+    """Refuse `nodes` node-local copies of `per_node` bytes each that cannot fit: one larger than
+    a node's tmpfs, or all of them together larger than this machine's usable memory (on a
+    virtual cluster every node's tmpfs is this machine's memory: untar of a 191 MB image on 256
+    nodes wants 49 GB). `what` names the staging, `alternative` is the way out for the hint."""
+    if per_node <= 0:
+        return
+    tmpfs = size_bytes(tmpfs_size) if tmpfs_size else 0
+    if tmpfs and per_node > tmpfs:
+        raise DistError(
+            f"{what} needs {per_node / MB:.0f} MiB on each node, but each node's /tmp (tmpfs) holds "
+            f"{tmpfs_size}",
+            f"{alternative}, or boot the cluster with a larger --tmpfs-size",
+        )
+    avail = usable_mb() if available_mb is None else available_mb
+    total_mb = nodes * per_node / MB
+    if total_mb > avail:
+        most = int(avail * MB // per_node)
+        raise DistError(
+            f"{what} on {nodes} nodes needs {total_mb / 1024:.1f} GiB of node-local memory in total "
+            f"({per_node / MB:.0f} MiB per node, every node's tmpfs is this machine's memory), but "
+            f"only {avail / 1024:.1f} GiB can be used",
+            f"at most {most} nodes; or {alternative}",
+        )
+
+
+def size_bytes(text: str) -> int:
+    """A tmpfs size (bytes, or K/M/G in powers of 1024) in bytes; 0 when it is not one."""
     m = re.fullmatch(r"([0-9]+)([KMG]?)", text)
     if not m:
         return 0
     return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2)]
-
-
-def check_node_local_copies(method: str, image: str, nodes: int, store: Path,
-                            tmpfs_size: str | None = None,
-                            available_mb: float | None = None) -> int:
-    """Refuse to stage copies into node memory (tmpfs) that this machine cannot hold in total.
-
-    On a virtual cluster every node's tmpfs is this machine's memory: untar of a 191 MB image on
-    256 nodes wants 49 GB. Returns the bytes one node needs (0 for methods that copy nothing).
-    """
-    from shoal.staging.base import Context, get_method, method_names
-
-    m = get_method(method)
-    per_node = m.local_bytes_needed(Context("0", image, str(store)))
-    if per_node <= 0:
-        return 0
-    lazy = ", ".join(n for n in method_names() if _copies_nothing(n, image, store))
-    alt = f"use a method that copies nothing ({lazy})" if lazy else "use a method that copies nothing"
-    tmpfs = _size_bytes(tmpfs_size) if tmpfs_size else 0
-    if tmpfs and per_node > tmpfs:
-        raise DistError(
-            f"{method} of {image} needs {per_node / MB:.0f} MiB on each node, but each node's /tmp "
-            f"(tmpfs) holds {tmpfs_size}",
-            f"{alt}, or boot the cluster with a larger --tmpfs-size",
-        )
-    if available_mb is None:
-        info = meminfo()
-        reserve = max(RESERVE_MIN_MB, RESERVE_SHARE * info.get("MemTotal", 0))
-        available_mb = max(0.0, info.get("MemAvailable", 0) - reserve)
-    total_mb = nodes * per_node / MB
-    if total_mb > available_mb:
-        most = int(available_mb * MB // per_node)
-        raise DistError(
-            f"{method} of {image} on {nodes} nodes needs {total_mb / 1024:.1f} GiB of node-local "
-            f"memory in total ({per_node / MB:.0f} MiB per node, every node's tmpfs is this machine's "
-            f"memory), but only {available_mb / 1024:.1f} GiB can be used",
-            f"at most {most} nodes for this image and method; or {alt}",
-        )
-    return per_node
-
-
-def _copies_nothing(method: str, image: str, store: Path) -> bool:
-    from shoal.staging.base import Context, get_method
-
-    try:
-        return get_method(method).local_bytes_needed(Context("0", image, str(store))) <= 0
-    except Exception:  # a method that cannot size this image is not offered as the way out
-        return False

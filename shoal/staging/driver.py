@@ -253,8 +253,8 @@ def distribute(
     nodes = list(alloc.nodes)
     if site.cluster is not None:
         # a virtual cluster's nodes keep their copies in this one machine's memory
-        from shoal.cluster.capacity import check_node_local_copies
         from shoal.cluster.state import ClusterDir
+        from shoal.staging.fit import check_node_local_copies
 
         tmpfs = ClusterDir(site.cluster).load().config.get("tmpfs_size")
         check_node_local_copies(method.name, image, len(nodes), site.store_local,

@@ -172,7 +172,7 @@ def prolog_store(spec: StudySpec, store: Path) -> Path | None:
 def check_memory(exps: Sequence[Experiment], store: Path, tmpfs_size: object) -> None:
     """Refuse, before anything is submitted, an experiment whose node-local copies (untar,
     sbcast) cannot fit: every node of a virtual cluster keeps its copy in this machine's memory."""
-    from shoal.cluster.capacity import check_node_local_copies
+    from shoal.staging.fit import check_node_local_copies
 
     biggest: dict[tuple[str, str], int] = {}
     for e in exps:

@@ -10,6 +10,7 @@ import pytest
 from shoal.cluster import capacity
 from shoal.cluster.capacity import Capacity, NodeCost, NodeMemory
 from shoal.errors import ClusterError, DistError
+from shoal.staging.fit import check_node_local_copies
 
 MB = capacity.MB
 
@@ -84,22 +85,22 @@ def test_node_local_copies_that_cannot_fit_are_refused(tmp_path: Path) -> None:
     store = _store(tmp_path)
     # untar on 256 nodes: 256 x 191 MB = 47.8 GB
     with pytest.raises(DistError) as exc:
-        capacity.check_node_local_copies("untar", "img", 256, store, "2G", available_mb=20000)
+        check_node_local_copies("untar", "img", 256, store, "2G", available_mb=20000)
     assert "256 nodes needs 47.8 GiB of node-local memory in total" in exc.value.message
     assert exc.value.hint is not None and "at most 104 nodes" in exc.value.hint
     assert "squashfs-kernel" in exc.value.hint and "untar" not in exc.value.hint.split("(")[1]
-    assert capacity.check_node_local_copies("untar", "img", 100, store, "2G", available_mb=20000) == 191 * MB
+    assert check_node_local_copies("untar", "img", 100, store, "2G", available_mb=20000) == 191 * MB
     # sbcast holds tarball and tree at once
     with pytest.raises(DistError, match="261 MiB per node"):
-        capacity.check_node_local_copies("sbcast", "img", 100, store, None, available_mb=20000)
+        check_node_local_copies("sbcast", "img", 100, store, None, available_mb=20000)
     # lazy methods copy nothing, at any size
-    assert capacity.check_node_local_copies("squashfuse", "img", 4096, store, "2G", available_mb=1) == 0
+    assert check_node_local_copies("squashfuse", "img", 4096, store, "2G", available_mb=1) == 0
 
 
 def test_copy_larger_than_a_nodes_tmpfs_is_refused(tmp_path: Path) -> None:
     store = _store(tmp_path, tree=3 << 30)
     with pytest.raises(DistError, match="each node's /tmp"):
-        capacity.check_node_local_copies("untar", "img", 1, store, "2G", available_mb=1e6)
+        check_node_local_copies("untar", "img", 1, store, "2G", available_mb=1e6)
 
 
 def test_study_refuses_copies_before_submitting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

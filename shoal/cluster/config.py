@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal import limits, names
+from shoal.cluster import topology
 from shoal.errors import ConfigError
 
 NAME_RE = names.CLUSTER_NAME_RE
@@ -97,7 +98,7 @@ class ClusterConfig:
         return self.profile.storage_mbit
 
     def node_names(self) -> list[str]:
-        return [f"node{i}" for i in range(1, self.nodes + 1)]
+        return topology.node_names(self.nodes)
 
 
 _KEYS: dict[str, type] = {

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from shoal.cluster.config import NetworkProfile
+from shoal.cluster.topology import BridgePlan
 from shoal.runner import run
 
 NETNS_DIR = Path("/run/netns")
@@ -44,24 +45,33 @@ def htb_args(rate_mbit: float, burst_kbyte: int) -> list[str]:
             "cburst", f"{burst}kb"]
 
 
-def create_network(bridge: str, links: list[tuple[str, str]], profile: NetworkProfile,
+def create_network(plan: BridgePlan, links: list[tuple[str, str, str]], profile: NetworkProfile,
                    htb: dict[str, list[str]] | None = None) -> None:
-    """Create bridge + (netns, host veth) pairs; the namespace end of each veth is named eth0.
+    """Create the bridges, the trunks between them and one (netns, host veth, bridge) link per
+    host; the namespace end of each veth is named eth0 (shoal/cluster/topology.py: the layout).
 
     Host veths named in HTB get an HTB class with those parameters instead of the profile's tbf
     (the storage host's link)."""
     htb = htb or {}
-    ip_lines = [f"link add {bridge} type bridge", f"link set {bridge} up"]
-    for ns, veth in links:
+    ip_lines: list[str] = []
+    for br in plan.bridges:
+        ip_lines += [f"link add {br} type bridge", f"link set {br} up"]
+    for a, b, br in plan.trunks:
+        ip_lines += [
+            f"link add {a} type veth peer name {b}",
+            f"link set {a} master {plan.bridges[0]} up",
+            f"link set {b} master {br} up",
+        ]
+    for ns, veth, br in links:
         ip_lines += [
             f"netns add {ns}",
             f"link add {veth} type veth peer name eth0 netns {ns}",
-            f"link set {veth} master {bridge} up",
+            f"link set {veth} master {br} up",
         ]
     run(["ip", "-batch", "-"], input="\n".join(ip_lines) + "\n", what="creating the cluster network")
     tbf = tbf_args(profile)
     tc_lines: list[str] = []
-    for _, veth in links:
+    for _, veth, _ in links:
         if veth in htb:
             tc_lines += [f"qdisc add dev {veth} root handle 1: htb default 10",
                          " ".join(["class", "add", "dev", veth, "parent", "1:", "classid", "1:10",
@@ -122,21 +132,23 @@ def is_alive(pid: int) -> bool:
     return True
 
 
-def delete_network(bridge: str, namespaces: list[str]) -> None:
-    """Remove namespaces (their veth pairs go with them), then the bridge. Idempotent."""
+def delete_network(plan: BridgePlan, namespaces: list[str]) -> None:
+    """Remove namespaces (their veth pairs go with them), trunks, then the bridges. Idempotent."""
     present = [ns for ns in namespaces if (NETNS_DIR / ns).exists()]
-    if present:
-        run(
-            ["ip", "-batch", "-"],
-            input="".join(f"netns del {ns}\n" for ns in present),
-            check=False,
-        )
-    if Path(f"/sys/class/net/{bridge}").exists():
-        run(["ip", "link", "del", bridge], check=False)
+    lines = [f"netns del {ns}" for ns in present]
+    lines += [f"link del {a}" for a, _, _ in plan.trunks if _link_exists(a)]
+    lines += [f"link del {br}" for br in plan.bridges if _link_exists(br)]
+    if lines:
+        # -force: one missing object must not stop the removal of the others
+        run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", check=False)
 
 
-def leftovers(bridge: str, namespaces: list[str]) -> list[str]:
+def _link_exists(name: str) -> bool:
+    return Path(f"/sys/class/net/{name}").exists()
+
+
+def leftovers(plan: BridgePlan, namespaces: list[str]) -> list[str]:
     out = [f"netns {ns}" for ns in namespaces if (NETNS_DIR / ns).exists()]
-    if Path(f"/sys/class/net/{bridge}").exists():
-        out.append(f"bridge {bridge}")
+    out += [f"veth {a}" for a, _, _ in plan.trunks if _link_exists(a)]
+    out += [f"bridge {br}" for br in plan.bridges if _link_exists(br)]
     return out

@@ -81,12 +81,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("root", nargs="?", default="/")
     ap.add_argument("--fraction", type=float, default=DEFAULT_FRACTION,
                     help="fraction of the files to read (default %(default)s)")
+    ap.add_argument("--skip", action="append", default=None,
+                    help="path under ROOT to skip (repeatable; default: " + " ".join(DEFAULT_SKIP) + ")")
     args = ap.parse_args(argv)
     if not 0 < args.fraction <= 1:
         ap.error("--fraction must be in (0, 1]")
     start = time.monotonic()
     root = os.path.abspath(args.root)
-    files, dirs, errors = walk(root, DEFAULT_SKIP)
+    files, dirs, errors = walk(root, tuple(args.skip) if args.skip is not None else DEFAULT_SKIP)
     buf = bytearray(CHUNK)
     nbytes = nfiles = 0
     for path in files:

@@ -30,7 +30,7 @@ def test_errors_are_one_line_with_hint(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "no study database" in err and "hint:" in err
     bad = tmp_path / "bad.toml"
-    bad.write_text((REPO / "examples" / "quick.toml").read_text().replace("repetitions = 3",
+    bad.write_text((REPO / "examples" / "quick.toml").read_text().replace("repetitions = 2",
                                                                           "repetitions = -1"))
     assert main(["study", "run", str(bad), "--dry-run"]) == 2
     err = capsys.readouterr().err

@@ -33,10 +33,11 @@ PHASES = ("collective", "stage", "mount", "workload", "cleanup")
 FABRIC_FILE = "/etc/slurm/shoal-fabric.json"
 STORAGE_LINK = "/run/shoal/storage-link"
 CGROUP_ROOT = "/sys/fs/cgroup"
-# the bound rule (docs/ARCHITECTURE.md "Bound of a run"): the most utilised resource names the
-# bound; below OVERHEAD_BELOW for every resource nothing was saturated and fixed costs
-# (process and Slurm step launches, latency) dominate
-OVERHEAD_BELOW = 0.35
+# the bound rule (docs/ARCHITECTURE.md "Fidelity"): see classify_bound
+SATURATED = 0.7  # a link or the storage host carrying this share of its rate is the bottleneck
+HOST_BUSY = 0.85  # the machine's cores this busy (by us or anyone): the run waited for CPU
+ONE_CORE = 0.9  # cores' worth of CPU the cluster itself used: at least a serial CPU-bound step
+OVERHEAD_BELOW = 0.35  # nothing used this much: fixed costs (launches, latency) dominate
 BOUNDS = ("cpu", "link", "storage", "overhead")
 
 
@@ -350,15 +351,30 @@ def utilisation(seconds: Optional[float], cluster_cpu_s: Optional[float], cores:
     return out
 
 
-def classify_bound(util: Dict[str, Optional[float]]) -> Optional[str]:
-    """The bound of a run from its utilisations (see ``utilisation``): the most utilised of
-    cpu, link and storage; "overhead" when none reaches OVERHEAD_BELOW; None when nothing was
-    measured. Ties go to cpu, then link: the emulator's shared cores are the first suspect."""
-    known = [(k, float(v)) for k, v in ((k, util.get(k)) for k in ("cpu", "link", "storage"))
-             if v is not None]
-    if not known:
+def classify_bound(util: Dict[str, Optional[float]], host_busy: Optional[float] = None,
+                   cores: int = 2) -> Optional[str]:
+    """The bound of a run from its utilisations (``utilisation``) and the host's CPU busy share.
+
+    1. a link or the storage host at >= SATURATED of its rate: that one (the higher of the two);
+    2. else the cores were the limit if the machine was >= HOST_BUSY busy (by this cluster or by
+       anything else: a run that waits for CPU is CPU-bound, whoever holds it) or the cluster used
+       about a core's worth itself (ONE_CORE cores: a serial step such as gunzip): "cpu";
+    3. else the most utilised resource if it reached OVERHEAD_BELOW, else "overhead".
+    None when nothing was measured."""
+    net = [(k, float(v)) for k, v in ((k, util.get(k)) for k in ("link", "storage"))
+           if v is not None]
+    cpu = util.get("cpu")
+    if not net and cpu is None and host_busy is None:
         return None
-    name, best = max(known, key=lambda kv: kv[1])  # max keeps the first of equal values
-    if best < OVERHEAD_BELOW:
+    if net:
+        name, best = max(net, key=lambda kv: kv[1])
+        if best >= SATURATED:
+            return name
+    if (host_busy is not None and host_busy >= HOST_BUSY) or (
+            cpu is not None and cpu * cores >= ONE_CORE):
+        return "cpu"
+    known = net + ([("cpu", float(cpu))] if cpu is not None else [])
+    if not known:
         return "overhead"
-    return name
+    name, best = max(known, key=lambda kv: kv[1])
+    return name if best >= OVERHEAD_BELOW else "overhead"

@@ -431,7 +431,7 @@ def run_accounting(clock: Any, nodes: list[str], first: dict[str, dict[str, Any]
                        fab.get("link_mbit"), win["storage_served_bytes"], fab.get("storage_mbit"))
     run.update({f"util_{k}": None if v is None else round(v, 4) for k, v in util.items()})
     run["busiest_link_bytes"] = busiest
-    run["bound"] = classify_bound(util)
+    run["bound"] = classify_bound(util, win["host_cpu_util"], run["host_cores"])
     return {n: {**run, **per[n]} for n in nodes}
 
 

@@ -26,30 +26,41 @@ def test_unshaped_network_many_nodes_is_cpu_bound() -> None:
     # 16 nodes unpack a 70 MB tarball each on 2 cores; links and storage are unshaped
     u = util(30.0, 55.0, 71 * MB, None, 16 * 71 * MB, None)
     assert u["link"] == 0.0 and u["storage"] == 0.0
-    assert accounting.classify_bound(u) == "cpu"
+    assert accounting.classify_bound(u, host_busy=0.97) == "cpu"
+    # the same with other users holding most of the cores: still the CPU (it waited for it)
+    starved = util(90.0, 40.0, 71 * MB, None, 16 * 71 * MB, None)
+    assert starved["cpu"] is not None and starved["cpu"] < accounting.OVERHEAD_BELOW
+    assert accounting.classify_bound(starved, host_busy=0.99) == "cpu"
 
 
 def test_slow_link_one_node_is_link_bound() -> None:
     # eth1g: 100 Mbit/s per link, 400 Mbit/s storage; 71 MB in 6.5 s, 2.6 CPU seconds
     u = util(6.5, 2.6, 71 * MB, 100.0, 71 * MB, 400.0)
     assert u["link"] == pytest.approx(71 * MB / (6.5 * 12.5 * MB))
-    assert accounting.classify_bound(u) == "link"
+    assert accounting.classify_bound(u, host_busy=0.4) == "link"
+    # a saturated link names the bound even when the host is busy besides
+    assert accounting.classify_bound(u, host_busy=0.95) == "link"
 
 
 def test_storage_far_below_link_is_storage_bound() -> None:
     # 4 nodes on 1 Gbit/s links read 4 x 71 MB from a 80 Mbit/s storage host
     u = util(30.0, 10.0, 71 * MB, 1000.0, 4 * 71 * MB, 80.0)
-    assert accounting.classify_bound(u) == "storage"
+    assert accounting.classify_bound(u, host_busy=0.5) == "storage"
 
 
-def test_nothing_saturated_is_overhead_and_nothing_measured_is_none() -> None:
-    assert accounting.classify_bound(util(10.0, 1.0, MB, 1000.0, MB, 800.0)) == "overhead"
+def test_serial_cpu_step_alone_is_cpu_and_idle_is_overhead() -> None:
+    # one node gunzips alone: one core of two busy, the host half idle
+    u = util(4.0, 3.8, 71 * MB, None, 71 * MB, None)
+    assert accounting.classify_bound(u, host_busy=0.5) == "cpu"
+    assert accounting.classify_bound(util(10.0, 1.0, MB, 1000.0, MB, 800.0),
+                                     host_busy=0.2) == "overhead"
     assert accounting.classify_bound({"cpu": None, "link": None, "storage": None}) is None
     assert accounting.utilisation(0.0, 1.0, 2, 1, 1.0, 1, 1.0)["cpu"] is None
 
 
-def test_ties_go_to_cpu_first() -> None:
-    assert accounting.classify_bound({"cpu": 0.8, "link": 0.8, "storage": 0.8}) == "cpu"
+def test_link_beats_storage_when_both_saturate() -> None:
+    assert accounting.classify_bound({"cpu": 0.2, "link": 0.9, "storage": 0.8}) == "link"
+    assert accounting.classify_bound({"cpu": 0.2, "link": 0.5, "storage": 0.6}) == "storage"
 
 
 class FakeClock(accounting.Clock):

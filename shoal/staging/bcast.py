@@ -658,10 +658,12 @@ class Broadcast:
             "received_bytes": self.received if self.rank else 0, "sent_bytes": self.sent,
             "storage_bytes_read": self.size if self.rank == 0 and error is None else 0,
             "unpack_end": self.unpack_end, "wall_end": time.time(),
+            "sha256": self.digests[-1].hex() if self.digests and error is None else None,
             "net_rx_bytes": rx1 - rx0, "net_tx_bytes": tx1 - tx0,
             "cpu_seconds": round(cpu_seconds() - cpu0, 4),
             "cpu_children_seconds": round(cpu_seconds(resource.RUSAGE_CHILDREN), 4),
         })
+        rec["bcast_seconds"] = round(float(rec["wall_end"]) - w0, 6)  # type: ignore[arg-type]
         if self.copy_end is not None:
             rec["copy_seconds"] = round(self.copy_end - w0, 6)
         if self.unpack_end is not None and self.copy_end is not None:

@@ -124,13 +124,14 @@ def parse_records(text: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run_agent(argv: list[str], nodes: list[str], timeout: float, what: str, label: str = ""
+def run_agent(argv: list[str], nodes: list[str], timeout: float, what: str, label: str = "",
+              env: dict[str, str] | None = None
               ) -> tuple[dict[str, dict[str, Any]], dict[str, str], str]:
     """Run one srun step of the agent (one task per node); (records by node, failures by node,
     why srun itself failed or ""). Failure texts start with `label`."""
     stdout, why = "", ""
     try:
-        done = run(argv, timeout=timeout, check=False, what=what)
+        done = run(argv, timeout=timeout, check=False, what=what, env=env)
         stdout = done.stdout
         if done.returncode != 0:
             why = tail(done.stderr)
@@ -237,15 +238,58 @@ class Steps:
             argv.append(f"--export={export}")
         return [*argv, *cmd]
 
-    def agent_step(self, sub: str, *args: str, timeout: float | None = None
+    def agent_step(self, sub: str, *args: str, timeout: float | None = None,
+                   env: dict[str, str] | None = None
                    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """Run the agent's SUB on every node; (records by node, failures by node)."""
         argv = self.srun("python3", self.agent, "--store", self.store, sub, *args)
         limit = timeout if timeout is not None else self.left()
-        records, failed, why = run_agent(argv, self.nodes, limit, f"node agent {sub}", f"{sub}: ")
+        records, failed, why = run_agent(argv, self.nodes, limit, f"node agent {sub}", f"{sub}: ",
+                                         env=env)
         if why:
             self.log.append(f"{sub}: {why}")
         return records, failed
+
+
+# ---- the bcast methods' collective step (shoal.staging.bcast), from here or from the driver ----
+
+BCAST_FANOUT = 1  # a chain: every link carries the image once, the best pipeline for full-duplex links
+BCAST_CHUNK = 512 * 1024
+BCAST_GRACE = 30.0  # srun's own limit is the agents' limit plus this (launch, output)
+
+
+def bcast_args(job: str, image: str, method: str, nodes: list[str], *, fanout: int, chunk: int,
+               timeout: float, rate: float = 0.0) -> list[str]:
+    """The agent's `bcast` arguments; the first node is the root (the one storage reader)."""
+    args = ["bcast", "--job", job, "--image", image, "--method", method, "--nodes",
+            ",".join(nodes), "--fanout", str(fanout), "--chunk", str(chunk),
+            "--timeout", f"{timeout:.0f}"]
+    if rate > 0:
+        args += ["--rate", f"{rate:g}"]
+    return args
+
+
+def bcast_env() -> dict[str, str]:
+    """A fresh secret per broadcast: the nodes authenticate each other with it (srun passes the
+    environment to every task; only the job's user and root can read it there)."""
+    import secrets
+
+    from shoal.staging.bcast import TOKEN_ENV
+
+    return {TOKEN_ENV: secrets.token_hex(32)}
+
+
+def bcast_failures(records: dict[str, dict[str, Any]], failed: dict[str, str]) -> dict[str, str]:
+    """Failures by node; a node that left no record (killed) is named with what its neighbours
+    saw of it (e.g. "node1 lost node2 after sending it 31457280 bytes: ...")."""
+    said: dict[str, str] = {}
+    for rec in records.values():
+        lost = rec.get("lost")
+        if isinstance(lost, dict):
+            for name, why in lost.items():
+                said.setdefault(str(name), str(why))
+    return {n: (f"bcast: {said[n]}" if n not in records and n in said else why)
+            for n, why in failed.items()}
 
 
 def _sbcast(steps: Steps, ctx: Context, kind: str, fanout: int, compress: bool) -> float:
@@ -344,7 +388,7 @@ def merge(node: str, *, method: str, image: str, workload: str, job: str, batch_
 
 def do_job(*, agent: str, store: str, method_name: str, image: str, workload: str,
            timeout: float = DEFAULT_JOB_TIMEOUT, fanout: int = 8, compress: bool = False,
-           out: Any = None) -> int:
+           bcast_fanout: int = BCAST_FANOUT, chunk: int = BCAST_CHUNK, out: Any = None) -> int:
     """The whole run of one experiment repetition from the batch script (see module doc)."""
     from shoal.slurm.hostlist import expand
 
@@ -372,16 +416,26 @@ def do_job(*, agent: str, store: str, method_name: str, image: str, workload: st
         scope = "job" if wl.kind == "mpi" else "node"
         ctx = Context(job, image, store)
         if method.collective:
-            if method.collective != "sbcast":
+            if method.collective not in ("sbcast", "bcast"):
                 raise DistError(f"method {method.name} asks for unknown collective "
                                 f"{method.collective!r}")
             _, errors = steps.agent_step("check", *common, "--method", method.name)
-            if not errors:
+            if not errors and method.collective == "sbcast":
                 try:
                     collective_s = _sbcast(steps, ctx, method.artifact, fanout, compress)
                     collective_bytes = os.path.getsize(ctx.artifact(method.artifact))
                 except ShoalError as exc:
                     errors = {n: f"sbcast: {exc.message}" for n in nodes}
+            elif not errors:
+                # the root's one read of shared storage is in its stage record (not counted here)
+                t0 = time.monotonic()
+                limit = steps.left()
+                brecs, errors = steps.agent_step(
+                    *bcast_args(job, image, method.name, nodes, fanout=bcast_fanout,
+                                chunk=chunk, timeout=max(10.0, limit - BCAST_GRACE)),
+                    timeout=limit, env=bcast_env())
+                collective_s = round(time.monotonic() - t0, 6)
+                errors = bcast_failures(brecs, errors)
         if not errors:
             stage, errors = steps.agent_step("stage", *common, "--method", method.name)
         job_stage_s = round(time.monotonic() - t_start, 6)

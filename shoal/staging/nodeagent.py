@@ -13,6 +13,8 @@ Subcommands (``--job`` defaults to $SLURM_JOB_ID, ``--store`` to /pfs/store):
     verify  --image I              tree digest of the staged image against the manifest's
     cleanup [--image I]            undo staging (all images of the job without --image); report
                                    anything left: mounts, loop devices, files
+    bcast   --method M --image I --nodes A,B,...   this node's part of a pipelined broadcast
+                                   (bcast methods' collective step: one srun over all nodes)
     workload --image I --workload W   run W in the staged image on this node (ch-run), timed
     job --method M --image I --workload W   one study run from its batch script: the steps above
                                    on every node, one record per node (shoal.staging.jobstep)
@@ -362,6 +364,51 @@ def do_cleanup(ctx: Context, image: str | None) -> dict[str, Any]:
     return rec
 
 
+def do_bcast(ctx: Context, method: Method, nodes: list[str], *, fanout: int, chunk: int,
+             port: int, rate: float, timeout: float) -> dict[str, Any]:
+    """This node's part of the bcast methods' collective step (shoal.staging.bcast)."""
+    from shoal.staging import bcast
+    from shoal.staging.methods.bcast import artifact_sha256, record_path
+
+    rec = base_record("bcast", ctx, method.name)
+    try:
+        if method.collective != "bcast":
+            raise DistError(f"method {method.name} does not broadcast", "use bcast or bcast-squashfs")
+        if not os.path.isdir(ctx.job_dir):
+            raise DistError(f"{ctx.job_dir} missing: the broadcast runs after `check`",
+                            "run the agent's check step on every node first")
+        me = node_name()
+        if me not in nodes:
+            raise DistError(f"this node ({me}) is not in the broadcast's node list", None)
+        rank = nodes.index(me)
+        kind = method.artifact
+        if ctx.artifact_bytes(kind) <= 0:
+            raise DistError(f"the manifest of {ctx.image!r} has no size for "
+                            f"{ctx.artifact_name(kind)}", "re-export the image")
+        token = os.environ.get(bcast.TOKEN_ENV, "").encode()
+        step = os.environ.get("SLURM_STEP_ID", "0")
+        b = bcast.Broadcast(
+            nodes, rank, ctx.local_artifact(kind), ctx.artifact_bytes(kind),
+            artifact_sha256(ctx, kind), token, time.monotonic() + timeout,
+            src=ctx.artifact(kind) if rank == 0 else None, chunk=chunk, fanout=fanout,
+            port=port or bcast.default_port(ctx.job, step), rate=rate,
+            unpack_dir=ctx.staged_dir if kind == "tar" else None, keep_dest=kind != "tar")
+        out = b.run()
+        rec.update(out)
+        tmp = f"{record_path(ctx)}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(rec, f)
+        os.replace(tmp, record_path(ctx))
+        if not rec["ok"]:
+            # a partial tree is removed here; the node's cleanup removes the rest
+            method.cleanup(ctx)
+    except (bcast.BcastError, ShoalError) as exc:
+        fail(rec, exc if isinstance(exc, ShoalError) else DistError(str(exc)))
+    except Exception as exc:
+        fail(rec, exc)
+    return rec
+
+
 def read_request(store: str, job: str, job_uid: int | None) -> dict[str, Any] | None:
     """The job's staging request, if its owner left one (validated: this runs as root)."""
     path = os.path.join(store, REQUESTS_DIR, f"{job}.json")
@@ -437,6 +484,16 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--image", required=True)
     w.add_argument("--workload", required=True)
     w.add_argument("--timeout", type=float, default=600.0)
+    bc = sub.add_parser("bcast", help="this node's part of a pipelined broadcast (srun, all nodes)")
+    bc.add_argument("--job", default=os.environ.get("SLURM_JOB_ID"))
+    bc.add_argument("--image", required=True)
+    bc.add_argument("--method", required=True)
+    bc.add_argument("--nodes", required=True, help="comma-separated, the first one is the root")
+    bc.add_argument("--fanout", type=int, default=1, help="children per node (1: a chain)")
+    bc.add_argument("--chunk", type=int, default=512 * 1024, help="bytes per chunk")
+    bc.add_argument("--port", type=int, default=0, help="TCP port (default: from job and step)")
+    bc.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: pacing
+    bc.add_argument("--timeout", type=float, default=600.0)
     j = sub.add_parser("job", help="one study run from a batch script (shoal.staging.jobstep)")
     j.add_argument("--method", required=True)
     j.add_argument("--image", required=True)
@@ -444,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("--timeout", type=float, default=600.0, help="seconds for all steps")
     j.add_argument("--fanout", type=int, default=8, help="sbcast fan-out")
     j.add_argument("--compress", action="store_true", help="sbcast --compress")
+    j.add_argument("--bcast-fanout", type=int, default=1, help="bcast: children per node")
+    j.add_argument("--chunk", type=int, default=512 * 1024, help="bcast: bytes per chunk")
     sub.add_parser("prolog")
     sub.add_parser("epilog")
     sub.add_parser("methods")
@@ -454,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         # the steps it starts on the nodes run this same bundle
         return do_job(agent=os.path.abspath(sys.argv[0]), store=args.store,
                       method_name=args.method, image=args.image, workload=args.workload,
-                      timeout=args.timeout, fanout=args.fanout, compress=args.compress)
+                      timeout=args.timeout, fanout=args.fanout, compress=args.compress,
+                      bcast_fanout=args.bcast_fanout, chunk=args.chunk)
     if args.cmd in ("prolog", "epilog"):
         # slurmd starts the Prolog/Epilog with a bare environment: losetup, mount and umount
         # live in the sbin directories
@@ -477,6 +537,15 @@ def main(argv: list[str] | None = None) -> int:
             emit(fail(base_record(args.cmd, ctx, args.method), exc))
             return 1
         rec = do_check(ctx, method) if args.cmd == "check" else do_stage(ctx, method)
+    elif args.cmd == "bcast":
+        try:
+            method = get_method(args.method)
+        except DistError as exc:
+            emit(fail(base_record(args.cmd, ctx, args.method), exc))
+            return 1
+        rec = do_bcast(ctx, method, [n for n in args.nodes.split(",") if n],
+                       fanout=args.fanout, chunk=args.chunk, port=args.port, rate=args.rate,
+                       timeout=args.timeout)
     elif args.cmd == "verify":
         rec = do_verify(ctx)
     elif args.cmd == "workload":

@@ -210,7 +210,15 @@ def agent_step(site: Site, alloc: Allocation, nodes: Sequence[str], agent: str, 
                timeout: float, env: dict[str, str] | None = None
                ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Run the agent once per node; return (records by node, failures by node)."""
-    argv = srun_argv(site, alloc, nodes, "python3", agent, "--store", site.store_nodes, *args)
+    # --label: records longer than srun's 1 KiB messages can be put together again (unlabel)
+    argv = srun_argv(site, alloc, nodes, "--label", "python3", agent, "--store",
+                     site.store_nodes, *args)
+    if env and site.prefix:
+        # the virtual cluster's prefix starts the command with a clean environment (`env -`):
+        # hand the variables to srun through `env`; srun passes them on to every task
+        n = len(site.prefix)
+        argv = [*argv[:n], "env", *[f"{k}={v}" for k, v in env.items()], *argv[n:]]
+        env = None
     records, failed, _ = run_agent(argv, list(nodes), timeout, f"node agent {args[0]}", env=env)
     return records, failed
 

@@ -37,6 +37,7 @@ import contextlib
 import json
 import os
 import pkgutil
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -108,10 +109,41 @@ def tail(text: str, n: int = 2) -> str:
     return " | ".join(lines[-n:])[-300:]
 
 
-def parse_records(text: str) -> dict[str, dict[str, Any]]:
-    """The agent's JSON records in srun output, by node (other lines are noise)."""
-    out: dict[str, dict[str, Any]] = {}
+# srun relays a task's output in messages of at most this many bytes; with --label every message
+# becomes its own labelled line, so a longer line arrives cut into pieces of exactly this size
+SRUN_IO_MSG = 1024
+_LABEL = re.compile(r"^\s*(\d+): ?(.*)$")
+
+
+def unlabel(text: str) -> list[str]:
+    """Lines of `srun --label` output with the labels removed and cut lines joined again.
+
+    Without --label, lines longer than SRUN_IO_MSG from different tasks interleave beyond repair
+    (agent records of ~1 KB did); with it, consecutive pieces of one task are rejoined while a
+    piece has the full message size. Lines without a label are kept as they are.
+    """
+    out: list[str] = []
+    open_line: dict[str, int] = {}  # task -> index in out of its line still being continued
     for line in text.splitlines():
+        m = _LABEL.match(line)
+        if m is None:
+            out.append(line)
+            continue
+        task, piece = m.group(1).lstrip("0") or "0", m.group(2)
+        if task in open_line:
+            out[open_line[task]] += piece
+        else:
+            out.append(piece)
+            open_line[task] = len(out) - 1
+        if len(piece.encode()) < SRUN_IO_MSG:
+            del open_line[task]
+    return out
+
+
+def parse_records(text: str) -> dict[str, dict[str, Any]]:
+    """The agent's JSON records in srun output (plain or --label), by node (others: noise)."""
+    out: dict[str, dict[str, Any]] = {}
+    for line in unlabel(text):
         line = line.strip()
         if not line.startswith("{"):
             continue
@@ -242,7 +274,8 @@ class Steps:
                    env: dict[str, str] | None = None
                    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """Run the agent's SUB on every node; (records by node, failures by node)."""
-        argv = self.srun("python3", self.agent, "--store", self.store, sub, *args)
+        # --label: records longer than srun's 1 KiB messages can be put together again
+        argv = self.srun("--label", "python3", self.agent, "--store", self.store, sub, *args)
         limit = timeout if timeout is not None else self.left()
         records, failed, why = run_agent(argv, self.nodes, limit, f"node agent {sub}", f"{sub}: ",
                                          env=env)

@@ -309,13 +309,13 @@ def bcast_env() -> dict[str, str]:
 def bcast_failures(records: dict[str, dict[str, Any]], failed: dict[str, str]) -> dict[str, str]:
     """Failures by node; a node that left no record (killed) is named with what its neighbours
     saw of it (e.g. "node1 lost node2 after sending it 31457280 bytes: ...")."""
-    said: dict[str, str] = {}
-    for rec in records.values():
-        lost = rec.get("lost")
+    said: dict[str, list[str]] = {}
+    for node in sorted(records):
+        lost = records[node].get("lost")
         if isinstance(lost, dict):
             for name, why in lost.items():
-                said.setdefault(str(name), str(why))
-    return {n: (f"bcast: {said[n]}" if n not in records and n in said else why)
+                said.setdefault(str(name), []).append(str(why))
+    return {n: (f"bcast: {'; '.join(said[n][:3])}" if n not in records and n in said else why)
             for n, why in failed.items()}
 
 

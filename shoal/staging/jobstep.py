@@ -395,6 +395,8 @@ def merge(node: str, *, method: str, image: str, workload: str, job: str, batch_
         "stage_seconds": _num(s.get("seconds")),
         "bytes_from_storage": storage,
         "bytes_net_rx": _int(s.get("net_rx_bytes")),
+        "bytes_net_tx": _int(s.get("net_tx_bytes")),
+        "stage_cpu_seconds": _num(s.get("cpu_seconds")),
         "peak_bytes": _int(s.get("local_bytes_peak")),
         "workload": workload, "workload_seconds": _num(w.get("seconds")),
         "fom": w.get("fom") if isinstance(w.get("fom"), dict) else {},

@@ -73,12 +73,14 @@ try:
         Context,
         Method,
         Sampler,
+        cpu_seconds,
         get_method,
         load_state,
         loop_backing,
         method_names,
         mounts_under,
         net_rx_bytes,
+        net_tx_bytes,
         proc_io,
         remove_tree,
         save_state,
@@ -108,7 +110,7 @@ def image_digest(ctx: Context) -> str | None:
 def baseline(ctx: Context) -> dict[str, Any]:
     # w0: wall clock too, so records of different nodes can be laid on one time axis
     return {"t0": time.monotonic(), "w0": time.time(), "rx0": net_rx_bytes(),
-            "used0": used_bytes(ctx.job_dir)}
+            "tx0": net_tx_bytes(), "used0": used_bytes(ctx.job_dir)}
 
 
 def make_job_dir(ctx: Context) -> None:
@@ -141,6 +143,7 @@ def do_stage(ctx: Context, method: Method, by: str = "step") -> dict[str, Any]:
         prec["reported_by"] = "step"
         return prec
     io0 = proc_io()
+    cpu0 = cpu_seconds()
     try:
         if method.collective and state and "baseline" in state:
             # the collective copy ran between check and now: it belongs to staging
@@ -164,12 +167,16 @@ def do_stage(ctx: Context, method: Method, by: str = "step") -> dict[str, Any]:
             "seconds": round(end - base["t0"], 6),
             "storage_bytes_read": staged.storage_bytes_read,
             "net_rx_bytes": net_rx_bytes() - base["rx0"],
+            "net_tx_bytes": net_tx_bytes() - int(base.get("tx0") or 0),
             "local_bytes_peak": max(0, sampler.peak - base["used0"]),
             "io_read_bytes": io1.get("read_bytes", 0) - io0.get("read_bytes", 0),
             "io_rchar": io1.get("rchar", 0) - io0.get("rchar", 0),
             "staged_by": by,
         })
         rec.update(staged.extra)
+        # this step's CPU, plus what a collective step spent on this node (bcast's process)
+        rec["cpu_seconds"] = round(cpu_seconds() - cpu0 + float(
+            staged.extra.get("collective_cpu_seconds") or 0), 4)
         save_state(ctx, {"method": method.name, "baseline": base, "by": by,
                          "staged": staged.path, "extra": staged.extra, "record": rec})
     except Exception as exc:

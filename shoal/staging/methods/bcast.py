@@ -32,9 +32,8 @@ from shoal.staging.base import (
 from shoal.staging.methods.squashfs_kernel import loop_mount, loop_unmount
 
 # what stage copies from the broadcast's record into the node's stage record
-RECORD_KEYS = ("bcast_seconds", "copy_seconds", "copy_end", "unpack_end", "unpack_tail_seconds",
-               "fed_by", "refed", "lost", "sent_bytes", "received_bytes", "net_tx_bytes",
-               "cpu_seconds", "cpu_children_seconds", "fanout", "chunk", "hops", "rank", "parent")
+# (kept short: the whole record must stay a readable line; the bcast step's records have it all)
+RECORD_KEYS = ("bcast_seconds", "copy_seconds", "unpack_tail_seconds", "fed_by", "sent_bytes")
 
 
 def record_path(ctx: Context) -> str:
@@ -80,6 +79,9 @@ class _Bcast(Method):
     def _extra(self, rec: dict[str, Any]) -> dict[str, Any]:
         out = {k: rec.get(k) for k in RECORD_KEYS}
         out["broadcast_bytes"] = rec.get("bytes")
+        # the broadcast's process: hashing, writing, forwarding, and tar (its child) unpacking
+        out["collective_cpu_seconds"] = round(float(rec.get("cpu_seconds") or 0) +
+                                              float(rec.get("cpu_children_seconds") or 0), 4)
         return out
 
 

@@ -74,10 +74,8 @@ try:
         Method,
         Sampler,
         cpu_seconds,
-        get_method,
         load_state,
         loop_backing,
-        method_names,
         mounts_under,
         net_rx_bytes,
         net_tx_bytes,
@@ -89,6 +87,7 @@ try:
     )
     from shoal.staging.jobstep import do_job, do_workload
     from shoal.staging.record import base_record, emit, fail, node_name
+    from shoal.staging.registry import get_method, method_names
 except ImportError:
     if __name__ == "__main__":
         _lone_file()

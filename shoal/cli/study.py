@@ -8,19 +8,21 @@ import os
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from shoal.cli import jsonout
+from shoal.cli.options import LazyConsole, cluster_option, json_option
 from shoal.errors import StudyError
 from shoal.slurm.client import SlurmClient
 from shoal.study.db import DB_NAME, StudyDB
 from shoal.study.jobscript import JobContext
-from shoal.study.matrix import expand
+from shoal.study.matrix import Experiment, expand
 from shoal.study.report import Report, compare_dirs, write_report
 from shoal.study.runner import StudyRunner, collect_environment, dry_run
 from shoal.study.spec import DEFAULT_METHODS, StudySpec, load_spec
+from shoal.study.stats import Interval
 
-console = Console(highlight=False)
+console = LazyConsole()
 
 
 @click.group()
@@ -58,7 +60,7 @@ def _link(spec: StudySpec, out: Path, *, connect: bool) -> _Link:
         logs = out.resolve() / "logs"
         ctx = JobContext(logs_dir=str(logs), agent=f"{store}/.shoal/agent.pyz",
                          store_dir=str(store), partition=spec.partition,
-                         time_limit_s=spec.timeout)
+                         time_limit_s=spec.timeout, extra_sbatch=spec.sbatch_args)
         return _Link(SlurmClient(), ctx, logs, {}, store)
     from shoal.cluster.state import ClusterDir
 
@@ -68,13 +70,13 @@ def _link(spec: StudySpec, out: Path, *, connect: bool) -> _Link:
     rel = f"shoal-study/{spec.name}-{tag}"
     ctx = JobContext(logs_dir=f"/pfs/{rel}", agent=f"{paths.CLUSTER_STORE_PATH}/.shoal/agent.pyz",
                      store_dir=paths.CLUSTER_STORE_PATH, partition=spec.partition,
-                     time_limit_s=spec.timeout)
+                     time_limit_s=spec.timeout, extra_sbatch=spec.sbatch_args)
     if not connect:
         return _Link(SlurmClient(), ctx, cdir.pfs / rel, {}, paths.store_root())
     from shoal.cluster.manager import slurm_prefix
 
     if not cdir.exists() or cdir.load().phase != "up":
-        raise StudyError(
+        raise ClusterNotUp(
             f"virtual cluster {spec.cluster.name!r} is not up",
             f"shoal cluster up --name {spec.cluster.name} --nodes {spec.cluster.nodes}"
             + (f" --network {spec.cluster.network}" if spec.cluster.network else ""))
@@ -107,6 +109,29 @@ def _link(spec: StudySpec, out: Path, *, connect: bool) -> _Link:
         "shared_storage": storage,
     }
     return _Link(client, ctx, cdir.pfs / rel, dict(state.network), paths.store_root(), extra)
+
+
+class ClusterNotUp(StudyError):
+    """The spec's virtual cluster is not running (`study run` boots it)."""
+
+
+def boot_spec_cluster(spec: StudySpec) -> None:
+    """Boot the virtual cluster the spec describes (name, nodes, network, storage)."""
+    from shoal.cluster import manager
+    from shoal.cluster.config import validate
+    from shoal.cluster.state import ClusterDir
+
+    c = spec.cluster
+    cfg = validate({"name": c.name, "nodes": c.nodes or 4, "network": c.network or "none",
+                    **({"storage": c.storage} if c.storage else {})}, f"{spec.path} [cluster]")
+    cd = ClusterDir(c.name)
+    if cd.exists() and cd.load().phase != "up":
+        manager.down(c.name)  # what a crashed run of this cluster left behind
+    with console.status(f"cluster {c.name!r} is not up: booting it ({cfg.nodes} nodes, network "
+                        f"{cfg.network}, storage {cfg.storage}) ..."):
+        res = manager.up(cfg)
+    console.print(f"booted cluster {c.name!r} for this study: {len(res.state.nodes)} nodes idle "
+                  f"in {res.boot_seconds:.1f} s")
 
 
 def prepare_images(spec: StudySpec, store: Path) -> dict[str, str]:
@@ -144,20 +169,36 @@ def _prolog_store(spec: StudySpec, store: Path) -> Path | None:
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Results directory (default: results/<study name>).")
-@click.option("--cluster", "cluster_name", default=None,
-              help="Virtual cluster name (overrides [cluster] name in the spec).")
+@cluster_option(required_default=False)
+@click.option("--keep-cluster", is_flag=True,
+              help="Leave a cluster that this run booted up afterwards (default: take it down).")
 @click.option("--dry-run", "dry", is_flag=True,
               help="Print the experiments and batch scripts only.")
 @click.option("--rerun-failed", is_flag=True, help="Run failed runs again (new attempts).")
-def run_cmd(spec_path: Path, out: Path | None, cluster_name: str | None, dry: bool,
-            rerun_failed: bool) -> None:
-    """Run the study in SPEC; running it again resumes (completed runs are skipped)."""
-    run_study(spec_path, out, cluster_name, dry, rerun_failed)
+@json_option
+def run_cmd(spec_path: Path, out: Path | None, cluster: str | None, keep_cluster: bool, dry: bool,
+            rerun_failed: bool, as_json: bool) -> None:
+    """Run the study in SPEC; running it again resumes (completed runs are skipped).
+
+    A virtual cluster the spec describes ([cluster] name, nodes, network, storage; --cluster
+    overrides the name) is booted when it is not up, and taken down afterwards unless
+    --keep-cluster."""
+    res = run_study(spec_path, out, cluster, dry, rerun_failed, keep_cluster=keep_cluster)
+    if as_json and res.summary is not None:
+        jsonout.emit("study.run", res.summary)
+
+
+@dataclasses.dataclass
+class StudyRun:
+    out: Path
+    summary: dict[str, object] | None = None  # the `study run --json` document (None: dry run)
 
 
 def run_study(spec_path: Path, out: Path | None, cluster_name: str | None = None,
-              dry: bool = False, rerun_failed: bool = False) -> Path:
-    """`shoal study run` (also what shoal.demo calls); returns the results directory."""
+              dry: bool = False, rerun_failed: bool = False, *,
+              keep_cluster: bool = True) -> StudyRun:
+    """`shoal study run` (also what shoal.demo calls). A virtual cluster that is not up is
+    booted, and taken down at the end unless keep_cluster."""
     try:
         from shoal.cluster.config import NETWORK_PROFILES
         networks: set[str] | None = set(NETWORK_PROFILES)
@@ -170,15 +211,36 @@ def run_study(spec_path: Path, out: Path | None, cluster_name: str | None = None
                                                                      name=cluster_name))
     exps = expand(spec)
     out_dir = out or Path("results") / spec.name
-    link = _link(spec, out_dir, connect=not dry)
+    booted = False
+    try:
+        link = _link(spec, out_dir, connect=not dry)
+    except ClusterNotUp:
+        boot_spec_cluster(spec)
+        booted = True
+        link = _link(spec, out_dir, connect=True)
+    try:
+        return _run_linked(spec, exps, out_dir, link, dry, rerun_failed, booted, keep_cluster)
+    finally:
+        if booted and not keep_cluster:
+            from shoal.cluster import manager
+
+            with console.status(f"taking cluster {spec.cluster.name!r} down (booted for this "
+                                "study; --keep-cluster keeps it) ..."):
+                left = manager.down(spec.cluster.name)
+            console.print(f"cluster {spec.cluster.name!r} is down" if not left else
+                          f"[red]cluster {spec.cluster.name!r}: could not remove {left}[/]")
+
+
+def _run_linked(spec: StudySpec, exps: list[Experiment], out_dir: Path, link: _Link, dry: bool,
+                rerun_failed: bool, booted: bool, keep_cluster: bool) -> StudyRun:
     if dry:
         db = StudyDB.in_dir(out_dir, create=False) if (out_dir / DB_NAME).exists() else None
         try:
-            dry_run(spec, exps, db, link.ctx, out_dir, console, rerun_failed)
+            dry_run(spec, exps, db, link.ctx, out_dir, console.real(), rerun_failed)
         finally:
             if db is not None:
                 db.close()
-        return out_dir
+        return StudyRun(out_dir)
     digests = prepare_images(spec, link.store_local)
     from shoal.staging.bundle import publish
 
@@ -187,7 +249,7 @@ def run_study(spec_path: Path, out: Path | None, cluster_name: str | None = None
     ctx = dataclasses.replace(link.ctx, agent=agent)
     with StudyDB.in_dir(out_dir) as db:
         runner = StudyRunner(spec, exps, db, link.client, out_dir, ctx,
-                             host_logs=link.host_logs, console=console,
+                             host_logs=link.host_logs, console=console.real(),
                              rerun_failed=rerun_failed,
                              prolog_requests=_prolog_store(spec, link.store_local))
         env = collect_environment(link.client, spec, network_params=link.network_params,
@@ -206,7 +268,12 @@ def run_study(spec_path: Path, out: Path | None, cluster_name: str | None = None
                                                      for k, v in sorted(counts.items())))
     console.print(table)
     console.print(f"report: shoal study report {out_dir}")
-    return out_dir
+    return StudyRun(out_dir, {
+        "name": spec.name, "out": str(out_dir),
+        "cluster": spec.cluster.name if spec.cluster.kind == "virtual" else None,
+        "cluster_booted": booted, "cluster_kept": booted and keep_cluster,
+        "completed": summary.completed, "failed": summary.failed, "skipped": summary.skipped,
+        "reattached": summary.reattached, "states": dict(counts)})
 
 
 def _kind(spec_path: Path) -> str:
@@ -222,7 +289,8 @@ def _kind(spec_path: Path) -> str:
 
 @study.command()
 @click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
-def status(out_dir: Path) -> None:
+@json_option
+def status(out_dir: Path, as_json: bool) -> None:
     """Runs per state, per experiment, and the latest failures of the study in DIR."""
     with StudyDB.in_dir(out_dir, create=False) as db:
         st = db.study()
@@ -232,38 +300,67 @@ def status(out_dir: Path) -> None:
         counts = db.state_counts()
         failed = db.failed_runs()
     name = st[1] if st else "?"
+    rows = []
+    for eid, e in exps.items():
+        keys = [k for k in latest if k[0] == eid]
+        rows.append({
+            "id": eid, "method": e.method, "workload": e.workload, "image": e.image,
+            "nodes": int(e.nodes), "done": sum(k in done for k in keys),
+            "failed": sum(latest[k].state.value == "FAILED" and k not in done for k in keys),
+            "active": sum(latest[k].state.active and k not in done for k in keys)})
+    if as_json:
+        jsonout.emit("study.status", {
+            "name": str(name), "out": str(out_dir), "states": dict(counts), "experiments": rows,
+            "failed_runs": [{"experiment": e.id, "rep": r.rep, "attempt": r.attempt,
+                             "job": r.job_id, "reason": r.reason or ""} for r, e in failed]})
+        return
     console.print(f"study [bold]{name}[/] in {out_dir}: " + (", ".join(
         f"{v} {k.lower()}" for k, v in sorted(counts.items())) or "no runs yet"))
     table = Table()
     for col in ("experiment", "method", "workload", "image", "nodes", "done", "failed",
                 "active"):
         table.add_column(col)
-    for eid, e in exps.items():
-        keys = [k for k in latest if k[0] == eid]
-        n_done = sum(k in done for k in keys)
-        n_failed = sum(latest[k].state.value == "FAILED" and k not in done for k in keys)
-        n_active = sum(latest[k].state.active and k not in done for k in keys)
-        table.add_row(eid, e.method, e.workload, e.image, str(e.nodes), str(n_done),
-                      str(n_failed), str(n_active))
+    for r in rows:
+        table.add_row(*(str(r[k]) for k in ("id", "method", "workload", "image", "nodes", "done",
+                                            "failed", "active")))
     console.print(table)
     if failed:
         ft = Table(title="failed runs (newest attempt)")
         for col in ("run", "job", "reason"):
             ft.add_column(col)
-        for r, e in failed[-10:]:
-            ft.add_row(f"{e.label()} r{r.rep} a{r.attempt}", str(r.job_id), (r.reason or "")[:160])
+        for fr, fe in failed[-10:]:
+            ft.add_row(f"{fe.label()} r{fr.rep} a{fr.attempt}", str(fr.job_id),
+                       (fr.reason or "")[:160])
         console.print(ft)
 
 
 @study.command()
 @click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
-def report(out_dir: Path) -> None:
+@json_option
+def report(out_dir: Path, as_json: bool) -> None:
     """Write DIR/report.md and DIR/report.html (with plots) and print the answers."""
-    print_report(write_report(out_dir), out_dir)
+    rep = write_report(out_dir)
+    if as_json:
+        jsonout.emit("study.report", report_doc(rep))
+        return
+    print_report(rep, out_dir)
+
+
+def report_doc(rep: Report) -> dict[str, object]:
+    """The `study report --json` document."""
+    return {
+        "markdown": str(rep.markdown), "html": str(rep.html),
+        "plots": [str(p) for p in rep.plots.values()],
+        "recommendation": rep.recommendation,
+        "answers": [{"number": a.number, "question": a.question,
+                     "verdict": a.verdict.replace("**", ""), "cites": list(a.cites)}
+                    for a in rep.answers]}
 
 
 def print_report(rep: Report, out_dir: Path) -> None:
     """The answers table and where the report is."""
+    if rep.recommendation:
+        console.print(f"[bold]{rep.recommendation}[/]")
     table = Table(title="answers", show_lines=True)
     table.add_column("#")
     table.add_column("question", max_width=40)
@@ -278,12 +375,24 @@ def print_report(rep: Report, out_dir: Path) -> None:
 @study.command()
 @click.argument("dir_a", metavar="DIR_A", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("dir_b", metavar="DIR_B", type=click.Path(file_okay=False, path_type=Path))
-def compare(dir_a: Path, dir_b: Path) -> None:
+@json_option
+def compare(dir_a: Path, dir_b: Path, as_json: bool) -> None:
     """Two result sets side by side (e.g. two network profiles), matched by factors."""
     rows = compare_dirs(dir_a, dir_b)
     if not rows:
         raise StudyError("neither directory has completed runs",
                          f"check with `shoal study status {dir_a}`")
+    if as_json:
+        def iv(i: Interval | None) -> dict[str, float] | None:
+            if i is None:
+                return None
+            return {"median": i.estimate, "low": i.low, "high": i.high, "n": i.n}
+
+        jsonout.emit("study.compare", {"a": str(dir_a), "b": str(dir_b), "rows": [
+            {"method": r.key.method, "workload": r.key.workload, "image": r.key.image,
+             "nodes": int(r.key.nodes), "metric": r.metric, "a": iv(r.a), "b": iv(r.b),
+             "ratio": r.ratio, "verdict": r.verdict} for r in rows]})
+        return
     table = Table(title=f"A = {dir_a}   B = {dir_b}   (median [95 % interval], seconds)")
     for col in ("method", "workload", "image", "nodes", "metric", "A", "B", "B/A", "verdict"):
         table.add_column(col)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shoal.cluster.config import ClusterConfig
+from shoal.slurm.hostlist import compress
 
 CONTROLLER_HOST = "ctl"
 STORAGE_HOST = "storage"
@@ -33,13 +34,6 @@ class Addressing:
         if not 1 <= i <= 240:
             raise ValueError(f"node index {i} out of range")
         return f"10.250.{self.index}.{9 + i}"
-
-
-def hostlist(names: list[str]) -> str:
-    """node1..nodeN as Slurm's compact form node[1-N] (names must be contiguous)."""
-    if len(names) == 1:
-        return names[0]
-    return f"node[1-{len(names)}]"
 
 
 def render_slurm_conf(cfg: ClusterConfig, addr: Addressing, ctl_dir: str) -> str:
@@ -98,7 +92,7 @@ def render_slurm_conf(cfg: ClusterConfig, addr: Addressing, ctl_dir: str) -> str
             f"RealMemory={cfg.memory_mb_per_node} State=UNKNOWN"
         )
     lines.append(
-        f"PartitionName=main Nodes={hostlist(cfg.node_names())} Default=YES MaxTime=INFINITE State=UP"
+        f"PartitionName=main Nodes={compress(cfg.node_names())} Default=YES MaxTime=INFINITE State=UP"
     )
     return "\n".join(lines) + "\n"
 

@@ -90,7 +90,7 @@ def test_taken_name_is_refused(small_cluster: str) -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--nodes", "0"], "nodes = 0 is out of range"),
+        (["--nodes", "0"], "--nodes 0: a virtual cluster has 1 to 200 compute nodes"),
         (["--nodes", "200"], "use --nodes"),
         (["--network", "infiniband"], "not a known profile"),
         (["--name", "Bad_Name"], "not a valid cluster name"),

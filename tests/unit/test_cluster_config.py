@@ -8,7 +8,7 @@ import pytest
 
 from shoal.cluster import manager
 from shoal.cluster.config import ClusterConfig, load, validate
-from shoal.cluster.slurmconf import Addressing, hostlist, render_hosts, render_slurm_conf
+from shoal.cluster.slurmconf import Addressing, render_hosts, render_slurm_conf
 from shoal.errors import ClusterError, ConfigError
 
 
@@ -76,8 +76,7 @@ def test_hosts_and_hostlist() -> None:
     cfg = ClusterConfig(nodes=2)
     hosts = render_hosts(cfg, Addressing(3))
     assert "10.250.3.2\tctl" in hosts and "10.250.3.11\tnode2" in hosts
-    assert hostlist(["node1"]) == "node1"
-    assert hostlist(["node1", "node2"]) == "node[1-2]"
+    assert "Nodes=node[1-2] " in render_slurm_conf(cfg, Addressing(3), "/s")
 
 
 def test_capacity_check_names_what_fits(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,6 +34,7 @@ from shoal.cluster.scripts import (
 from shoal.cluster.slurmconf import (
     Addressing,
     render_hosts,
+    render_mpi_conf,
     render_slurm_conf,
     render_slurmdbd_conf,
 )
@@ -214,6 +215,7 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     hosts = render_hosts(cfg, addr)
     _write(cd.etc_slurm / "slurm.conf", render_slurm_conf(cfg, addr, str(ctl)))
     _write(cd.etc_slurm / "slurmdbd.conf", render_slurmdbd_conf(str(ctl), db_password), 0o600)
+    _write(cd.etc_slurm / "mpi.conf", render_mpi_conf())
     _write(cd.etc_slurm / "prolog.sh", PROLOG, 0o755)
     _write(cd.etc_slurm / "epilog.sh", EPILOG, 0o755)
     # The node agent bundle (stdlib-only zipapp) for the Prolog/Epilog privileged hook.

@@ -13,6 +13,7 @@ from shoal.cli import jsonout
 from shoal.cli.options import LazyConsole, cluster_option, json_option, time_option
 from shoal.cluster import config as ccfg
 from shoal.cluster import manager
+from shoal.cluster.enter import enter_prefix, pid1
 from shoal.cluster.state import ClusterDir, list_states
 from shoal.errors import ClusterError
 
@@ -158,8 +159,8 @@ def exec(cluster: str, node: str | None, cmd: tuple[str, ...]) -> None:
     host = node or "ctl"
     if node is not None and node not in st.nodes:
         raise ClusterError(f"no node {node!r} in cluster {cluster!r}", f"nodes: {', '.join(st.nodes)}")
-    argv = manager.enter_prefix(st, host) + list(cmd)
-    cwd = _cwd_inside(manager.pid1(st, host))
+    argv = enter_prefix(st, host) + list(cmd)
+    cwd = _cwd_inside(pid1(st, host))
     if cwd is not None:
         argv.insert(1, f"--wdns={cwd}")
     else:
@@ -186,7 +187,7 @@ def ssh(cluster: str, user: str, node: str, cmd: tuple[str, ...]) -> None:
     st = ClusterDir(cluster).load()
     if node not in st.nodes:
         raise ClusterError(f"no node {node!r} in cluster {cluster!r}", f"nodes: {', '.join(st.nodes)}")
-    prefix = manager.enter_prefix(st, "ctl")
+    prefix = enter_prefix(st, "ctl")
     if user != "root":
         prefix = prefix + ["runuser", "-u", user, "--", "env", f"HOME=/home/{user}", f"USER={user}"]
     argv = prefix + ["ssh", *(["-t"] if not cmd and sys.stdin.isatty() else []), f"{user}@{node}", *cmd]
@@ -206,7 +207,7 @@ def logs(cluster: str, node: str | None, lines: int) -> None:
     else:
         if node not in st.nodes:
             raise ClusterError(f"no node {node!r} in cluster {cluster!r}", f"nodes: {', '.join(st.nodes)}")
-        root = Path(f"/proc/{manager.pid1(st, node)}/root")
+        root = Path(f"/proc/{pid1(st, node)}/root")
         files = sorted((root / "var/log/supervisor").glob("*.log")) + [root / "var/log/slurm/slurmd.log"]
     for f in files:
         if not f.exists():
@@ -236,7 +237,7 @@ def service(cluster: str, node: str, program: str, action: str) -> None:
 @_cluster
 @click.option("--node", "nodes", multiple=True, help="Upgrade only these nodes (repeatable).")
 @click.option("--image-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="A layer1 image directory (default: the current build of layer1/Dockerfile).")
+              help="A layer1 image directory (default: the current build of the layer1 recipe).")
 @time_option("--drain-timeout", default="10", help="How long to wait for a node's jobs to finish")
 def upgrade(cluster: str, nodes: tuple[str, ...], image_dir: Path | None, drain_timeout: float) -> None:
     """Rolling upgrade: swap each node's layer1 container (drain, swap, resume), one at a time."""

@@ -19,17 +19,17 @@ def expand(hostlist: "str | None") -> "list[str]":
     """Expand a Slurm host list (``node[01-03,7],other``) into host names, in order."""
     if not hostlist or hostlist in ("(null)", "None"):
         return []
-    names: list[str] = []
+    names: "list[str]" = []
     for part in _split_top(hostlist):
         names.extend(_expand_one(part, hostlist))
     return names
 
 
-def _split_top(text: str) -> "list[str]":
+def _split_top(text: "str") -> "list[str]":
     """Split on commas that are not inside brackets."""
-    parts: list[str] = []
+    parts: "list[str]" = []
     depth = 0
-    cur: list[str] = []
+    cur: "list[str]" = []
     for ch in text:
         if ch == "[":
             depth += 1
@@ -44,12 +44,12 @@ def _split_top(text: str) -> "list[str]":
     return [p.strip() for p in parts if p.strip()]
 
 
-def _expand_one(part: str, whole: str) -> "list[str]":
+def _expand_one(part: "str", whole: "str") -> "list[str]":
     m = re.match(r"^([^\[]*)\[([^\]]+)\](.*)$", part)
     if not m:
         return [part]
     prefix, ranges, rest = m.groups()
-    out: list[str] = []
+    out: "list[str]" = []
     for rng in ranges.split(","):
         r = _RANGE.match(rng.strip())
         if not r:
@@ -67,20 +67,20 @@ class _Range:
 
     __slots__ = ("hi", "lo", "prefix", "width")
 
-    def __init__(self, prefix: str, lo: "int | None", width: int) -> None:
+    def __init__(self, prefix: "str", lo: "int | None", width: "int") -> "None":
         self.prefix = prefix
         self.lo = lo
         self.hi = lo
         self.width = width
 
-    def text(self) -> str:
+    def text(self) -> "str":
         if self.lo is None:
             return ""
         lo = "{:0{}d}".format(self.lo, self.width)
         return lo if self.lo == self.hi else "{}-{:0{}d}".format(lo, self.hi, self.width)
 
 
-def _host(name: str) -> "tuple[str, int | None, int, int]":
+def _host(name: "str") -> "tuple[str, int | None, int, int]":
     """(prefix, number or None, padded width or 0, digit count) of one host name."""
     m = _SUFFIX.match(name)
     if not m:
@@ -90,14 +90,14 @@ def _host(name: str) -> "tuple[str, int | None, int, int]":
     return prefix, int(digits), len(digits) if padded else 0, len(digits)
 
 
-def _width_ok(r: _Range, width: int, ndigits: int) -> bool:
+def _width_ok(r: "_Range", width: "int", ndigits: "int") -> "bool":
     # Slurm folds n9,n10 (neither padded) and n09,n10 (same width); never n1 with n01
     if r.width == 0:
         return width == 0
     return (width or ndigits) == r.width
 
 
-def compress(names: "list[str]", sort: bool = False) -> str:
+def compress(names: "list[str]", sort: "bool" = False) -> "str":
     """Fold names into a host list as ``scontrol show hostlist`` does (``sort``: hostlistsorted).
 
     Order is kept and duplicates stay (Slurm's own behaviour): ``n3,n1,n2`` -> ``n[3,1-2]``.
@@ -105,7 +105,7 @@ def compress(names: "list[str]", sort: bool = False) -> str:
     hosts = [_host(n) for n in names]
     if sort:
         hosts.sort(key=lambda h: (h[0], h[1] is not None, h[2] or h[3], h[1] or 0))
-    ranges: list[_Range] = []
+    ranges: "list[_Range]" = []
     for prefix, num, width, ndigits in hosts:
         last = ranges[-1] if ranges else None
         if (last is not None and num is not None and last.hi is not None and last.prefix == prefix
@@ -113,7 +113,7 @@ def compress(names: "list[str]", sort: bool = False) -> str:
             last.hi = num
             continue
         ranges.append(_Range(prefix, num, width))
-    out: list[str] = []
+    out: "list[str]" = []
     i = 0
     while i < len(ranges):
         r = ranges[i]

@@ -30,6 +30,7 @@ MODULES = (
     "shoal/staging/nodeagent.py",
     "shoal/staging/jobstep.py",
     "shoal/staging/record.py",
+    "shoal/staging/registry.py",
     "shoal/staging/methods/__init__.py",
     "shoal/staging/methods/untar.py",
     "shoal/staging/methods/sbcast.py",

@@ -13,7 +13,7 @@ from shoal.cli.options import LazyConsole, cluster_option, json_option, time_opt
 from shoal.errors import DistError
 from shoal.slurm import timespec
 from shoal.staging import driver
-from shoal.staging.base import method_names
+from shoal.staging.registry import method_names
 
 console = LazyConsole()
 

@@ -117,6 +117,20 @@ SCHEMAS: dict[str, Schema] = {
         "answers": _arr(_obj({"number": _INT, "question": _STR, "verdict": _STR,
                               "cites": _arr(_STR)})),
     }),
+    "model.fit": _obj({"model": _d(_STR, "where the model was written"), "groups": _arr(_obj({
+        "method": _STR, "workload": _STR, "eta": _NUM, "l0": _NUM, "l1": _NUM, "n_obs": _INT,
+        "shared_identified": _BOOL, "rel_rmse": _NUM}, required=["method", "workload", "n_obs"]))}),
+    "model.predict": _obj({
+        "site": _STR, "assumed": {"type": "object"},
+        "predictions": _arr(_obj({"method": _STR, "workload": _STR, "nodes": _INT,
+                                  "seconds": _NUM, "low": _NUM, "high": _NUM},
+                                 required=["method", "workload", "nodes", "seconds"])),
+        "winners": _arr(_obj({"workload": _STR, "nodes": _INT, "method": _STR})),
+        "crossovers": _arr({"type": "object"}), "sensitivity": {"type": "object"}}),
+    "model.validate": _obj({
+        "errors": _arr(_obj({"test": _STR, "held_out": _STR, "method": _STR, "workload": _STR,
+                             "median_abs_error": _NUM, "runs": _INT})),
+        "unvalidated": _arr(_STR)}),
     "study.compare": _obj({"a": _STR, "b": _STR, "rows": _arr(_obj({
         "method": _STR, "workload": _STR, "image": _STR, "nodes": _INT, "metric": _STR,
         "a": _d({"type": ["object", "null"]}, "median, low, high (seconds)"),

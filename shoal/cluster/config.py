@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal import limits, names
+from shoal.cluster import topology
 from shoal.errors import ConfigError
 
 NAME_RE = names.CLUSTER_NAME_RE
@@ -79,7 +80,7 @@ class ClusterConfig:
         return NETWORK_PROFILES[self.network]
 
     def node_names(self) -> list[str]:
-        return [f"node{i}" for i in range(1, self.nodes + 1)]
+        return topology.node_names(self.nodes)
 
 
 _KEYS: dict[str, type] = {
@@ -230,7 +231,8 @@ def validate(raw: dict[str, Any], source: str = "defaults", text: str | None = N
     names.cluster_name(cfg.name, where("name"))
     if not 1 <= cfg.nodes <= MAX_NODES:
         raise ConfigError(
-            f"{said('nodes', cfg.nodes)}: a virtual cluster has 1 to {MAX_NODES} compute nodes"
+            f"{said('nodes', cfg.nodes)} is out of range: a virtual cluster has 1 to {MAX_NODES} "
+            "compute nodes"
             + (" (the controller is not one of them)" if cfg.nodes < 1 else ""),
             "e.g. --nodes 4",
         )

@@ -171,7 +171,7 @@ def test_slurm_time_rejects_and_renders() -> None:
 def test_nodes_zero_names_the_option() -> None:
     with pytest.raises(ConfigError) as info:
         ccfg.load(None, {"nodes": 0, "name": "x"})
-    assert info.value.message.startswith("--nodes 0: a virtual cluster has 1 to ")
+    assert info.value.message.startswith("--nodes 0 is out of range: a virtual cluster has 1 to ")
     assert "command line + command line" not in info.value.message
 
 

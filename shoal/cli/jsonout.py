@@ -60,7 +60,7 @@ _NODE_RECORD = _obj({
     "node": _STR, "ok": _BOOL, "method": _STR, "image": _STR, "job": _STR,
     "seconds": _d(_OPT_NUM, "staging time on the node"),
     "staged": _d(_OPT_STR, "where the image is on the node"),
-    "error": _d(_STR, "why the node failed (only when ok is false)"),
+    "error": _d(_OPT_STR, "why the node failed (when ok is false)"),
 }, required=["node", "ok", "method", "image", "job"], desc="one node's staging record")
 
 _DIST = _obj({

@@ -20,7 +20,7 @@ import shlex
 from collections.abc import Sequence
 
 
-def join_argv(argv: "Sequence[str]") -> str:
+def join_argv(argv: "Sequence[str]") -> "str":
     """shlex.join (Python 3.8+) for the nodes' Python 3.6."""
     return " ".join(shlex.quote(str(a)) for a in argv)
 

@@ -79,14 +79,16 @@ _sbatch_option = click.option(
 @time_option("--time", "time_limit", default="60", help=_time_help)
 @_sbatch_option
 @click.option("--partition", "-p", default=None, help="partition of the allocation shoal creates")
-@click.option("--fanout", type=int, default=driver.DEFAULT_FANOUT, show_default=True,
-              help="sbcast fan-out")
+@click.option("--fanout", type=click.IntRange(1, 64),
+              help="children per node of a broadcast: sbcast (default 8), bcast (default 1: chain)")
+@click.option("--chunk", type=click.IntRange(4096, 64 << 20), default=driver.BCAST_CHUNK,
+              show_default=True, help="bcast: bytes per chunk")
 @click.option("--compress", is_flag=True, help="sbcast --compress")
 @_timeout_option
 def dist(image: str | None, method: str | None, verify: bool, do_cleanup: bool,
          as_json: bool, cluster: str | None, job: str | None, nodes: int | None,
          time_limit: float, sbatch_args: tuple[str, ...], partition: str | None,
-         fanout: int, compress: bool, timeout: float) -> None:
+         fanout: int | None, chunk: int, compress: bool, timeout: float) -> None:
     """Stage IMAGE on every node of the current allocation (or clean up with --cleanup)."""
     site = driver.site_for(cluster)
     alloc = driver.current_allocation(site, job)
@@ -108,7 +110,7 @@ def dist(image: str | None, method: str | None, verify: bool, do_cleanup: bool,
         owned = True
     try:
         result = driver.distribute(site, alloc, method, image, verify=verify, fanout=fanout,
-                                   compress=compress, timeout=timeout)
+                                   compress=compress, timeout=timeout, chunk=chunk)
         console.print(dist_table(result))
         if as_json:
             jsonout.emit("dist", dist_doc(result))
@@ -133,7 +135,10 @@ def dist(image: str | None, method: str | None, verify: bool, do_cleanup: bool,
 @click.option("--verify", is_flag=True, help="verify the staged tree on every node first")
 @json_option
 @time_option("--time", "time_limit", default="60", help=_time_help)
-@click.option("--fanout", type=int, default=driver.DEFAULT_FANOUT, show_default=True)
+@click.option("--fanout", type=click.IntRange(1, 64),
+              help="children per node of a broadcast: sbcast (default 8), bcast (default 1: chain)")
+@click.option("--chunk", type=click.IntRange(4096, 64 << 20), default=driver.BCAST_CHUNK,
+              show_default=True, help="bcast: bytes per chunk")
 @click.option("--compress", is_flag=True, help="sbcast --compress")
 @_timeout_option
 @click.argument("command", nargs=-1, required=True)
@@ -141,7 +146,8 @@ def dist(image: str | None, method: str | None, verify: bool, do_cleanup: bool,
 def run_cmd(ctx: click.Context, image: str, method: str, nodes: int | None, cluster: str | None,
             ntasks_per_node: int, srun_args: tuple[str, ...], sbatch_args: tuple[str, ...],
             partition: str | None, verify: bool, as_json: bool, time_limit: float,
-            fanout: int, compress: bool, timeout: float, command: tuple[str, ...]) -> None:
+            fanout: int | None, chunk: int, compress: bool, timeout: float,
+            command: tuple[str, ...]) -> None:
     """Stage IMAGE with a method and run COMMAND in it on every node (srun + ch-run).
 
     shoal exits with COMMAND's exit status, as srun does."""
@@ -153,7 +159,7 @@ def run_cmd(ctx: click.Context, image: str, method: str, nodes: int | None, clus
     ran = driver.run_in_image(
         site, image, method, command, nodes=nodes, ntasks_per_node=ntasks_per_node,
         srun_args=srun_args, time_limit=timespec.to_slurm(time_limit), verify=verify,
-        fanout=fanout, compress=compress, timeout=timeout, on_staged=staged,
+        fanout=fanout, compress=compress, timeout=timeout, on_staged=staged, chunk=chunk,
         sbatch_args=sbatch_args, partition=partition,
     )
     if as_json:

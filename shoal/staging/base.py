@@ -46,7 +46,7 @@ class Context:
 
     def __init__(self, job: "str", image: "str", store: "str" = DEFAULT_STORE,
                  options: "dict[str, Any] | None" = None, stage_root: "str" = STAGE_ROOT,
-                 staged_extra: "dict[str, Any] | None" = None) -> None:
+                 staged_extra: "dict[str, Any] | None" = None) -> "None":
         self.job = job
         self.image = image
         self.store = store
@@ -120,7 +120,7 @@ class Staged:
     """Where the image is usable on this node, and what staging it cost beyond the counters."""
 
     def __init__(self, path: "str", storage_bytes_read: "int" = 0,
-                 extra: "dict[str, Any] | None" = None) -> None:
+                 extra: "dict[str, Any] | None" = None) -> "None":
         self.path = path
         self.storage_bytes_read = storage_bytes_read
         self.extra: "dict[str, Any]" = {} if extra is None else extra
@@ -247,6 +247,30 @@ def net_rx_bytes() -> "int":
         if fields:
             total += int(fields[0])
     return total
+
+
+def net_tx_bytes() -> "int":
+    """Bytes sent on every interface but lo, in this process's network namespace."""
+    total = 0
+    try:
+        with open("/proc/net/dev") as f:
+            lines = f.readlines()[2:]
+    except OSError:
+        return 0
+    for line in lines:
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if name.strip() != "lo" and len(fields) > 8:
+            total += int(fields[8])
+    return total
+
+
+def cpu_seconds() -> "float":
+    """CPU seconds (user + system) of this process and its waited-for children."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def proc_io() -> "dict[str, int]":

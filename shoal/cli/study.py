@@ -128,10 +128,16 @@ def status(out_dir: Path, as_json: bool) -> None:
 
 @study.command()
 @click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--site", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="SITE.toml: add the section 'At your scale' with the model's predictions.")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="model.json to use with --site (default: fit one from DIR).")
 @json_option
-def report(out_dir: Path, as_json: bool) -> None:
+def report(out_dir: Path, site: Path | None, model_path: Path | None, as_json: bool) -> None:
     """Write DIR/report.md and DIR/report.html (with plots) and print the answers."""
-    rep = write_report(out_dir)
+    if model_path is not None and site is None:
+        raise click.UsageError("--model needs --site")
+    rep = write_report(out_dir, site=site, model=model_path)
     if as_json:
         jsonout.emit("study.report", report_doc(rep))
         return

@@ -126,8 +126,8 @@ class ClusterDir:
                 f"remove it with `shoal cluster down --name {self.name}`",
             ) from exc
         data.pop("version", None)
-        # a state written by a newer shoal may carry fields this one does not know: a cluster
-        # listing must still read it (and `down` still remove it)
+        # a cluster booted by another shoal version (seven engineers, one machine; or an upgrade)
+        # may record more than this one knows: read what we know, keep working
         known = {f.name for f in fields(ClusterState)}
         return ClusterState(**{k: v for k, v in data.items() if k in known})
 

@@ -126,7 +126,10 @@ class ClusterDir:
                 f"remove it with `shoal cluster down --name {self.name}`",
             ) from exc
         data.pop("version", None)
-        return ClusterState(**data)
+        # a newer shoal may have written fields this one does not know (other clusters' states
+        # are read by `list`): keep what this version understands
+        known = set(ClusterState.__dataclass_fields__)
+        return ClusterState(**{k: v for k, v in data.items() if k in known})
 
     def save(self, state: ClusterState) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,6 @@ store's tree digest. Every node pulls the whole image from the one server: N x S
 the load the original work rejected this method for (docs/PERFORMANCE.md has the figure).
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from shoal.errors import DistError
@@ -25,14 +23,14 @@ class Registry(Method):
     prepare = "registry-push"
     description = "pull the image from the cluster's OCI registry over HTTP, unpack as it streams"
 
-    def check(self, ctx: Context) -> None:
+    def check(self, ctx: "Context") -> None:
         artifact_sha256(ctx, "tar")
         check_space(ctx, self.local_bytes_needed(ctx))
 
-    def local_bytes_needed(self, ctx: Context) -> int:
+    def local_bytes_needed(self, ctx: "Context") -> int:
         return image_bytes(ctx)
 
-    def stage(self, ctx: Context) -> Staged:
+    def stage(self, ctx: "Context") -> "Staged":
         from shoal.staging import oci
 
         try:
@@ -47,6 +45,6 @@ class Registry(Method):
                       extra={"registry_bytes": got["pulled_bytes"],
                              "registry_pull_seconds": got["pull_seconds"]})
 
-    def cleanup(self, ctx: Context) -> dict[str, Any]:
+    def cleanup(self, ctx: "Context") -> "dict[str, Any]":
         remove_tree(ctx.staged_dir)
         return {}

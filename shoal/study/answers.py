@@ -405,11 +405,21 @@ def q5_sbcast(cells: Mapping[CellKey, Cell], sbcast: str = "sbcast",
     return ans
 
 
+# A cell needs this many completed runs to enter any comparison: one run has no interval (an
+# interval of zero width would "separate" from everything and decide verdicts on noise).
+MIN_RUNS = 2
+
+
 def answer_all(cells: Mapping[CellKey, Cell],
                kinds: Mapping[str, str] = DEFAULT_METHOD_KINDS,
                margin: float = DEFAULT_MARGIN) -> list[Answer]:
-    answers = [q1_network(cells, kinds), q2_local(cells, kinds), q3_interaction(cells, kinds),
-               q4_fuse(cells, margin=margin), q5_sbcast(cells)]
+    usable = {k: c for k, c in cells.items() if len(c.runs) >= MIN_RUNS}
+    left_out = len(cells) - len(usable)
+    answers = [q1_network(usable, kinds), q2_local(usable, kinds), q3_interaction(usable, kinds),
+               q4_fuse(usable, margin=margin), q5_sbcast(usable)]
     for a in answers:
         a.cites = sorted(set(a.cites))
+        if left_out:
+            a.caveats.append(f"{left_out} experiment(s) with fewer than {MIN_RUNS} completed runs "
+                             "were left out of every comparison: a single run has no interval.")
     return answers

@@ -134,10 +134,10 @@ def prepare_images(spec: StudySpec, store: Path) -> dict[str, str]:
     return digests
 
 
-def _prolog_store(spec: StudySpec, store: Path) -> Path | None:
-    if spec.privileged == "prolog" or (spec.privileged == "auto" and os.geteuid() != 0):
-        return store
-    return None
+def _via_prolog(spec: StudySpec) -> bool:
+    # a virtual cluster's node root may not mount (docs/SECURITY.md): always the Prolog there
+    return (spec.cluster.kind == "virtual" or spec.privileged == "prolog"
+            or (spec.privileged == "auto" and os.geteuid() != 0))
 
 
 @study.command("run")
@@ -189,7 +189,7 @@ def run_study(spec_path: Path, out: Path | None, cluster_name: str | None = None
         runner = StudyRunner(spec, exps, db, link.client, out_dir, ctx,
                              host_logs=link.host_logs, console=console,
                              rerun_failed=rerun_failed,
-                             prolog_requests=_prolog_store(spec, link.store_local))
+                             via_prolog=_via_prolog(spec))
         env = collect_environment(link.client, spec, network_params=link.network_params,
                                   image_digests=digests)
         env = dataclasses.replace(

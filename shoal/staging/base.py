@@ -127,6 +127,9 @@ class Method:
     artifact: ClassVar[str] = "tar"  # which store artifact it uses: tar, sqfs or dir
     collective: ClassVar[str | None] = None  # driver-side step between check and stage
     privileged: ClassVar[bool] = False  # needs root on the node (mounts)
+    # staged by shoal's Prolog when the job asks in its comment (shoal.staging.privileged):
+    # a mount of a file of the admin's store, done by root before the job starts
+    prolog: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     def check(self, ctx: Context) -> None:
@@ -143,6 +146,14 @@ class Method:
     def local_bytes_needed(self, ctx: Context) -> int:
         """Node-local bytes this method needs for the image (0: nothing is copied locally)."""
         return 0
+
+    def root_mount(self, src: str, dest: str) -> Staged:
+        """Prolog methods: mount SRC (a checked store file) on DEST (a directory root made)."""
+        raise NotImplementedError
+
+    def root_unmount(self, dest: str, extra: dict[str, Any]) -> dict[str, Any]:
+        """Prolog methods: undo root_mount (the Epilog); EXTRA is what root_mount recorded."""
+        raise NotImplementedError
 
 
 M = TypeVar("M", bound=type[Method])

@@ -29,10 +29,11 @@ from shoal import paths
 from shoal.errors import DistError, SlurmError
 from shoal.runner import run
 from shoal.slurm.client import Job, JobState, SlurmClient
-from shoal.staging.base import REQUESTS_DIR, Context, Method, get_method
+from shoal.staging.base import Context, Method, get_method
 from shoal.staging.bundle import publish
 from shoal.staging.jobstep import parse_records as parse_records  # the records format, for callers
 from shoal.staging.jobstep import run_agent
+from shoal.staging.privileged import stage_comment
 
 DEFAULT_TIMEOUT = 600.0
 SUBMIT_TIMEOUT = 60.0
@@ -143,18 +144,22 @@ def job_nodes(site: Site, job: str) -> list[str]:
 
 
 def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[[str], None]
-             | None = None, partition: str | None = None) -> Allocation:
+             | None = None, partition: str | None = None, comment: str | None = None
+             ) -> Allocation:
     """Submit a placeholder job of NODES nodes held, call before_start(jobid), release, wait.
 
-    Held first so a request for the Prolog can be written once the job id is known and before
-    any node runs the Prolog (PrologFlags=Alloc runs it at allocation). --no-kill keeps the
-    allocation when a node dies, so the driver can still clean up the others.
+    COMMENT is the job's request to shoal's Prolog (shoal.staging.privileged.stage_comment):
+    slurmctld keeps it in the job record, so the Prolog (root) trusts it as the job user's own
+    request. --no-kill keeps the allocation when a node dies, so the driver can still clean up
+    the others.
     """
     argv = ["sbatch", "--parsable", "--hold", "--no-kill", f"--nodes={nodes}",
             "--ntasks-per-node=1", f"--time={time_limit}", "--job-name=shoal",
             "--output=/dev/null", "--error=/dev/null"]
     if partition:
         argv.append(f"--partition={partition}")
+    if comment:
+        argv.append(f"--comment={comment}")
     argv += ["--wrap", "exec sleep 2147483647"]
     out = run(site.argv(*argv), timeout=SUBMIT_TIMEOUT, what="sbatch (shoal allocation)")
     job = out.stdout.strip().split(";")[0]
@@ -220,19 +225,6 @@ def check_image(site: Site, image: str) -> None:
         known = sorted(p.parent.name for p in site.store_local.glob("*/manifest.json"))
         raise DistError(f"image {image!r} is not in the store {site.store_local}",
                         f"known: {', '.join(known) or 'none'}; export it: shoal image export")
-
-
-def request_path(site: Site, job: str) -> Path:
-    return site.store_local / REQUESTS_DIR / f"{job}.json"
-
-
-def write_request(site: Site, job: str, image: str, method: str) -> Path:
-    p = request_path(site, job)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps({"format": 1, "job": job, "image": image, "method": method}))
-    os.replace(tmp, p)
-    return p
 
 
 def distribute(
@@ -350,16 +342,10 @@ def run_in_image(
     method = get_method(method_name)
     check_image(site, image)
     alloc = current_allocation(site) if nodes is None else None
-    request: Path | None = None
-
-    def before_start(job: str) -> None:
-        nonlocal request
-        # only privileged mounts that need no broadcast can be done by the Prolog
-        if method.privileged and not method.collective:
-            request = write_request(site, job, image, method.name)
-
     if alloc is None:
-        alloc = allocate(site, nodes or 1, time_limit=time_limit, before_start=before_start)
+        # mounts are the Prolog's (root) job, asked for in the job's comment
+        comment = stage_comment(method.name, image) if method.prolog else None
+        alloc = allocate(site, nodes or 1, time_limit=time_limit, comment=comment)
     staged_ok = False
     try:
         result = distribute(site, alloc, method.name, image, verify=verify, fanout=fanout,
@@ -388,7 +374,5 @@ def run_in_image(
     finally:
         if staged_ok:  # the command failed or timed out: still undo the staging
             cleanup(site, alloc, image, timeout=timeout, raise_on_left=False)
-        if request is not None:
-            request.unlink(missing_ok=True)
         if alloc.owned:
             release(site, alloc.job)

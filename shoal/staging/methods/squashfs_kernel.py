@@ -64,6 +64,7 @@ def loop_unmount(dest: str, dev: str | None, read_base: int = 0) -> dict[str, An
 class SquashfsKernel(Method):
     artifact = "sqfs"
     privileged = True
+    prolog = True
     description = "loop-mount the SquashFS file on shared storage (root or Prolog)"
 
     def check(self, ctx: Context) -> None:
@@ -77,3 +78,10 @@ class SquashfsKernel(Method):
         m = mount_at(ctx.staged_dir)
         return loop_unmount(ctx.staged_dir, m.source if m else None,
                             int(ctx.staged_extra.get("loop_read_base") or 0))
+
+    def root_mount(self, src: str, dest: str) -> Staged:
+        return loop_mount(src, dest)
+
+    def root_unmount(self, dest: str, extra: dict[str, Any]) -> dict[str, Any]:
+        m = mount_at(dest)
+        return loop_unmount(dest, m.source if m else None, int(extra.get("loop_read_base") or 0))

@@ -214,7 +214,7 @@ def _kind(spec_path: Path) -> str:
 
     try:
         doc = tomllib.loads(spec_path.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, ValueError):  # unreadable, not UTF-8, not TOML
         return "virtual"  # load_spec reports the real problem
     cluster = doc.get("cluster")
     return str(cluster.get("kind", "virtual")) if isinstance(cluster, dict) else "virtual"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal import paths
+from shoal import names, paths
 from shoal.errors import CommandError, ImageError
 from shoal.images.base import ensure_base, locked
 from shoal.images.progress import step
@@ -58,8 +58,8 @@ def markers_dir() -> Path:
 
 
 def image_dir(name: str) -> Path:
-    """Where ch-image keeps the unpacked image NAME (its storage name mangles '/' and ':')."""
-    return storage() / "img" / name.replace("/", "%").replace(":", "+")
+    """Where ch-image keeps the unpacked image NAME."""
+    return storage() / "img" / names.image_name(name)
 
 
 def ch_env() -> dict[str, str]:
@@ -113,13 +113,14 @@ def _file_sha(p: Path) -> str:
 
 def read_marker(name: str) -> dict[str, object] | None:
     try:
-        data = json.loads((markers_dir() / f"{name}.json").read_text())
+        data = json.loads((markers_dir() / f"{names.image_name(name)}.json").read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
 def _write_marker(name: str, data: dict[str, object]) -> None:
+    names.image_name(name)
     d = markers_dir()
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".{name}.json.tmp"
@@ -128,7 +129,7 @@ def _write_marker(name: str, data: dict[str, object]) -> None:
 
 
 def drop_marker(name: str) -> None:
-    (markers_dir() / f"{name}.json").unlink(missing_ok=True)
+    (markers_dir() / f"{names.image_name(name)}.json").unlink(missing_ok=True)
 
 
 def ensure_base_imported() -> str:

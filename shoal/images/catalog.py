@@ -6,15 +6,14 @@ holds a Dockerfile. All are built on the same cached Debian 12 base by ``build_n
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal import paths
+from shoal import names, paths
 from shoal.errors import ImageError
 from shoal.images.build import BuiltImage, build_image, image_dir, read_marker
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+NAME_RE = names.IMAGE_NAME_RE
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ def known_images() -> dict[str, Recipe]:
     root = images_dir()
     if root.is_dir():
         for d in sorted(root.iterdir()):
-            if (d / "Dockerfile").is_file() and NAME_RE.match(d.name):
+            if (d / "Dockerfile").is_file() and names.is_image_name(d.name):
                 found[d.name] = Recipe(d.name, d / "Dockerfile", d)
     return found
 
@@ -53,11 +52,7 @@ def recipe(name: str) -> Recipe:
 
 
 def validate_name(name: str) -> None:
-    if not NAME_RE.match(name):
-        raise ImageError(
-            f"bad image name '{name}'",
-            "use lower-case letters, digits, '.', '_' and '-' (at most 63 characters)",
-        )
+    names.image_name(name)
 
 
 def build_named(name: str, rebuild: bool = False) -> BuiltImage:

@@ -20,6 +20,7 @@ from shoal.paths import REPO_ROOT
 
 MODULES = (
     "shoal/errors.py",
+    "shoal/names.py",
     "shoal/runner.py",
     "shoal/staging/base.py",
     "shoal/staging/nodeagent.py",

@@ -34,12 +34,14 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from shoal import names
+
 MOUNT_ROOT = "/run/shoal/jobs"
 # the mount broker's socket inside a node (virtual cluster: node root has no CAP_SYS_ADMIN)
 BROKER_SOCKET = "/run/shoal/broker.sock"
 COMMENT_KEY = "shoal-stage="
 # full matches only (\Z, not $: $ accepts a trailing newline)
-IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+IMAGE_RE = re.compile(names.IMAGE_NAME_RE.pattern + r"\Z")  # names.py, full match
 METHOD_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}\Z")
 JOB_RE = re.compile(r"[0-9]{1,12}\Z")
 

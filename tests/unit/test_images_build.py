@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shoal import paths
-from shoal.errors import CommandError, ImageError
+from shoal.errors import CommandError, ConfigError, ImageError
 from shoal.images import base, build, catalog
 from shoal.runner import Completed, Runner, use_runner
 
@@ -154,7 +154,7 @@ def test_unknown_image_lists_the_known_ones(monkeypatch: pytest.MonkeyPatch, tmp
     assert sorted(catalog.known_images()) == ["lammps", "layer1", "mpihello"]
     with pytest.raises(ImageError, match="known images: lammps, layer1, mpihello"):
         catalog.recipe("nosuch")
-    with pytest.raises(ImageError, match="bad image name"):
+    with pytest.raises(ConfigError, match="not a valid image name"):
         catalog.validate_name("../etc")
 
 

@@ -80,12 +80,12 @@ class Broker:
         return self.cd.load()
 
     def node_prefix(self, state: ClusterState, node: str) -> list[str]:
-        from shoal.cluster.manager import pid1
+        from shoal.cluster.enter import pid1
 
         return ["nsenter", f"--target={pid1(state, node)}", "--mount", "--"]
 
     def job_record(self, state: ClusterState, job: str) -> dict[str, Any]:
-        from shoal.cluster.manager import enter_prefix
+        from shoal.cluster.enter import enter_prefix
 
         out = run([*enter_prefix(state, "ctl"), "squeue", "--json", f"--jobs={job}"],
                   timeout=30, check=False)
@@ -153,7 +153,7 @@ class Broker:
     def umount(self, node: str, job: str) -> dict[str, Any]:
         state = self.state()
         pre = self.node_prefix(state, node)
-        from shoal.cluster.manager import pid1
+        from shoal.cluster.enter import pid1
 
         prefix = f"{priv.MOUNT_ROOT}/{job}/"
         targets = []

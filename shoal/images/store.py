@@ -28,7 +28,7 @@ from typing import Any
 
 from shoal import names, paths
 from shoal.errors import CommandError, ImageError
-from shoal.images.base import locked
+from shoal.fsutil import dir_size, locked
 from shoal.images.progress import step
 from shoal.images.treedigest import file_sha256, tree_digest
 from shoal.runner import run
@@ -215,8 +215,6 @@ def export_file(tree: Path, fmt: ExportFormat, out: Path) -> None:
 
 
 def _tree_bytes_estimate(tree: Path) -> int:
-    from shoal.images.build import dir_size
-
     return dir_size(tree)
 
 

@@ -17,14 +17,15 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from shoal.bundle import write_bundle
-from shoal.cluster import controller, netns, node, scripts, secrets, storage
+from shoal.bundle import publish, write_bundle
+from shoal.cluster import broker, confine, controller, netns, node, scripts, secrets, storage
 from shoal.cluster.config import NODE_MEMORY_BUDGET_MB, ClusterConfig
 from shoal.cluster.enter import new_namespaces, pid1, slurm_client
 from shoal.cluster.slurmconf import (
@@ -213,6 +214,15 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
         cd.save(state)
         storage.wait_listening(state.storage_pid, cd.logs / "storage.console")
         common["SHOAL_SSHFS_MOUNT"] = str(mount_script)
+    # -- the mount broker: node root may not mount; the broker does, for Prolog requests that
+    # slurmctld vouches for (shoal/cluster/broker.py). The nodes bind their socket at start.
+    state.broker_pid = spawn([sys.executable, "-m", "shoal.cluster.broker", cfg.name],
+                             log_path=cd.logs / "broker.log")
+    cd.save(state)
+    broker.wait_ready(cd, state.broker_pid)
+    # the node agent of this shoal in the store, published by root (users cannot write there)
+    publish(store)
+    devices = confine.available()
     # Nodes first: they do not need the controller to start, and slurmctld pings every
     # configured node when it comes up, so the order costs nothing.
     for i, name in enumerate(state.nodes, 1):
@@ -229,6 +239,9 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
             "SHOAL_MUNGE_UID": str(muid),
             "SHOAL_MUNGE_GID": str(mgid),
             "SHOAL_ETC_MUNGE": str(node_munge),
+            "SHOAL_BROKER_SOCKET": str(broker.socket_path(cd, name)),
+            "SHOAL_DEVICES_CGROUP": str(confine.create_devices(cfg.name, name)) if devices else "",
+            "SHOAL_CAPS": confine.caps_arg(),
         })
         state.node_pids[name] = node.start_node(cd, state, name)
         state.node_images[name] = state.layer1_hash
@@ -313,10 +326,16 @@ def down(name: str, keep_state: bool = False) -> list[str]:
         if not left:
             break
         netns.kill_all(left, grace=2.0)
+    # the broker lives in the host's namespaces: stopped by its pid, once the nodes are gone
+    if state.broker_pid and _is_broker(state.broker_pid, name):
+        netns.kill_all([state.broker_pid], grace=5.0)
     reap()
     netns.delete_network(state.bridge, namespaces)
     remaining = netns.leftovers(state.bridge, namespaces)
     remaining += [f"pid {p}" for p in netns.pids_in_netns(inodes)]
+    if state.broker_pid and _is_broker(state.broker_pid, name):
+        remaining.append(f"mount broker pid {state.broker_pid}")
+    remaining += confine.remove_devices(name)
     if not remaining:
         if keep_state:
             state.phase = "down"
@@ -326,3 +345,12 @@ def down(name: str, keep_state: bool = False) -> list[str]:
         else:
             shutil.rmtree(cd.root, ignore_errors=True)
     return remaining
+
+
+def _is_broker(pid: int, name: str) -> bool:
+    """Whether PID is still cluster NAME's broker (not a reused pid)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"shoal.cluster.broker" in argv and name.encode() in argv

@@ -28,10 +28,15 @@ Run as ``python -m shoal.cluster.broker NAME`` (the manager spawns it at `up`, `
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import signal
+import socket
 import socketserver
+import stat
+import struct
 import sys
 import threading
 import time
@@ -46,7 +51,8 @@ from shoal.slurm.hostlist import expand
 from shoal.staging import privileged as priv
 from shoal.staging.base import DEFAULT_NAMES, EXPORTS, get_method
 
-NODE_SOCKET = priv.BROKER_SOCKET  # where a node sees its socket
+NODE_SOCKET = priv.BROKER_SOCKET  # where a node sees its root-only socket
+NODE_USER_SOCKET = priv.BROKER_USER_SOCKET  # and the one job steps of any user may use
 NODE_STORE = "/pfs/store"
 LIVE_STATES = ("RUNNING", "CONFIGURING", "COMPLETING")
 
@@ -55,8 +61,8 @@ def socket_dir(cd: ClusterDir) -> Path:
     return cd.root / "broker"
 
 
-def socket_path(cd: ClusterDir, node: str) -> Path:
-    return socket_dir(cd) / f"{node}.sock"
+def socket_path(cd: ClusterDir, node: str, user: bool = False) -> Path:
+    return socket_dir(cd) / (f"{node}.user.sock" if user else f"{node}.sock")
 
 
 class Broker:
@@ -68,6 +74,7 @@ class Broker:
         self.lock = threading.Lock()
         # (node, job) -> loop devices this broker attached for it
         self.loops: dict[tuple[str, str], list[str]] = {}
+        self.digests: dict[tuple[str, int, int], str] = {}  # store file -> sha256
         self.log_lock = threading.Lock()
 
     def log(self, msg: str) -> None:
@@ -99,20 +106,98 @@ class Broker:
         raise priv.Refused(f"slurmctld knows no job {job}")
 
     # -- operations -----------------------------------------------------------------------------
-    def mount(self, node: str, job: str) -> dict[str, Any]:
-        state = self.state()
+    def vouched(self, state: ClusterState, node: str, job: str,
+                uid: int | None = None) -> tuple[dict[str, Any], str, str]:
+        """slurmctld's record of JOB, checked: running on NODE, owned by UID (when given, root
+        may act for any job), asking for (method, image) in its comment."""
         rec = self.job_record(state, job)
         if node not in expand(str(rec.get("nodes") or "")):
             raise priv.Refused(f"job {job} does not run on {node}")
         if str(rec.get("job_state")) not in LIVE_STATES:
             raise priv.Refused(f"job {job} is {rec.get('job_state')}")
+        if uid not in (None, 0) and rec.get("user_id") != uid:
+            raise priv.Refused(f"job {job} is not uid {uid}'s")
         req = priv.parse_comment(str(rec.get("comment") or ""))
         if req is None:
             raise priv.Refused(f"job {job} asks for no staging in its comment")
-        method = get_method(req[0])
+        return rec, req[0], req[1]
+
+    def _attach(self, node: str, job: str, pre: list[str], src: str, dest: str,
+                what: str, losetup_in_node: bool = True) -> dict[str, Any]:
+        """losetup SRC (read-only; SRC as the node or the broker sees it), mount it on DEST in
+        the node; the loop device is recorded for the job's umount."""
+        where = pre if losetup_in_node else []
+        dev = run([*where, "losetup", "--find", "--show", "--read-only", src], timeout=60,
+                  what=f"losetup {what}").stdout.strip()
+        with self.lock:
+            self.loops.setdefault((node, job), []).append(dev)
+        base = _loop_read_bytes(dev)
+        try:
+            run([*pre, "mount", "-t", "squashfs", "-o", "ro,nosuid,nodev", dev, dest],
+                timeout=120, what=f"mounting {what} on {node}")
+        except BaseException:
+            run(["losetup", "-d", dev], check=False, timeout=30)
+            raise
+        return {"loop_device": dev, "loop_backing": _loop_backing(dev), "loop_read_base": base}
+
+    def mount_local(self, node: str, job: str, image: str, fd: int,
+                    uid: int) -> dict[str, Any]:
+        """Loop-mount a job's broadcast copy of IMAGE's SquashFS (sbcast-squashfs), passed as an
+        open descriptor by the job step: accepted only when it is byte for byte the store's file
+        and nobody can change it any more (root-owned, 0444, no writer)."""
+        state = self.state()
+        _rec, mname, want = self.vouched(state, node, job, uid)
+        method = get_method(mname)
+        if method.name != "sbcast-squashfs" or want != image:
+            raise priv.Refused(f"job {job} asked for {mname}:{want}, not sbcast-squashfs:{image}")
+        host_src = priv.store_artifact(str(store_root()), image, EXPORTS[method.artifact],
+                                       DEFAULT_NAMES[method.artifact].format(image=image))
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != os.stat(host_src).st_size:
+            raise priv.Refused("the broadcast copy is not a regular file of the store file's size")
+        # freeze it: root-owned and read-only for everyone, then make sure no writer holds it open
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o444)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        except OSError:
+            raise priv.Refused("the broadcast copy is open for writing") from None
+        if _sha256_fd(fd) != self.store_digest(host_src):
+            raise priv.Refused(f"the broadcast copy differs from the store's {image} file")
+        pre = self.node_prefix(state, node)
+        dest = f"{priv.MOUNT_ROOT}/{job}/{image}"
+        run([*pre, "mkdir", "-p", "-m", "0755", dest], timeout=30, what=f"mkdir {dest}")
+        t0 = time.monotonic()
+        answer: dict[str, Any] = {"ok": True, "method": method.name, "image": image,
+                                  "staged": dest}
+        answer.update(self._attach(node, job, pre, f"/proc/{os.getpid()}/fd/{fd}", dest,
+                                   f"{image} (broadcast copy)", losetup_in_node=False))
+        answer["seconds"] = round(time.monotonic() - t0, 6)
+        self.log(f"{node} job {job} (uid {uid}): sbcast-squashfs {image} on {dest}")
+        return answer
+
+    def store_digest(self, path: str) -> str:
+        st = os.stat(path)
+        key = (path, st.st_size, st.st_mtime_ns)
+        with self.lock:
+            if key in self.digests:
+                return self.digests[key]
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            digest = _sha256_fd(fd)
+        finally:
+            os.close(fd)
+        with self.lock:
+            self.digests[key] = digest
+        return digest
+
+    def mount(self, node: str, job: str) -> dict[str, Any]:
+        state = self.state()
+        rec, mname, image = self.vouched(state, node, job)
+        method = get_method(mname)
         if not method.prolog:
-            raise priv.Refused(f"method {method.name} is not mounted for jobs")
-        image = req[1]
+            raise priv.Refused(f"method {method.name} is not mounted by the Prolog")
         # checked on the host's view of the store, which every node mounts at /pfs/store
         host_src = priv.store_artifact(str(store_root()), image, EXPORTS[method.artifact],
                                        DEFAULT_NAMES[method.artifact].format(image=image))
@@ -133,33 +218,25 @@ class Broker:
             run([*pre, "squashfuse", "-o", "ro,allow_other,nosuid,nodev", src, dest],
                 timeout=120, what=f"squashfuse {src} on {node}")
         else:
-            dev = run([*pre, "losetup", "--find", "--show", "--read-only", src], timeout=60,
-                      what=f"losetup {src} on {node}").stdout.strip()
-            with self.lock:
-                self.loops.setdefault((node, job), []).append(dev)
-            base = _loop_read_bytes(dev)
-            try:
-                run([*pre, "mount", "-t", "squashfs", "-o", "ro,nosuid,nodev", dev, dest],
-                    timeout=120, what=f"mounting {src} on {node}")
-            except BaseException:
-                run(["losetup", "-d", dev], check=False, timeout=30)
-                raise
-            answer.update({"loop_device": dev, "loop_backing": _loop_backing(dev),
-                           "loop_read_base": base})
+            # losetup in the node's mount namespace: on sshfs storage the loop device reads the
+            # file through the node's own sshfs mount, across its shaped link
+            answer.update(self._attach(node, job, pre, src, dest, src))
         answer["seconds"] = round(time.monotonic() - t0, 6)
         self.log(f"{node} job {job} (uid {rec.get('user_id')}): {method.name} {image} on {dest}")
         return answer
 
-    def umount(self, node: str, job: str) -> dict[str, Any]:
-        state = self.state()
-        pre = self.node_prefix(state, node)
+    def umount(self, node: str, job: str, image: str | None = None) -> dict[str, Any]:
+        """Unmount what is below /run/shoal/jobs/JOB (or only its IMAGE) in NODE; detach the
+        loop devices this broker attached for the job once nothing mounts them."""
         from shoal.cluster.enter import pid1
 
-        prefix = f"{priv.MOUNT_ROOT}/{job}/"
+        state = self.state()
+        pre = self.node_prefix(state, node)
+        top = f"{priv.MOUNT_ROOT}/{job}" + (f"/{image}" if image else "")
         targets = []
         for line in Path(f"/proc/{pid1(state, node)}/mountinfo").read_text().splitlines():
             t = line.split()[4].replace("\\040", " ")
-            if t.startswith(prefix):
+            if t == top or t.startswith(top + "/"):
                 targets.append(t)
         left = []
         for t in sorted(targets, key=lambda t: t.count("/"), reverse=True):
@@ -169,55 +246,88 @@ class Broker:
             if done.returncode != 0:
                 left.append(t)
         with self.lock:
-            devs = self.loops.pop((node, job), [])
-        for dev in devs:
+            mine = self.loops.get((node, job), [])
+            free = [d for d in mine if not _mounted_anywhere(d)]
+            self.loops[(node, job)] = [d for d in mine if d not in free]
+            if not self.loops[(node, job)]:
+                del self.loops[(node, job)]
+        for dev in free:
             if _loop_backing(dev):
                 run(["losetup", "-d", dev], timeout=30, check=False)
-        self.log(f"{node} job {job}: unmounted {len(targets) - len(left)}, detached {len(devs)}")
+        self.log(f"{node} job {job}: unmounted {len(targets) - len(left)} below {top}, "
+                 f"detached {len(free)}")
         if left:
             raise priv.Refused(f"could not unmount {', '.join(left)}")
         return {"ok": True, "unmounted": targets}
 
-    def handle(self, node: str, line: bytes) -> dict[str, Any]:
+    def handle(self, node: str, line: bytes, peer_uid: int | None = None,
+               fds: list[int] | None = None) -> dict[str, Any]:
+        """One request. PEER_UID is None on the node's root socket; on the user socket it is the
+        caller's uid as the kernel reports it (SO_PEERCRED), never what the request says."""
         try:
             req = json.loads(line.decode())
             if not isinstance(req, dict):
                 raise priv.Refused("request is not an object")
             job = priv.job_id(str(req.get("job")))
             op = req.get("op")
-            if op == "mount":
+            if peer_uid is None and op == "mount":
                 return self.mount(node, job)
-            if op == "umount":
+            if peer_uid is None and op == "umount":
                 return self.umount(node, job)
-            raise priv.Refused(f"unknown operation {op!r}")
+            if peer_uid is not None and op == "mount-local":
+                image = str(req.get("image"))
+                if not priv.IMAGE_RE.match(image) or not fds:
+                    raise priv.Refused("mount-local needs an image name and the file's descriptor")
+                return self.mount_local(node, job, image, fds[0], peer_uid)
+            if peer_uid is not None and op == "umount-local":
+                image = str(req.get("image"))
+                if not priv.IMAGE_RE.match(image):
+                    raise priv.Refused("bad image name")
+                self.vouched(self.state(), node, job, peer_uid)
+                return self.umount(node, job, image)
+            raise priv.Refused(f"unknown operation {op!r} on this socket")
         except (priv.Refused, ShoalError, ValueError, OSError) as exc:
-            self.log(f"{node}: refused {line[:200]!r}: {exc}")
+            self.log(f"{node}: refused {line[:200]!r} (uid {peer_uid}): {exc}")
             return {"ok": False, "error": str(exc)}
+        finally:
+            for fd in fds or []:
+                os.close(fd)
 
     # -- serving --------------------------------------------------------------------------------
+    def _server(self, node: str, user: bool) -> socketserver.ThreadingUnixStreamServer:
+        path = socket_path(self.cd, node, user)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        broker = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                sock: socket.socket = self.request
+                sock.settimeout(600)
+                line, fds = _recv_request(sock)
+                uid = None
+                if user:
+                    _pid, uid, _gid = struct.unpack(
+                        "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+                answer = broker.handle(node, line, uid, fds)
+                sock.sendall(json.dumps(answer).encode() + b"\n")
+
+        srv = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        srv.daemon_threads = True
+        # the root socket: node root only (the Prolog, the Epilog); the user socket: any job
+        # step, whose uid the kernel tells
+        os.chmod(path, 0o666 if user else 0o600)
+        return srv
+
     def serve(self, nodes: list[str]) -> None:
         d = socket_dir(self.cd)
         d.mkdir(mode=0o700, exist_ok=True)
         os.chmod(d, 0o700)
         servers = []
-        broker = self
         for node in nodes:
-            path = socket_path(self.cd, node)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-            class Handler(socketserver.StreamRequestHandler):
-                node_name = node
-
-                def handle(self) -> None:
-                    line = self.rfile.readline(65536)
-                    answer = broker.handle(self.node_name, line)
-                    self.wfile.write(json.dumps(answer).encode() + b"\n")
-
-            srv = socketserver.ThreadingUnixStreamServer(str(path), Handler)
-            srv.daemon_threads = True
-            os.chmod(path, 0o600)
-            servers.append(srv)
+            for user in (False, True):
+                servers.append(self._server(node, user))
+        for srv in servers:
             threading.Thread(target=srv.serve_forever, daemon=True).start()
         (d / "ready").write_text(str(os.getpid()))
         self.log(f"serving {', '.join(nodes)}")
@@ -229,6 +339,57 @@ class Broker:
             srv.shutdown()
             srv.server_close()
         self.log("stopped")
+
+
+def _recv_request(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One request line and any descriptors passed with it (SCM_RIGHTS)."""
+    buf = b""
+    fds: list[int] = []
+    while not buf.endswith(b"\n") and len(buf) < 65536:
+        data, ancdata, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(4 * 4))
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                n = len(payload) - len(payload) % 4
+                fds += list(struct.unpack(f"{n // 4}i", payload[:n]))
+        if not data:
+            break
+        buf += data
+    return buf, fds
+
+
+def _sha256_fd(fd: int) -> str:
+    h = hashlib.sha256()
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, offset)
+        if not chunk:
+            return h.hexdigest()
+        h.update(chunk)
+        offset += len(chunk)
+
+
+def _mounted_anywhere(dev: str) -> bool:
+    """Whether loop device DEV still backs a mount (holders show in sysfs)."""
+    try:
+        return bool(os.listdir(f"/sys/block/{os.path.basename(dev)}/holders")) or \
+            _in_any_mountinfo(dev)
+    except OSError:
+        return False
+
+
+def _in_any_mountinfo(dev: str) -> bool:
+    try:
+        rdev = os.stat(dev).st_rdev
+    except OSError:
+        return False
+    want = f"{os.major(rdev)}:{os.minor(rdev)}"
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{entry}/mountinfo").read_text().splitlines():
+                    if line.split()[2] == want:
+                        return True
+    return False
 
 
 def _loop_read_bytes(dev: str) -> int:

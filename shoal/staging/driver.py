@@ -344,7 +344,7 @@ def run_in_image(
     alloc = current_allocation(site) if nodes is None else None
     if alloc is None:
         # mounts are the Prolog's (root) job, asked for in the job's comment
-        comment = stage_comment(method.name, image) if method.prolog else None
+        comment = stage_comment(method.name, image) if method.prolog or method.privileged else None
         alloc = allocate(site, nodes or 1, time_limit=time_limit, comment=comment)
     staged_ok = False
     try:

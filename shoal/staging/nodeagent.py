@@ -247,7 +247,13 @@ def sweep(job_dir: str) -> list[str]:
             problems.append(f"mount {m.target}: {exc}")
     detach_loops(loops)
     try:
-        remove_tree(job_dir)
+        if os.path.isdir(job_dir) and not os.path.islink(job_dir):
+            for name in os.listdir(job_dir):
+                remove_tree(os.path.join(job_dir, name))
+        # the job's own directory sits in the root-owned /tmp/shoal the Prolog made: the Epilog
+        # removes it; where no Prolog made it (a site without one) the job may
+        with contextlib.suppress(PermissionError):
+            remove_tree(job_dir)
     except Exception as exc:
         problems.append(f"{job_dir}: {exc}")
     return problems
@@ -397,7 +403,7 @@ def do_prolog(store: str, stage_root: str) -> int:
             return 0
         method = get_method(req[0])
         if not method.prolog:
-            raise priv.Refused(f"method {method.name} is not staged by the Prolog")
+            return 0  # asked for so the mount broker accepts the job's own step (sbcast-squashfs)
         state = prolog_stage(store, job, req[1], method)
         priv.save_root_state(job, req[1], state)
         sys.stderr.write(f"shoal prolog: job {job}: {json.dumps(state['record'])}\n")

@@ -30,6 +30,7 @@ import os
 import re
 import socket
 import stat
+import struct
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -39,6 +40,8 @@ from shoal import names
 MOUNT_ROOT = "/run/shoal/jobs"
 # the mount broker's socket inside a node (virtual cluster: node root has no CAP_SYS_ADMIN)
 BROKER_SOCKET = "/run/shoal/broker.sock"
+# and the one job steps of any user may call (the broker learns the caller's uid from the kernel)
+BROKER_USER_SOCKET = "/run/shoal/broker-user.sock"
 COMMENT_KEY = "shoal-stage="
 # full matches only (\Z, not $: $ accepts a trailing newline)
 IMAGE_RE = re.compile(names.IMAGE_NAME_RE.pattern + r"\Z")  # names.py, full match
@@ -323,13 +326,18 @@ def can_mount() -> bool:
 
 
 def broker_call(request: Dict[str, Any], path: str = BROKER_SOCKET,
-                timeout: float = 300.0) -> Dict[str, Any]:
-    """One request to the mount broker; its answer (raises Refused when it refuses)."""
+                timeout: float = 300.0, fd: Optional[int] = None) -> Dict[str, Any]:
+    """One request to the mount broker (with FD passed along, if given); its answer. Raises
+    Refused when it refuses."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect(path)
-        s.sendall(json.dumps(request).encode() + b"\n")
+        data = json.dumps(request).encode() + b"\n"
+        if fd is None:
+            s.sendall(data)
+        else:
+            s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)

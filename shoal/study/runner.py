@@ -294,7 +294,7 @@ class StudyRunner:
         from shoal.staging.privileged import stage_comment
 
         m = get_method(key.experiment.method)
-        return stage_comment(m.name, key.experiment.image) if m.prolog else None
+        return stage_comment(m.name, key.experiment.image) if m.prolog or m.privileged else None
 
     def _reattach(self, row: RunRow) -> None:
         key = self._key(row)

@@ -54,12 +54,15 @@ mount -t tmpfs -o size=64m,mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
 mount -t tmpfs -o "size=$SHOAL_TMPFS,mode=1777,nosuid,nodev" tmpfs "$R/tmp"
 # staging areas: /tmp/shoal/<job> (the job user's, made by the Prolog) in a root-owned parent
 mkdir -m 0755 "$R/tmp/shoal"
-mount -t tmpfs -o size=64m,mode=0755,nosuid,nodev tmpfs "$R/run"
+mount -t tmpfs -o size=64m,mode=0755,nosuid tmpfs "$R/run"
 mkdir -p "$R/run/sshd" "$R/run/munge" "$R/run/shoal/jobs"
 chmod 0755 "$R/run/shoal" "$R/run/shoal/jobs"
 if [ -n "${SHOAL_BROKER_SOCKET:-}" ]; then
+    # this node's two sockets of the mount broker: root's (Prolog, Epilog) and job steps'
     : > "$R/run/shoal/broker.sock"
     mount --bind "$SHOAL_BROKER_SOCKET" "$R/run/shoal/broker.sock"
+    : > "$R/run/shoal/broker-user.sock"
+    mount --bind "${SHOAL_BROKER_SOCKET%.sock}.user.sock" "$R/run/shoal/broker-user.sock"
 fi
 # Unprivileged FUSE (squashfuse, ch-run image.sqfs) needs /dev/fuse 0666, as on a stock node; a
 # node-own device inode bound over the host's keeps the host's /dev/fuse as it is.

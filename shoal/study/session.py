@@ -19,6 +19,7 @@ from rich.console import Console
 
 from shoal import paths
 from shoal.errors import StudyError
+from shoal.fsutil import makedirs_nofollow
 from shoal.slurm.client import SlurmClient
 from shoal.study.db import DB_NAME, StudyDB
 from shoal.study.jobscript import JobContext
@@ -135,7 +136,9 @@ def link_cluster(spec: StudySpec, out: Path, *, connect: bool) -> ClusterLink:
         **{k: cfg.get(k) for k in ("cpus_per_node", "memory_mb_per_node", "tmpfs_size")},
         "shared_storage": storage,
     }
-    return ClusterLink(client, ctx, cdir.pfs / rel, dict(state.network), paths.store_root(), extra)
+    # root writes there, below the world-writable /pfs: made without following a user's symlink
+    host_logs = makedirs_nofollow(cdir.pfs, rel)
+    return ClusterLink(client, ctx, host_logs, dict(state.network), paths.store_root(), extra)
 
 
 def prepare_images(spec: StudySpec, store: Path, console: Console) -> dict[str, str]:

@@ -31,6 +31,7 @@ MODULES = (
     "shoal/staging/privileged.py",
     "shoal/staging/jobstep.py",
     "shoal/staging/record.py",
+    "shoal/staging/registry.py",
     "shoal/staging/methods/__init__.py",
     "shoal/staging/methods/untar.py",
     "shoal/staging/methods/sbcast.py",

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from shoal.errors import DistError
 from shoal.staging import driver
-from shoal.staging.base import method_names
+from shoal.staging.registry import method_names
 
 console = Console(highlight=False)
 

@@ -49,7 +49,8 @@ from shoal.paths import store_root
 from shoal.runner import run
 from shoal.slurm.hostlist import expand
 from shoal.staging import privileged as priv
-from shoal.staging.base import DEFAULT_NAMES, EXPORTS, get_method
+from shoal.staging.base import DEFAULT_NAMES, EXPORTS
+from shoal.staging.registry import get_method
 
 NODE_SOCKET = priv.BROKER_SOCKET  # where a node sees its root-only socket
 NODE_USER_SOCKET = priv.BROKER_USER_SOCKET  # and the one job steps of any user may use

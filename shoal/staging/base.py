@@ -173,27 +173,6 @@ def register(name: str) -> Callable[[M], M]:
     return deco
 
 
-def method_names() -> list[str]:
-    load_methods()
-    return sorted(REGISTRY)
-
-
-def get_method(name: str) -> Method:
-    load_methods()
-    try:
-        return REGISTRY[name]()
-    except KeyError:
-        raise DistError(
-            f"unknown distribution method {name!r}",
-            f"known methods: {', '.join(sorted(REGISTRY))}",
-        ) from None
-
-
-def load_methods() -> None:
-    # importing the package registers every method module in it
-    import shoal.staging.methods  # noqa: F401
-
-
 # ---- node-side helpers -------------------------------------------------------------------------
 
 

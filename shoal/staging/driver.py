@@ -30,10 +30,11 @@ from shoal.bundle import publish
 from shoal.errors import DistError, SlurmError
 from shoal.runner import run
 from shoal.slurm.client import Job, JobState, SlurmClient
-from shoal.staging.base import Context, Method, get_method
+from shoal.staging.base import Context, Method
 from shoal.staging.jobstep import parse_records as parse_records  # the records format, for callers
 from shoal.staging.jobstep import run_agent
 from shoal.staging.privileged import stage_comment
+from shoal.staging.registry import get_method
 
 DEFAULT_TIMEOUT = 600.0
 SUBMIT_TIMEOUT = 60.0
@@ -241,8 +242,16 @@ def distribute(
     """Stage IMAGE with METHOD on every node of ALLOC; clean up everywhere if a node fails."""
     method = get_method(method_name)
     check_image(site, image)
-    agent = f"{site.store_nodes}/.shoal/{publish(site.store_local)}"
     nodes = list(alloc.nodes)
+    if site.cluster is not None:
+        # a virtual cluster's nodes keep their copies in this one machine's memory
+        from shoal.cluster.state import ClusterDir
+        from shoal.staging.fit import check_node_local_copies
+
+        tmpfs = ClusterDir(site.cluster).load().config.get("tmpfs_size")
+        check_node_local_copies(method.name, image, len(nodes), site.store_local,
+                                tmpfs if isinstance(tmpfs, str) else None)
+    agent = f"{site.store_nodes}/.shoal/{publish(site.store_local)}"
     common = ("--job", alloc.job, "--image", image)
     t0 = time.monotonic()
     collective_s: float | None = None

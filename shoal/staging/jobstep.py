@@ -45,8 +45,9 @@ from typing import Any
 from shoal.errors import CommandTimeout, DistError, ShoalError
 from shoal.runner import run
 from shoal.slurm.hostlist import expand
-from shoal.staging.base import Context, get_method, load_state, proc_io
+from shoal.staging.base import Context, load_state, proc_io
 from shoal.staging.record import base_record, fail, node_name
+from shoal.staging.registry import get_method
 
 STEP_MIN_TIMEOUT = 30.0
 CLEANUP_TIMEOUT = 120.0

@@ -74,11 +74,9 @@ try:
         Method,
         Sampler,
         Staged,
-        get_method,
         load_state,
         loop_backing,
         loop_read_bytes,
-        method_names,
         mounts_under,
         net_rx_bytes,
         proc_io,
@@ -89,6 +87,7 @@ try:
     )
     from shoal.staging.jobstep import do_job, do_workload
     from shoal.staging.record import base_record, emit, fail
+    from shoal.staging.registry import get_method, method_names
 except ImportError:
     if __name__ == "__main__":
         _lone_file()

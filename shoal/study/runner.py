@@ -290,8 +290,8 @@ class StudyRunner:
         """The job comment asking shoal's Prolog to mount the run's image, if it should."""
         if not self.via_prolog:
             return None
-        from shoal.staging.base import get_method
         from shoal.staging.privileged import stage_comment
+        from shoal.staging.registry import get_method
 
         m = get_method(key.experiment.method)
         return stage_comment(m.name, key.experiment.image) if m.prolog or m.privileged else None

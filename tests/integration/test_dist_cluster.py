@@ -21,7 +21,7 @@ import pytest
 from shoal import paths
 from shoal.runner import run
 from shoal.staging import driver
-from shoal.staging.base import method_names
+from shoal.staging.registry import method_names
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 IMAGE = "mpihello"

@@ -20,7 +20,7 @@ import pytest
 
 from shoal.bundle import write_bundle
 from shoal.errors import PrivilegeError
-from shoal.staging import base
+from shoal.staging import base, registry
 
 PYTHON = "/usr/bin/python3"
 JOB = "4242"
@@ -28,7 +28,7 @@ IMAGE = "tiny"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts)")
 
-METHODS = base.method_names()
+METHODS = registry.method_names()
 
 
 def _mounts_under(prefix: Path) -> list[str]:
@@ -88,7 +88,7 @@ def agent_run(agent: Path, store: Path, stage_root: Path, *args: str,
 
 
 def play_collective(method: str, store: Path, root: Path) -> None:
-    m = base.get_method(method)
+    m = registry.get_method(method)
     if m.collective == "sbcast":
         ctx = base.Context(JOB, IMAGE, str(store), {}, str(root))
         shutil.copy(ctx.artifact(m.artifact), ctx.local_artifact(m.artifact))
@@ -150,7 +150,7 @@ def test_stage_verify_cleanup(method: str, store: Path, agent: Path, tmpfs: Path
 def test_cleanup_is_idempotent(method: str, store: Path, agent: Path, tmpfs: Path) -> None:
     root = tmpfs / "shoal"
     rec = agent_run(agent, store, root, "stage", "--job", JOB, "--image", IMAGE,
-                    "--method", method) if not base.get_method(method).collective else None
+                    "--method", method) if not registry.get_method(method).collective else None
     if rec is not None:
         assert rec["ok"], rec
     for _ in range(2):
@@ -219,7 +219,7 @@ def test_privileged_methods_fail_up_front_unprivileged(store: Path, tmp_path: Pa
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     ctx = base.Context(JOB, IMAGE, str(store), {}, str(tmp_path / "shoal"))
     for name in METHODS:
-        m = base.get_method(name)
+        m = registry.get_method(name)
         if m.privileged:
             with pytest.raises(PrivilegeError, match="needs root"):
                 m.check(ctx)
@@ -236,7 +236,7 @@ def _hook(agent: Path, store: Path, tmpfs: Path, hook: str, env: dict[str, str])
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if base.get_method(m).prolog])
+@pytest.mark.parametrize("method", [m for m in METHODS if registry.get_method(m).prolog])
 def test_prolog_epilog(method: str, store: Path, agent: Path, tmpfs: Path) -> None:
     """The job comment slurmctld keeps asks; the Prolog mounts on a root-made directory; the
     job's user gets its own area; the Epilog undoes both."""

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
+from shoal.cluster.state import ClusterDir
 from shoal.errors import ClusterError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -86,3 +88,41 @@ def remove_devices(cluster: str) -> list[str]:
     with contextlib.suppress(OSError):
         os.rmdir(top)
     return [f"cgroup {top}"] if top.exists() else []
+
+
+# ---- the mount broker's sockets (the daemon is shoal.staging.broker) ---------------------------
+
+BROKER_MODULE = "shoal.staging.broker"
+
+
+def socket_dir(cd: ClusterDir) -> Path:
+    return cd.root / "broker"
+
+
+def socket_path(cd: ClusterDir, node: str, user: bool = False) -> Path:
+    """Host path of NODE's broker socket: root's (Prolog, Epilog) or job steps' (user=True)."""
+    return socket_dir(cd) / (f"{node}.user.sock" if user else f"{node}.sock")
+
+
+def wait_broker(cd: ClusterDir, pid: int, timeout: float = 15.0) -> None:
+    """Block until the broker's sockets exist (the nodes bind them at start)."""
+    from shoal.cluster.netns import is_alive
+
+    ready = socket_dir(cd) / "ready"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready.exists() and ready.read_text() == str(pid):
+            return
+        if not is_alive(pid):
+            break
+        time.sleep(0.02)
+    raise ClusterError("the mount broker did not start", f"see {cd.logs / 'broker.log'}")
+
+
+def is_broker(pid: int, name: str) -> bool:
+    """Whether PID is still cluster NAME's broker (not a reused pid)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return BROKER_MODULE.encode() in argv and name.encode() in argv

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from shoal.bundle import publish, write_bundle
-from shoal.cluster import broker, capacity, confine, controller, netns, node, scripts, secrets, storage
+from shoal.cluster import capacity, confine, controller, netns, node, scripts, secrets, storage
 from shoal.cluster.config import ClusterConfig
 from shoal.cluster.enter import new_namespaces, pid1, slurm_client
 from shoal.cluster.slurmconf import (
@@ -217,10 +217,10 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
         common["SHOAL_SSHFS_MOUNT"] = str(mount_script)
     # -- the mount broker: node root may not mount; the broker does, for Prolog requests that
     # slurmctld vouches for (shoal/cluster/broker.py). The nodes bind their socket at start.
-    state.broker_pid = spawn([sys.executable, "-m", "shoal.cluster.broker", cfg.name],
+    state.broker_pid = spawn([sys.executable, "-m", confine.BROKER_MODULE, cfg.name],
                              log_path=cd.logs / "broker.log")
     cd.save(state)
-    broker.wait_ready(cd, state.broker_pid)
+    confine.wait_broker(cd, state.broker_pid)
     # the node agent of this shoal in the store, published by root (users cannot write there)
     publish(store)
     devices = confine.available()
@@ -240,7 +240,7 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
             "SHOAL_MUNGE_UID": str(muid),
             "SHOAL_MUNGE_GID": str(mgid),
             "SHOAL_ETC_MUNGE": str(node_munge),
-            "SHOAL_BROKER_SOCKET": str(broker.socket_path(cd, name)),
+            "SHOAL_BROKER_SOCKET": str(confine.socket_path(cd, name)),
             "SHOAL_DEVICES_CGROUP": str(confine.create_devices(cfg.name, name)) if devices else "",
             "SHOAL_CAPS": confine.caps_arg(),
         })
@@ -328,13 +328,13 @@ def down(name: str, keep_state: bool = False) -> list[str]:
             break
         netns.kill_all(left, grace=2.0)
     # the broker lives in the host's namespaces: stopped by its pid, once the nodes are gone
-    if state.broker_pid and _is_broker(state.broker_pid, name):
+    if state.broker_pid and confine.is_broker(state.broker_pid, name):
         netns.kill_all([state.broker_pid], grace=5.0)
     reap()
     netns.delete_network(state.bridge_plan, namespaces)
     remaining = netns.leftovers(state.bridge_plan, namespaces)
     remaining += [f"pid {p}" for p in netns.pids_in_netns(inodes)]
-    if state.broker_pid and _is_broker(state.broker_pid, name):
+    if state.broker_pid and confine.is_broker(state.broker_pid, name):
         remaining.append(f"mount broker pid {state.broker_pid}")
     remaining += confine.remove_devices(name)
     if not remaining:
@@ -346,12 +346,3 @@ def down(name: str, keep_state: bool = False) -> list[str]:
         else:
             shutil.rmtree(cd.root, ignore_errors=True)
     return remaining
-
-
-def _is_broker(pid: int, name: str) -> bool:
-    """Whether PID is still cluster NAME's broker (not a reused pid)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"shoal.cluster.broker" in argv and name.encode() in argv

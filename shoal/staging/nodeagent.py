@@ -453,7 +453,7 @@ def do_epilog(stage_root: str) -> int:
     if uid is not None:
         try:
             problems += priv.remove_user_job_dir(stage_root, job, uid,
-                                                 gid if gid is not None else uid)
+                                                 gid if gid is not None else uid, sweep)
         except Exception as exc:
             problems.append(f"{type(exc).__name__}: {exc}")
     if problems:

@@ -33,7 +33,7 @@ import stat
 import struct
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from shoal import names
 
@@ -242,7 +242,8 @@ def user_job_dir(stage_root: str, job: str, uid: int, gid: int) -> str:
     return os.path.join(stage_root, job)
 
 
-def remove_user_job_dir(stage_root: str, job: str, uid: int, gid: int) -> List[str]:
+def remove_user_job_dir(stage_root: str, job: str, uid: int, gid: int,
+                        sweep: Callable[[str], List[str]]) -> List[str]:
     """Epilog: undo the job's user area. Unmounting and deleting inside it run as the job's
     user (anything the user made there, symlinks included, can only lead where the user could
     go anyway); root then removes the emptied directory through the root-owned parent's fd."""
@@ -261,8 +262,6 @@ def remove_user_job_dir(stage_root: str, job: str, uid: int, gid: int) -> List[s
                 os.setgroups([])
                 os.setgid(gid)
                 os.setuid(uid)
-                from shoal.staging.nodeagent import sweep
-
                 left = sweep(path)
                 if left:
                     sys.stderr.write("shoal epilog: {}\n".format("; ".join(left)))

@@ -296,7 +296,9 @@ def test_user_area_survives_no_planted_symlink(tmp_path: Path) -> None:
     assert os.stat(victim).st_uid == 0 and os.stat(d).st_uid == 1000
     # the user's job plants a link in its own dir; the Epilog sweeps as the user
     (Path(d) / "x").symlink_to(victim / "passwd")
-    assert priv.remove_user_job_dir(str(tmp / "shoal"), "7", 1000, 1000) == []
+    from shoal.staging.nodeagent import sweep
+
+    assert priv.remove_user_job_dir(str(tmp / "shoal"), "7", 1000, 1000, sweep) == []
     assert (victim / "passwd").read_text() == "root:x:0:0\n" and not Path(d).exists()
 
 

@@ -22,7 +22,7 @@ node's own losetup/mount/squashfuse, so a SquashFS on sshfs storage is read thro
 sshfs mount and its network link, as a node-local mount would be. The broker runs as root on the
 host; it does not enter the node's pid, network or user namespaces.
 
-Run as ``python -m shoal.cluster.broker NAME`` (the manager spawns it at `up`, `down` stops it).
+Run as ``python -m shoal.staging.broker NAME`` (the manager spawns it at `up`, `down` stops it).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shoal.cluster.confine import socket_dir, socket_path
 from shoal.cluster.state import ClusterDir, ClusterState
 from shoal.errors import ShoalError
 from shoal.paths import store_root
@@ -56,14 +57,6 @@ NODE_SOCKET = priv.BROKER_SOCKET  # where a node sees its root-only socket
 NODE_USER_SOCKET = priv.BROKER_USER_SOCKET  # and the one job steps of any user may use
 NODE_STORE = "/pfs/store"
 LIVE_STATES = ("RUNNING", "CONFIGURING", "COMPLETING")
-
-
-def socket_dir(cd: ClusterDir) -> Path:
-    return cd.root / "broker"
-
-
-def socket_path(cd: ClusterDir, node: str, user: bool = False) -> Path:
-    return socket_dir(cd) / (f"{node}.user.sock" if user else f"{node}.sock")
 
 
 class Broker:
@@ -407,26 +400,10 @@ def _loop_backing(dev: str) -> str | None:
         return None
 
 
-def wait_ready(cd: ClusterDir, pid: int, timeout: float = 15.0) -> None:
-    """Block until the broker's sockets exist (the nodes bind them at start)."""
-    from shoal.cluster.netns import is_alive
-    from shoal.errors import ClusterError
-
-    ready = socket_dir(cd) / "ready"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ready.exists() and ready.read_text() == str(pid):
-            return
-        if not is_alive(pid):
-            break
-        time.sleep(0.02)
-    raise ClusterError("the mount broker did not start", f"see {cd.logs / 'broker.log'}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        sys.stderr.write("usage: python -m shoal.cluster.broker CLUSTER\n")
+        sys.stderr.write("usage: python -m shoal.staging.broker CLUSTER\n")
         return 2
     broker = Broker(args[0])
     broker.serve(broker.state().nodes)

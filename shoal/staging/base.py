@@ -31,8 +31,7 @@ from shoal.runner import run
 FORMAT = 1
 STAGE_ROOT = "/tmp/shoal"
 DEFAULT_STORE = "/pfs/store"
-AGENT_DIR = ".shoal"  # under the store: agent bundle, prolog requests
-REQUESTS_DIR = ".shoal/requests"
+AGENT_DIR = ".shoal"  # under the store: the agent bundle root publishes
 # artifact kind -> the store manifest's export format, default file name, node-local suffix
 EXPORTS = {"tar": "tar.gz", "sqfs": "squashfs", "dir": "dir"}
 DEFAULT_NAMES = {"tar": "{image}.tar.gz", "sqfs": "{image}.sqfs", "dir": "dir"}

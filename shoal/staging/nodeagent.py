@@ -307,9 +307,9 @@ def do_cleanup(ctx: Context, image: str | None) -> dict[str, Any]:
     with contextlib.suppress(priv.Refused):
         deferred += [n for n in priv.root_job_images(ctx.job)
                      if n not in deferred and (image is None or n == image)]
-    for d in (ctx.job_dir, ctx.stage_root):  # only when nothing else is staged there
-        with contextlib.suppress(OSError):
-            os.rmdir(d)
+    # the job's own directory only (/tmp/shoal stays: the Prolog trusts it as node-init made it)
+    with contextlib.suppress(OSError):
+        os.rmdir(ctx.job_dir)
     rec["figures"] = figures
     rec["deferred_to_epilog"] = deferred
     left: list[str] = []

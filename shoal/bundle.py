@@ -39,6 +39,8 @@ MODULES = (
     "shoal/staging/methods/sbcast_squashfs.py",
     "shoal/staging/methods/squashfuse.py",
     "shoal/staging/methods/shared_dir.py",
+    "shoal/staging/bcast.py",
+    "shoal/staging/methods/bcast.py",
     "shoal/images/treedigest.py",
     "shoal/slurm/hostlist.py",
     # read as data by the `workload` step and copied into the container's view of /tmp

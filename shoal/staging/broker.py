@@ -136,14 +136,16 @@ class Broker:
 
     def mount_local(self, node: str, job: str, image: str, fd: int,
                     uid: int) -> dict[str, Any]:
-        """Loop-mount a job's broadcast copy of IMAGE's SquashFS (sbcast-squashfs), passed as an
+        """Loop-mount a job's broadcast copy of IMAGE's SquashFS (sbcast/bcast-squashfs), passed as an
         open descriptor by the job step: accepted only when it is byte for byte the store's file
         and nobody can change it any more (root-owned, 0444, no writer)."""
         state = self.state()
         _rec, mname, want = self.vouched(state, node, job, uid)
         method = get_method(mname)
-        if method.name != "sbcast-squashfs" or want != image:
-            raise priv.Refused(f"job {job} asked for {mname}:{want}, not sbcast-squashfs:{image}")
+        # a broadcast copy: sbcast-squashfs, bcast-squashfs (privileged, with a collective step)
+        if not (method.privileged and method.collective) or want != image:
+            raise priv.Refused(f"job {job} asked for {mname}:{want}, not a broadcast mount of "
+                               f"{image}")
         host_src = priv.store_artifact(str(store_root()), image, EXPORTS[method.artifact],
                                        DEFAULT_NAMES[method.artifact].format(image=image))
         st = os.fstat(fd)
@@ -168,7 +170,7 @@ class Broker:
         answer.update(self._attach(node, job, pre, f"/proc/{os.getpid()}/fd/{fd}", dest,
                                    f"{image} (broadcast copy)", losetup_in_node=False))
         answer["seconds"] = round(time.monotonic() - t0, 6)
-        self.log(f"{node} job {job} (uid {uid}): sbcast-squashfs {image} on {dest}")
+        self.log(f"{node} job {job} (uid {uid}): {method.name} {image} on {dest}")
         return answer
 
     def store_digest(self, path: str) -> str:

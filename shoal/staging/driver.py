@@ -49,6 +49,7 @@ from shoal.staging.registry import get_method
 DEFAULT_TIMEOUT = 600.0
 SUBMIT_TIMEOUT = 60.0
 START_TIMEOUT = 300.0
+EPILOG_TIMEOUT = 60.0
 # sbcast's default fan-out is 8; exposed because question 5 of the study is about it
 DEFAULT_FANOUT = 8
 
@@ -199,6 +200,18 @@ def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[
 
 def release(site: Site, job: str) -> None:
     run(site.argv("scancel", job), timeout=SUBMIT_TIMEOUT, check=False)
+
+
+def wait_released(site: Site, job: str, timeout: float = EPILOG_TIMEOUT) -> None:
+    """Wait until JOB has left the nodes: its Epilog (root) undoes the Prolog's mounts, so a
+    `shoal run` that returns leaves no mount or loop device behind."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = run(site.argv("squeue", "-h", "-j", job, "-o", "%t"), timeout=SUBMIT_TIMEOUT,
+                  check=False)
+        if out.returncode != 0 or out.stdout.strip() in ("", "CD", "CA", "F", "TO"):
+            return
+        time.sleep(0.2)
 
 
 # ---- steps -------------------------------------------------------------------------------------
@@ -429,3 +442,4 @@ def run_in_image(
             cleanup(site, alloc, image, timeout=timeout, raise_on_left=False)
         if alloc.owned:
             release(site, alloc.job)
+            wait_released(site, alloc.job)

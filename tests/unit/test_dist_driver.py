@@ -23,8 +23,8 @@ class FakeSlurm(Runner):
         super().__init__()
         self.calls: list[list[str]] = []
         self.stage = stage or (lambda n: {"ok": True, "staged": "/tmp/shoal/7/img"})
-        self.seen_request_at_release: bool | None = None
         self.store: Path | None = None
+        self.completing = 2
 
     def run(self, argv: Sequence[str], **kw: Any) -> Completed:
         self.calls.append(list(argv))
@@ -32,8 +32,9 @@ class FakeSlurm(Runner):
         out = ""
         if a[0] == "sbatch":
             out = "7\n"
-        elif a[:2] == ["scontrol", "release"] and self.store is not None:
-            self.seen_request_at_release = (self.store / ".shoal/requests/7.json").exists()
+        elif a[:2] == ["squeue", "-h"]:
+            out = "CG\n" if self.completing > 0 else ""  # the Epilog runs, then the job is gone
+            self.completing -= 1
         elif a[0] == "squeue":
             out = json.dumps({"jobs": [{"job_id": 7, "name": "shoal", "job_state": "RUNNING",
                                         "nodes": "n[1-3]"}]})
@@ -120,7 +121,8 @@ def test_run_asks_the_prolog_in_the_job_comment(tmp_path: Path) -> None:
     # the request is the job record's (slurmctld keeps it), not a file a user could write
     assert "--comment=shoal-stage=squashfs-kernel:img" in sbatch
     assert not (site.store_local / ".shoal/requests").exists()
-    assert calls[-1] == ["scancel", "7"]
+    # released, and waited for until the Epilog undid the Prolog's mount
+    assert calls[-4] == ["scancel", "7"] and calls[-1][:2] == ["squeue", "-h"]
     run = next(c for c in calls if "ch-run" in c)
     assert run[run.index("ch-run") + 1:] == ["/tmp/shoal/7/img", "--", "hostname"]
     assert ran.stdout == "hello\n" and sorted(ran.cleanup) == NODES

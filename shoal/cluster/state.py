@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,10 @@ class ClusterDir:
                 f"remove it with `shoal cluster down --name {self.name}`",
             ) from exc
         data.pop("version", None)
-        return ClusterState(**data)
+        # a cluster booted by another shoal version (seven engineers, one machine; or an upgrade)
+        # may record more than this one knows: read what we know, keep working
+        known = {f.name for f in fields(ClusterState)}
+        return ClusterState(**{k: v for k, v in data.items() if k in known})
 
     def save(self, state: ClusterState) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -156,14 +156,15 @@ def job_nodes(site: Site, job: str) -> list[str]:
 
 
 def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[[str], None]
-             | None = None, partition: str | None = None, comment: str | None = None
-             ) -> Allocation:
+             | None = None, partition: str | None = None, comment: str | None = None,
+             sbatch_args: Sequence[str] = ()) -> Allocation:
     """Submit a placeholder job of NODES nodes held, call before_start(jobid), release, wait.
 
     COMMENT is the job's request to shoal's Prolog (shoal.staging.privileged.stage_comment):
     slurmctld keeps it in the job record, so the Prolog (root) trusts it as the job user's own
     request. --no-kill keeps the allocation when a node dies, so the driver can still clean up
-    the others.
+    the others. sbatch_args are the site's own options (--account, --qos, --constraint,
+    --reservation, ...), placed after shoal's so that they win where both set one.
     """
     argv = ["sbatch", "--parsable", "--hold", "--no-kill", f"--nodes={nodes}",
             "--ntasks-per-node=1", f"--time={time_limit}", "--job-name=shoal",
@@ -172,7 +173,7 @@ def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[
         argv.append(f"--partition={partition}")
     if comment:
         argv.append(f"--comment={comment}")
-    argv += ["--wrap", "exec sleep 2147483647"]
+    argv += [*sbatch_args, "--wrap", "exec sleep 2147483647"]
     out = run(site.argv(*argv), timeout=SUBMIT_TIMEOUT, what="sbatch (shoal allocation)")
     job = out.stdout.strip().split(";")[0]
     if not job.isdigit():
@@ -260,6 +261,24 @@ def check_image(site: Site, image: str) -> None:
                         f"known: {', '.join(known) or 'none'}; export it: shoal image export")
 
 
+def prepare(cluster: str | None, method: Method, image: str, store: Path) -> dict[str, Any] | None:
+    """The method's declared preparation, before anything is timed: `registry-push` fills the
+    virtual cluster's registry with the store's image (idempotent; on a real site the site's
+    registry is filled by its admin, and a node missing the image says so)."""
+    if method.prepare != "registry-push" or cluster is None:
+        return None
+    from shoal.cluster import storage
+    from shoal.cluster.state import ClusterDir
+
+    state = ClusterDir(cluster).load()
+    if state.storage != "sshfs":
+        raise DistError(f"method {method.name} needs the storage host's registry, and cluster "
+                        f"{cluster!r} has none (storage = {state.storage!r})",
+                        f"boot it with: shoal cluster up --name {cluster} --storage sshfs")
+    agent = store / ".shoal" / publish(store)
+    return dict(storage.push_image(state.netns("storage"), store, agent, image))
+
+
 def distribute(
     site: Site,
     alloc: Allocation,
@@ -292,11 +311,14 @@ def distribute(
                                 tmpfs if isinstance(tmpfs, str) else None)
     agent = f"{site.store_nodes}/.shoal/{publish(site.store_local)}"
     common = ("--job", alloc.job, "--image", image)
-    t0 = time.monotonic()
     collective_s: float | None = None
     failed: dict[str, str] = {}
     records: dict[str, dict[str, Any]] = {}
     extra: dict[str, Any] = {}
+    pushed = prepare(site.cluster, method, image, site.store_local)
+    if pushed is not None:
+        extra["registry_push"] = pushed
+    t0 = time.monotonic()  # preparation is not staging
     if method.collective:
         records, failed = agent_step(site, alloc, nodes, agent, "check", *common, "--method",
                                      method.name, timeout=timeout)
@@ -402,6 +424,8 @@ def run_in_image(
     compress: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
     on_staged: Callable[[DistResult], None] | None = None,
+    sbatch_args: Sequence[str] = (),
+    partition: str | None = None,
     chunk: int = BCAST_CHUNK,
 ) -> RunResult:
     """`shoal run`: allocate or reuse, stage, srun ch-run STAGED -- CMD on every node, clean up."""
@@ -411,7 +435,8 @@ def run_in_image(
     if alloc is None:
         # mounts are the Prolog's (root) job, asked for in the job's comment
         comment = stage_comment(method.name, image) if method.prolog or method.privileged else None
-        alloc = allocate(site, nodes or 1, time_limit=time_limit, comment=comment)
+        alloc = allocate(site, nodes or 1, time_limit=time_limit, partition=partition,
+                         comment=comment, sbatch_args=sbatch_args)
     staged_ok = False
     try:
         result = distribute(site, alloc, method.name, image, verify=verify, fanout=fanout,

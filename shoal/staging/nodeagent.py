@@ -15,6 +15,7 @@ Subcommands (``--job`` defaults to $SLURM_JOB_ID, ``--store`` to /pfs/store):
                                    anything left: mounts, loop devices, files
     bcast   --method M --image I --nodes A,B,...   this node's part of a pipelined broadcast
                                    (bcast methods' collective step: one srun over all nodes)
+    registry-push --image I --registry URL   push the store's tarball as a one-layer OCI image
     workload --image I --workload W   run W in the staged image on this node (ch-run), timed
     job --method M --image I --workload W   one study run from its batch script: the steps above
                                    on every node, one record per node (shoal.staging.jobstep)
@@ -37,8 +38,6 @@ shoal's mount broker, which re-reads the job record from slurmctld. The Epilog u
 0: a failing Prolog would drain the node; a failed staging is reported by the job's ``stage`` step.
 """
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import json
@@ -48,7 +47,7 @@ import time
 from typing import Any
 
 
-def _lone_file() -> None:
+def _lone_file() -> "None":
     """Run as a lone copy of this file (not the bundle): the methods are not importable.
 
     The Prolog and Epilog must still exit 0 (a failing Prolog drains the node); any other
@@ -100,7 +99,7 @@ except ImportError:
 SYSTEM_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
 
 
-def image_digest(ctx: Context) -> str | None:
+def image_digest(ctx: "Context") -> "str | None":
     with contextlib.suppress(ShoalError):
         d = ctx.manifest().get("tree_digest")
         return d if isinstance(d, str) else None
@@ -110,13 +109,13 @@ def image_digest(ctx: Context) -> str | None:
 # ---- state -------------------------------------------------------------------------------------
 
 
-def baseline(ctx: Context) -> dict[str, Any]:
+def baseline(ctx: "Context") -> "dict[str, Any]":
     # w0: wall clock too, so records of different nodes can be laid on one time axis
     return {"t0": time.monotonic(), "w0": time.time(), "rx0": net_rx_bytes(),
             "tx0": net_tx_bytes(), "used0": used_bytes(ctx.job_dir)}
 
 
-def make_job_dir(ctx: Context) -> None:
+def make_job_dir(ctx: "Context") -> "None":
     os.makedirs(ctx.stage_root, mode=0o1777, exist_ok=True)
     os.makedirs(ctx.job_dir, mode=0o700, exist_ok=True)
 
@@ -124,7 +123,7 @@ def make_job_dir(ctx: Context) -> None:
 # ---- subcommands -------------------------------------------------------------------------------
 
 
-def do_check(ctx: Context, method: Method) -> dict[str, Any]:
+def do_check(ctx: "Context", method: "Method") -> "dict[str, Any]":
     rec = base_record("check", ctx, method.name)
     try:
         method.check(ctx)
@@ -136,7 +135,7 @@ def do_check(ctx: Context, method: Method) -> dict[str, Any]:
     return rec
 
 
-def do_stage(ctx: Context, method: Method, by: str = "step") -> dict[str, Any]:
+def do_stage(ctx: "Context", method: "Method", by: "str" = "step") -> "dict[str, Any]":
     rec = base_record("stage", ctx, method.name)
     rec["image_digest"] = image_digest(ctx)
     state = load_state(ctx)
@@ -192,7 +191,7 @@ def do_stage(ctx: Context, method: Method, by: str = "step") -> dict[str, Any]:
     return rec
 
 
-def do_verify(ctx: Context) -> dict[str, Any]:
+def do_verify(ctx: "Context") -> "dict[str, Any]":
     state = load_state(ctx)
     rec = base_record("verify", ctx, state.get("method") if state else None)
     try:
@@ -217,9 +216,9 @@ def do_verify(ctx: Context) -> dict[str, Any]:
     return rec
 
 
-def recorded_loops(job_dir: str) -> list[tuple[str, str | None]]:
+def recorded_loops(job_dir: "str") -> "list[tuple[str, str | None]]":
     """(loop device, its backing file) recorded by stage in the job's state files."""
-    out: list[tuple[str, str | None]] = []
+    out: "list[tuple[str, str | None]]" = []
     with contextlib.suppress(OSError):
         for name in os.listdir(job_dir):
             if name.endswith(".state.json"):
@@ -231,7 +230,7 @@ def recorded_loops(job_dir: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def detach_loops(loops: list[tuple[str, str | None]]) -> None:
+def detach_loops(loops: "list[tuple[str, str | None]]") -> "None":
     """Detach recorded loop devices still bound to the file they were set up for."""
     from shoal.runner import run
 
@@ -240,9 +239,9 @@ def detach_loops(loops: list[tuple[str, str | None]]) -> None:
             run(["losetup", "-d", dev], check=False, timeout=30)
 
 
-def sweep(job_dir: str) -> list[str]:
+def sweep(job_dir: "str") -> "list[str]":
     """Unmount and remove everything under job_dir; return what could not be removed."""
-    problems: list[str] = []
+    problems: "list[str]" = []
     loops = recorded_loops(job_dir)
     for m in sorted(mounts_under(job_dir), key=lambda m: m.target.count("/"), reverse=True):
         try:
@@ -267,13 +266,13 @@ def sweep(job_dir: str) -> list[str]:
     return problems
 
 
-def _still_bound(dev: str, backing: str | None) -> bool:
+def _still_bound(dev: "str", backing: "str | None") -> "bool":
     # another node or job may have taken the device number for another file since
     now = loop_backing(dev)
     return now is not None and (backing is None or now == backing)
 
 
-def leftovers(ctx: Context, loops: list[tuple[str, str | None]]) -> list[str]:
+def leftovers(ctx: "Context", loops: "list[tuple[str, str | None]]") -> "list[str]":
     left = [f"mount {m.target}" for m in mounts_under(ctx.job_dir)]
     left += [f"loop device {d} -> {b}" for d, b in loops if _still_bound(d, b)]
     if os.path.lexists(ctx.job_dir):
@@ -281,13 +280,13 @@ def leftovers(ctx: Context, loops: list[tuple[str, str | None]]) -> list[str]:
     return left
 
 
-def do_cleanup(ctx: Context, image: str | None) -> dict[str, Any]:
+def do_cleanup(ctx: "Context", image: "str | None") -> "dict[str, Any]":
     rec = base_record("cleanup", ctx, None)
     rec["image"] = image
-    errors: list[str] = []
-    loops: list[tuple[str, str | None]] = []
-    deferred: list[str] = []
-    figures: dict[str, Any] = {}
+    errors: "list[str]" = []
+    loops: "list[tuple[str, str | None]]" = []
+    deferred: "list[str]" = []
+    figures: "dict[str, Any]" = {}
     if os.path.isdir(ctx.job_dir):
         images = [image] if image else sorted(
             n[: -len(".state.json")] for n in os.listdir(ctx.job_dir) if n.endswith(".state.json"))
@@ -321,7 +320,7 @@ def do_cleanup(ctx: Context, image: str | None) -> dict[str, Any]:
         os.rmdir(ctx.job_dir)
     rec["figures"] = figures
     rec["deferred_to_epilog"] = deferred
-    left: list[str] = []
+    left: "list[str]" = []
     if image:
         ictx = Context(ctx.job, image, ctx.store, ctx.options, ctx.stage_root)
         left += [f"mount {m.target}" for m in mounts_under(ictx.staged_dir)]
@@ -339,8 +338,8 @@ def do_cleanup(ctx: Context, image: str | None) -> dict[str, Any]:
     return rec
 
 
-def do_bcast(ctx: Context, method: Method, nodes: list[str], *, fanout: int, chunk: int,
-             port: int, rate: float, timeout: float) -> dict[str, Any]:
+def do_bcast(ctx: "Context", method: "Method", nodes: "list[str]", *, fanout: "int", chunk: "int",
+             port: "int", rate: "float", timeout: "float") -> "dict[str, Any]":
     """This node's part of the bcast methods' collective step (shoal.staging.bcast)."""
     from shoal.staging import bcast
     from shoal.staging.methods.bcast import artifact_sha256, record_path
@@ -384,12 +383,28 @@ def do_bcast(ctx: Context, method: Method, nodes: list[str], *, fanout: int, chu
     return rec
 
 
-def _env_id(name: str) -> int | None:
+def do_registry_push(ctx: "Context", url: "str") -> "dict[str, Any]":
+    """Push the store's tarball of ctx.image to the registry at URL (run where it is writable)."""
+    from shoal.staging import oci
+    from shoal.staging.methods.bcast import artifact_sha256
+
+    rec = base_record("registry-push", ctx, "registry")
+    try:
+        rec.update(oci.push(url, ctx.image, ctx.artifact("tar"), artifact_sha256(ctx, "tar")))
+        rec["ok"] = True
+    except oci.RegistryError as exc:
+        fail(rec, DistError(str(exc), "is the registry running? (shoal cluster status)"))
+    except Exception as exc:
+        fail(rec, exc)
+    return rec
+
+
+def _env_id(name: "str") -> "int | None":
     value = os.environ.get(name, "")
     return int(value) if value.isdigit() else None
 
 
-def prolog_stage(store: str, job: str, image: str, method: Method) -> dict[str, Any]:
+def prolog_stage(store: "str", job: "str", image: "str", method: "Method") -> "dict[str, Any]":
     """Mount IMAGE for JOB as root, onto a directory root made under privileged.MOUNT_ROOT.
 
     Directly when this process may mount (a site's Prolog, real root), else through the mount
@@ -434,7 +449,7 @@ def prolog_stage(store: str, job: str, image: str, method: Method) -> dict[str, 
             "record": rec}
 
 
-def do_prolog(store: str, stage_root: str) -> int:
+def do_prolog(store: "str", stage_root: "str") -> "int":
     """Slurm Prolog (root, every node of every job): the job's user area, and the mount the job
     asked for in its comment. Always exits 0: a failing Prolog would drain the node; a failed
     staging is reported by the job's own ``stage`` step from the record left here."""
@@ -465,9 +480,9 @@ def do_prolog(store: str, stage_root: str) -> int:
     return 0
 
 
-def epilog_unmount(job: str) -> list[str]:
+def epilog_unmount(job: "str") -> "list[str]":
     """Undo the Prolog's mounts of JOB (root-owned MOUNT_ROOT/JOB: no user path involved)."""
-    problems: list[str] = []
+    problems: "list[str]" = []
     jdir = os.path.join(priv.MOUNT_ROOT, job)  # set from --mount-root
     if not os.path.isdir(jdir) or os.path.islink(jdir):
         return problems
@@ -492,14 +507,14 @@ def epilog_unmount(job: str) -> list[str]:
     return problems
 
 
-def do_epilog(stage_root: str) -> int:
+def do_epilog(stage_root: "str") -> "int":
     try:
         job = priv.job_id(os.environ.get("SLURM_JOB_ID"))
     except priv.Refused:
         return 0
     uid = _env_id("SLURM_JOB_UID")
     gid = _env_id("SLURM_JOB_GID")
-    problems: list[str] = []
+    problems: "list[str]" = []
     try:
         problems += epilog_unmount(job)
     except Exception as exc:
@@ -515,12 +530,13 @@ def do_epilog(stage_root: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: "list[str] | None" = None) -> "int":
     ap = argparse.ArgumentParser(prog="nodeagent", description="shoal node agent")
     ap.add_argument("--store", default=DEFAULT_STORE)
     ap.add_argument("--stage-root", default=STAGE_ROOT, help=argparse.SUPPRESS)
     ap.add_argument("--mount-root", default=priv.MOUNT_ROOT, help=argparse.SUPPRESS)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(dest="cmd")
+    sub.required = True  # add_subparsers(required=) is Python 3.7+
     for name in ("check", "stage", "verify", "cleanup"):
         p = sub.add_parser(name)
         p.add_argument("--job", default=os.environ.get("SLURM_JOB_ID"))
@@ -542,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     bc.add_argument("--port", type=int, default=0, help="TCP port (default: from job and step)")
     bc.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: pacing
     bc.add_argument("--timeout", type=float, default=600.0)
+    rp = sub.add_parser("registry-push", help="push a store image to a writable registry")
+    rp.add_argument("--image", required=True)
+    rp.add_argument("--registry", required=True, help="http://HOST:PORT")
     j = sub.add_parser("job", help="one study run from a batch script (shoal.staging.jobstep)")
     j.add_argument("--method", required=True)
     j.add_argument("--image", required=True)
@@ -574,6 +593,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "methods":
         emit({"methods": method_names()})
         return 0
+    if args.cmd == "registry-push":
+        rec = do_registry_push(Context("push", args.image, args.store), args.registry)
+        emit(rec)
+        return 0 if rec["ok"] else 1
     if not args.job:
         ap.error("no --job and no SLURM_JOB_ID")
     ctx = Context(str(args.job), args.image or "", args.store, {}, args.stage_root)

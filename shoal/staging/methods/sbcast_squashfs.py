@@ -8,8 +8,6 @@ job's comment asked for it and the copy is byte for byte the admin's store file 
 root-owned and read-only, so nobody changes what the kernel parses).
 """
 
-from __future__ import annotations
-
 import os
 from typing import Any
 
@@ -32,14 +30,14 @@ class SbcastSquashfs(Method):
     privileged = True
     description = "sbcast the SquashFS file to node-local storage, loop-mount it there (root)"
 
-    def check(self, ctx: Context) -> None:
+    def check(self, ctx: "Context") -> "None":
         require_local_mount(self.name)
         check_space(ctx, self.local_bytes_needed(ctx))
 
-    def local_bytes_needed(self, ctx: Context) -> int:
+    def local_bytes_needed(self, ctx: "Context") -> "int":
         return ctx.artifact_bytes("sqfs")
 
-    def stage(self, ctx: Context) -> Staged:
+    def stage(self, ctx: "Context") -> "Staged":
         local = ctx.local_artifact("sqfs")
         if not os.path.isfile(local):
             raise DistError(f"sbcast did not deliver {local} to this node",
@@ -50,7 +48,7 @@ class SbcastSquashfs(Method):
         staged.extra["broadcast_bytes"] = size
         return staged
 
-    def cleanup(self, ctx: Context) -> dict[str, Any]:
+    def cleanup(self, ctx: "Context") -> "dict[str, Any]":
         out = local_unmount(ctx)
         remove_tree(ctx.local_artifact("sqfs"))
         return out

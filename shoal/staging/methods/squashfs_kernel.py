@@ -4,8 +4,6 @@ Needs root on the node: the agent mounts directly when the step runs as root, or
 does it (``nodeagent.py prolog``) from the job's request; otherwise check fails before anything.
 """
 
-from __future__ import annotations
-
 import os
 from typing import Any
 
@@ -26,7 +24,7 @@ from shoal.staging.base import (
 )
 
 
-def loop_mount(src: str, dest: str) -> Staged:
+def loop_mount(src: "str", dest: "str") -> "Staged":
     os.makedirs(dest, exist_ok=True)
     # a loop device of our own: `mount -o loop` would reuse one already bound to the same file,
     # which on nodes sharing a kernel (the virtual cluster) mixes the nodes' read counters and
@@ -47,8 +45,8 @@ def loop_mount(src: str, dest: str) -> Staged:
     return Staged(dest, storage_bytes_read=(loop_read_bytes(dev) or 0) - base, extra=extra)
 
 
-def loop_unmount(dest: str, dev: str | None, read_base: int = 0) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def loop_unmount(dest: "str", dev: "str | None", read_base: "int" = 0) -> "dict[str, Any]":
+    out: "dict[str, Any]" = {}
     if dev:
         # what the job read through the mount over its whole life (the workload's real reads)
         now = loop_read_bytes(dev)
@@ -64,7 +62,7 @@ def loop_unmount(dest: str, dev: str | None, read_base: int = 0) -> dict[str, An
 # ---- a broadcast copy (sbcast-squashfs, bcast-squashfs): mounted after the Prolog ran -----------
 
 
-def require_local_mount(method: str) -> None:
+def require_local_mount(method: "str") -> "None":
     """check(): fail up front unless this step may mount or a mount broker can do it."""
     if priv.can_mount() or os.path.exists(priv.BROKER_USER_SOCKET):
         return
@@ -74,7 +72,7 @@ def require_local_mount(method: str) -> None:
         "run on a site whose job steps are real root, or use squashfs-kernel")
 
 
-def local_mount(ctx: Context, local: str) -> Staged:
+def local_mount(ctx: "Context", local: "str") -> "Staged":
     """Loop-mount the node-local copy LOCAL of the image's SquashFS.
 
     Real root mounts it at the job's staged_dir. Anyone else (a user's job step, a virtual
@@ -85,7 +83,7 @@ def local_mount(ctx: Context, local: str) -> Staged:
     """
     if priv.can_mount():
         return loop_mount(local, ctx.staged_dir)
-    fd = os.open(local, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = os.open(local, priv.FILE_NOFOLLOW)
     try:
         answer = priv.broker_call({"op": "mount-local", "job": ctx.job, "image": ctx.image},
                                   priv.BROKER_USER_SOCKET, fd=fd)
@@ -93,13 +91,13 @@ def local_mount(ctx: Context, local: str) -> Staged:
         raise DistError(str(exc), "ask for the method in the job comment (shoal run does)") from None
     finally:
         os.close(fd)
-    extra: dict[str, Any] = {k: answer[k] for k in ("loop_device", "loop_backing", "loop_read_base")
+    extra: "dict[str, Any]" = {k: answer[k] for k in ("loop_device", "loop_backing", "loop_read_base")
                              if k in answer}
     extra["mounted_by"] = "broker"
     return Staged(str(answer["staged"]), extra=extra)
 
 
-def local_unmount(ctx: Context) -> dict[str, Any]:
+def local_unmount(ctx: "Context") -> "dict[str, Any]":
     """Undo local_mount (the copy itself is the caller's to remove)."""
     if ctx.staged_extra.get("mounted_by") == "broker":
         try:
@@ -121,21 +119,21 @@ class SquashfsKernel(Method):
     prolog = True
     description = "loop-mount the SquashFS file on shared storage (root or Prolog)"
 
-    def check(self, ctx: Context) -> None:
+    def check(self, ctx: "Context") -> "None":
         require_exists(ctx.artifact("sqfs"), ctx)
         require_root(self.name)
 
-    def stage(self, ctx: Context) -> Staged:
+    def stage(self, ctx: "Context") -> "Staged":
         return loop_mount(ctx.artifact("sqfs"), ctx.staged_dir)
 
-    def cleanup(self, ctx: Context) -> dict[str, Any]:
+    def cleanup(self, ctx: "Context") -> "dict[str, Any]":
         m = mount_at(ctx.staged_dir)
         return loop_unmount(ctx.staged_dir, m.source if m else None,
                             int(ctx.staged_extra.get("loop_read_base") or 0))
 
-    def root_mount(self, src: str, dest: str) -> Staged:
+    def root_mount(self, src: "str", dest: "str") -> "Staged":
         return loop_mount(src, dest)
 
-    def root_unmount(self, dest: str, extra: dict[str, Any]) -> dict[str, Any]:
+    def root_unmount(self, dest: "str", extra: "dict[str, Any]") -> "dict[str, Any]":
         m = mount_at(dest)
         return loop_unmount(dest, m.source if m else None, int(extra.get("loop_read_base") or 0))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import sys
@@ -94,7 +95,7 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
 
     image = ensure_layer1()
     t0 = time.monotonic()
-    taken = {s.index for s in list_states()}
+    taken = {s.index for s in list_states()} | _indices_with_interfaces()
     state = ClusterState(
         name=cfg.name,
         index=free_index(taken),
@@ -348,3 +349,15 @@ def down(name: str, keep_state: bool = False) -> list[str]:
         else:
             shutil.rmtree(cd.root, ignore_errors=True)
     return remaining
+
+
+def _indices_with_interfaces() -> set[int]:
+    """Cluster indices whose host-side veths (sv<index>c, sv<index>n<i>, ...) still exist: a
+    crashed cluster of someone else may have left one; its index is not free."""
+    out: set[int] = set()
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/sys/class/net"):
+            m = re.match(r"sv(\d+)[cns]", name)
+            if m:
+                out.add(int(m.group(1)))
+    return out

@@ -26,6 +26,7 @@ from shoal.staging.methods.squashfs_kernel import local_mount, local_unmount, re
 @register("sbcast-squashfs")
 class SbcastSquashfs(Method):
     artifact = "sqfs"
+    phase = "mount"
     collective = "sbcast"
     privileged = True
     description = "sbcast the SquashFS file to node-local storage, loop-mount it there (root)"

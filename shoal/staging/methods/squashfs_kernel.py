@@ -115,6 +115,7 @@ def local_unmount(ctx: "Context") -> "dict[str, Any]":
 @register("squashfs-kernel")
 class SquashfsKernel(Method):
     artifact = "sqfs"
+    phase = "mount"
     privileged = True
     prolog = True
     description = "loop-mount the SquashFS file on shared storage (root or Prolog)"

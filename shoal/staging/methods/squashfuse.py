@@ -54,6 +54,7 @@ ROOT_FUSE_OPTIONS = "ro,allow_other,nosuid,nodev"
 class Squashfuse(Method):
     artifact = "sqfs"
     prolog = True
+    phase = "mount"
     description = "FUSE-mount the SquashFS file on shared storage (unprivileged)"
 
     def check(self, ctx: "Context") -> "None":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +106,13 @@ class ClusterDir:
     def logs(self) -> Path:
         return self.root / "log"
 
+    @property
+    def nodes_dir(self) -> Path:
+        """Per-node upper layers and work dirs: a tmpfs while the cluster is up (manager.py)."""
+        return self.root / "nodes"
+
     def node(self, node: str) -> Path:
-        return self.root / "nodes" / node
+        return self.nodes_dir / node
 
     def exists(self) -> bool:
         return self.state_file.exists()
@@ -126,7 +131,10 @@ class ClusterDir:
                 f"remove it with `shoal cluster down --name {self.name}`",
             ) from exc
         data.pop("version", None)
-        return ClusterState(**data)
+        # Fields a newer shoal added (several shoal versions share one state root): a cluster
+        # they booted must not break `list`/`up` here; its own shoal reads them.
+        known = {f.name for f in fields(ClusterState)}
+        return ClusterState(**{k: v for k, v in data.items() if k in known})
 
     def save(self, state: ClusterState) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

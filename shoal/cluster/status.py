@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from shoal.cluster import capacity, manager, netns
 from shoal.cluster.enter import pid1
 from shoal.cluster.node import running as host_running
+from shoal.cluster.node import running_hosts
 from shoal.cluster.state import ClusterDir, ClusterState
 from shoal.cluster.supervisor import Program, Supervisor
 from shoal.errors import ClusterError
@@ -66,7 +67,7 @@ def _programs(state: ClusterState, node: str) -> list[Program]:
 def cluster_status(name: str, record: bool = True) -> tuple[ClusterState, list[NodeStatus]]:
     state = ClusterDir(name).load()
     slurm = manager.node_states(state) if host_running(state, "ctl") else {}
-    up = [n for n in state.nodes if host_running(state, n)]
+    up = running_hosts(state, state.nodes)
     inodes = {n: netns.netns_inode(state.netns(n)) for n in up}
     by_ns = capacity.processes_by_netns(i for i in inodes.values() if i is not None)
     with ThreadPoolExecutor(max_workers=RPC_WORKERS) as pool:

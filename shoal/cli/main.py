@@ -55,10 +55,21 @@ def cli(ctx: click.Context, debug: bool) -> None:
     )
 
 
+def _register() -> None:
+    """Import every command now (tests walk cli.commands); `shoal` itself imports on use."""
+    ctx = click.Context(cli)
+    for name in COMMANDS:
+        cli.get_command(ctx, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from shoal.cli.options import set_json_mode
+
+    set_json_mode(False)
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="shoal", standalone_mode=False)
+        # a command's own exit status (`shoal run` passes the container command's through)
+        rv = cli.main(args=argv, prog_name="shoal", standalone_mode=False)
     except ShoalError as exc:
         if debug:
             raise
@@ -75,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

@@ -109,3 +109,13 @@ def test_config_bound_is_within_the_plan() -> None:
 
 def test_namespace_end_uses_the_plans_prefix_length() -> None:
     assert f'"$SHOAL_IP/{Addressing(1).prefix_len}"' in scripts.text(scripts.NET_UP)
+
+
+def test_free_index_skips_indexes_with_leftover_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.cluster import state as state_mod
+
+    monkeypatch.setattr(state_mod, "_host_ten_nets", lambda: {4})
+    monkeypatch.setattr(state_mod.os, "listdir",
+                        lambda p: ["eth0", "lo", "sv3n2", "sb5x1", "st6x1a", "shb-x", "sv"])
+    assert state_mod._link_indexes() == {3, 5, 6}
+    assert state_mod.free_index({1, 2}) == 7

@@ -57,9 +57,9 @@ def rss_of_netns(ns: str) -> tuple[int, int]:
     return mem.rss, mem.processes
 
 
-def _programs(state: ClusterState, node: str) -> list[Program]:
+def _programs(state: ClusterState, node: str, timeout: float = 5.0) -> list[Program]:
     try:
-        return supervisor_of(state, node, timeout=5.0).programs()
+        return supervisor_of(state, node, timeout=timeout).programs()
     except ClusterError:
         return []
 
@@ -72,6 +72,9 @@ def cluster_status(name: str, record: bool = True) -> tuple[ClusterState, list[N
     by_ns = capacity.processes_by_netns(i for i in inodes.values() if i is not None)
     with ThreadPoolExecutor(max_workers=RPC_WORKERS) as pool:
         programs = dict(zip(up, pool.map(lambda n: _programs(state, n), up), strict=True))
+    # a supervisord that did not answer in time on a loaded machine gets one longer try
+    for n in [n for n in up if not programs[n]]:
+        programs[n] = _programs(state, n, timeout=20.0)
     out: list[NodeStatus] = []
     idle: list[capacity.NodeMemory] = []
     for node in state.nodes:

@@ -115,7 +115,7 @@ def test_free_index_skips_indexes_with_leftover_links(monkeypatch: pytest.Monkey
     from shoal.cluster import state as state_mod
 
     monkeypatch.setattr(state_mod, "_host_ten_nets", lambda: {4})
-    monkeypatch.setattr(state_mod.os, "listdir",
+    monkeypatch.setattr("shoal.cluster.state.os.listdir",
                         lambda p: ["eth0", "lo", "sv3n2", "sb5x1", "st6x1a", "shb-x", "sv"])
     assert state_mod._link_indexes() == {3, 5, 6}
     assert state_mod.free_index({1, 2}) == 7

@@ -466,7 +466,7 @@ def run_accounting(clock: "Any", nodes: "list[str]", first: "dict[str, dict[str,
     table = clock.phase_table()
     win = clock.window("workload")
     start = clock.start["w"]
-    run: dict[str, Any] = {
+    run: "dict[str, Any]" = {
         "job_start": start,
         "time_to_solution": None if end_wall is None else round(end_wall - start, 6),
         "cluster_cpu_s": win["cluster_cpu_s"], "host_cpu_util": win["host_cpu_util"],
@@ -477,17 +477,17 @@ def run_accounting(clock: "Any", nodes: "list[str]", first: "dict[str, dict[str,
     }
     for ph, ent in table.items():
         run[f"phase_{ph}_s"] = ent["seconds"]
-    per: dict[str, dict[str, Any]] = {}
-    busiest: int | None = None
+    per: "dict[str, dict[str, Any]]" = {}
+    busiest: "int | None" = None
     for n in nodes:
         a = (first.get(n) or {}).get("c0") or {}
         b = (last.get(n) or {}).get("c1") or {}
-        rec: dict[str, Any] = {
+        rec: "dict[str, Any]" = {
             "net_rx_bytes": _delta(a, b, "net_rx"), "net_tx_bytes": _delta(a, b, "net_tx"),
             "storage_rx_bytes": _delta(a, b, "storage_rx"),
         }
         cpu_total = 0.0
-        peaks: list[int] = []
+        peaks: "list[int]" = []
         for ph, ent in table.items():
             u = ent["nodes"].get(n) or {}
             rec[f"cpu_{ph}_s"] = u.get("cpu_s")
@@ -605,7 +605,7 @@ def do_job(*, agent: "str", store: "str", method_name: "str", image: "str", work
             errors.setdefault(n, why)
     for line in steps.log:
         sys.stderr.write(f"shoal job: {line}\n")
-    acct: dict[str, dict[str, Any]] = {}
+    acct: "dict[str, dict[str, Any]]" = {}
     try:
         acct = run_accounting(clock, nodes, first, clean, end_wall, fabric())
     except Exception as exc:  # accounting must never cost the run its records

@@ -215,6 +215,8 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path, 
     storage_rate = cfg.storage_rate_mbit if cfg.storage == "sshfs" else None
     htb = netns.htb_args(storage_rate, cfg.profile.burst_kbyte) if storage_rate else []
     links = [(state.netns(h), state.host_veth(h), state.bridge_of(h)) for h in state.netns_hosts()]
+    others = sum(len(s.netns_hosts()) for s in list_states() if s.name != state.name)
+    netns.ensure_neighbour_table(others + len(links))
     netns.create_network(state.bridge_plan, links, cfg.profile,
                          htb={state.host_veth("storage"): htb} if htb else None)
     clock.mark("network")

@@ -96,7 +96,13 @@ cd "$R"
 pivot_root . .oldroot
 cd /
 umount -l /.oldroot
+# The image's lean launcher of supervisord (no pkg_resources: 0.12 CPU-s and 8 MB less per node);
+# an older layer1 image (rolling upgrade) has only Debian's.
+sv=/usr/bin/supervisord
+if [ -x /usr/local/sbin/supervisord ]; then
+    sv=/usr/local/sbin/supervisord
+fi
 # drop every capability not in SHOAL_CAPS from the bounding set: nothing started in this node,
 # setuid programs included, can get them back
 exec setpriv --bounding-set "-all,${SHOAL_CAPS:?}" --inh-caps "-all" \
-    /usr/bin/supervisord -n -c /etc/supervisor/supervisord.conf
+    "$sv" -n -c /etc/supervisor/supervisord.conf

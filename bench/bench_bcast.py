@@ -147,7 +147,8 @@ def run_one(site: driver.Site, alloc: driver.Allocation, method: str, chunk: int
         row["tar_cpu_per_node"] = {n: x.get("cpu_children_seconds") for n, x in sorted(b.items())}
         row["hops"] = next(iter(b.values())).get("hops")
         # the loop mount alone (bcast-squashfs' stage), slowest node
-        mounts = [float(r["mount_seconds"]) for r in recs.values() if r.get("mount_seconds")]
+        mounts = [float(r.get("stage_call_seconds") or r.get("mount_seconds") or 0)
+                  for r in recs.values()]
         row["mount_s"] = max(mounts) if mounts else None
     if method == "registry":
         row["pull_max_s"] = max(float(r.get("registry_pull_seconds") or 0) for r in recs.values())

@@ -152,9 +152,11 @@ def do_stage(ctx: "Context", method: "Method", by: "str" = "step") -> "dict[str,
             base = baseline(ctx)
         save_state(ctx, {"method": method.name, "baseline": base, "by": by})
         rec["start"] = base["t0"]
+        t_call = time.monotonic()
         with Sampler(ctx.job_dir).running() as sampler:
             staged = method.stage(ctx)
         end = time.monotonic()
+        rec["stage_call_seconds"] = round(end - t_call, 6)  # the method's own work (mount, unpack)
         wall_end = time.time()
         io1 = proc_io()
         w0 = base.get("w0")

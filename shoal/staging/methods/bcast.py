@@ -12,7 +12,6 @@ more) and the unpacked tree or the file.
 
 import json
 import os
-import time
 from typing import Any
 
 from shoal.errors import DistError
@@ -126,9 +125,7 @@ class BcastSquashfs(_Bcast):
         if not os.path.isfile(local) or os.path.getsize(local) != rec.get("bytes"):
             raise DistError(f"the broadcast left no complete {local} on this node", None)
         # the privileged part: the same loop mount as squashfs-kernel and sbcast-squashfs
-        t0 = time.monotonic()
         staged = loop_mount(local, ctx.staged_dir)
-        staged.extra["mount_seconds"] = round(time.monotonic() - t0, 6)
         staged.storage_bytes_read = int(rec.get("storage_bytes_read") or 0)
         staged.extra.update(self._extra(rec))
         return staged

@@ -146,6 +146,9 @@ def run_one(site: driver.Site, alloc: driver.Allocation, method: str, chunk: int
         row["bcast_cpu_per_node"] = {n: x.get("cpu_seconds") for n, x in sorted(b.items())}
         row["tar_cpu_per_node"] = {n: x.get("cpu_children_seconds") for n, x in sorted(b.items())}
         row["hops"] = next(iter(b.values())).get("hops")
+        # a re-fed node or a lost one explains an outlier
+        row["refed"] = sorted(n for n, x in b.items() if x.get("refed"))
+        row["lost"] = {k: v for x in b.values() for k, v in (x.get("lost") or {}).items()}
         # the loop mount alone (bcast-squashfs' stage), slowest node
         mounts = [float(r.get("stage_call_seconds") or r.get("mount_seconds") or 0)
                   for r in recs.values()]

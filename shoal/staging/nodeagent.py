@@ -166,8 +166,10 @@ def do_stage(ctx: "Context", method: "Method", by: "str" = "step") -> "dict[str,
             "wall_end": wall_end,
             "seconds": round(end - base["t0"], 6),
             "storage_bytes_read": staged.storage_bytes_read,
-            "net_rx_bytes": net_rx_bytes() - base["rx0"],
-            "net_tx_bytes": net_tx_bytes() - int(base.get("tx0") or 0),
+            # never below 0: an interface removed meanwhile takes its counters with it (on a
+            # shared host netns, as in the unit tests, other people's veths come and go)
+            "net_rx_bytes": max(0, net_rx_bytes() - base["rx0"]),
+            "net_tx_bytes": max(0, net_tx_bytes() - int(base.get("tx0") or 0)),
             "local_bytes_peak": max(0, sampler.peak - base["used0"]),
             "io_read_bytes": io1.get("read_bytes", 0) - io0.get("read_bytes", 0),
             "io_rchar": io1.get("rchar", 0) - io0.get("rchar", 0),

@@ -29,7 +29,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    # Imported here so `shoal --help` stays fast and each subsystem owns its commands.
+    # Imported here so each subsystem owns its commands; the command modules import their heavy
+    # parts (numpy, matplotlib) inside the commands that need them, so `shoal --help` stays fast.
+    if "study" in cli.commands:
+        return
     from shoal.cli import cluster, dist, image, study
 
     cli.add_command(cluster.cluster)
@@ -40,9 +43,9 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _register()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
+        _register()
         cli.main(args=argv, prog_name="shoal", standalone_mode=False)
     except ShoalError as exc:
         if debug:

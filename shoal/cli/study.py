@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -16,9 +17,13 @@ from shoal.slurm.client import SlurmClient
 from shoal.study.db import DB_NAME, StudyDB
 from shoal.study.jobscript import JobContext
 from shoal.study.matrix import expand
-from shoal.study.report import Report, compare_dirs, write_report
 from shoal.study.runner import StudyRunner, collect_environment, dry_run
 from shoal.study.spec import DEFAULT_METHODS, StudySpec, load_spec
+
+if TYPE_CHECKING:
+    # report pulls in numpy and matplotlib (~1 s): imported by the commands that write reports,
+    # so `shoal --help` and every other command start fast
+    from shoal.study.report import Report
 
 console = Console(highlight=False)
 
@@ -259,6 +264,8 @@ def status(out_dir: Path) -> None:
 @click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
 def report(out_dir: Path) -> None:
     """Write DIR/report.md and DIR/report.html (with plots) and print the answers."""
+    from shoal.study.report import write_report
+
     print_report(write_report(out_dir), out_dir)
 
 
@@ -280,6 +287,8 @@ def print_report(rep: Report, out_dir: Path) -> None:
 @click.argument("dir_b", metavar="DIR_B", type=click.Path(file_okay=False, path_type=Path))
 def compare(dir_a: Path, dir_b: Path) -> None:
     """Two result sets side by side (e.g. two network profiles), matched by factors."""
+    from shoal.study.report import compare_dirs
+
     rows = compare_dirs(dir_a, dir_b)
     if not rows:
         raise StudyError("neither directory has completed runs",

@@ -71,12 +71,14 @@ def down(name: str, keep_state: bool) -> None:
 @cluster.command("list")
 def list_() -> None:
     """List virtual clusters on this machine."""
+    from shoal.cluster.status import live_phase
+
     table = Table()
     for col in ("name", "nodes", "subnet", "network", "phase", "boot s"):
         table.add_column(col)
     for st in list_states():
         table.add_row(st.name, str(len(st.nodes)), f"10.250.{st.index}.0/24", st.network["name"],
-                      st.phase, f"{st.boot_seconds:.1f}")
+                      live_phase(st), f"{st.boot_seconds:.1f}")
     console.print(table)
 
 
@@ -85,9 +87,10 @@ def list_() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(name: str, as_json: bool) -> None:
     """Nodes, Slurm state, supervisord programs and memory per node."""
-    from shoal.cluster.status import cluster_status
+    from shoal.cluster.status import cluster_status, faults
 
     st, nodes = cluster_status(name)
+    problems = faults(st, nodes)
     if as_json:
         doc = {
             "name": st.name,
@@ -105,7 +108,9 @@ def status(name: str, as_json: bool) -> None:
                 for n in nodes
             ],
         }
+        doc["faults"] = problems
         click.echo(json.dumps(doc, indent=1))
+        _exit_on_faults(name, problems)
         return
     table = Table(title=f"cluster {st.name}")
     for col in ("node", "slurm", "programs", "RSS MB", "layer1"):
@@ -117,6 +122,17 @@ def status(name: str, as_json: bool) -> None:
         table.add_row(n.name, n.slurm_state, progs or ("-" if n.running else "[red]not running[/]"),
                       f"{n.rss_bytes / 1e6:.1f}", st.node_images.get(n.name, st.layer1_hash)[:12])
     console.print(table)
+    _exit_on_faults(name, problems)
+
+
+def _exit_on_faults(name: str, problems: list[str]) -> None:
+    if problems:
+        shown = ", ".join(problems[:6]) + (f" (+{len(problems) - 6} more)" if len(problems) > 6 else "")
+        raise ClusterError(
+            f"cluster {name!r} is not healthy: {shown}",
+            f"see `shoal cluster logs --name {name} --node NODE`; a dead node stays dead: "
+            f"`shoal cluster down --name {name}` and `up` again",
+        )
 
 
 @cluster.command(context_settings={"ignore_unknown_options": True})

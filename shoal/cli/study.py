@@ -17,7 +17,7 @@ from shoal.slurm.client import SlurmClient
 from shoal.study.db import DB_NAME, StudyDB
 from shoal.study.jobscript import JobContext
 from shoal.study.matrix import expand
-from shoal.study.runner import StudyRunner, collect_environment, dry_run
+from shoal.study.runner import StudyRunner, Summary, collect_environment, dry_run
 from shoal.study.spec import DEFAULT_METHODS, StudySpec, load_spec
 
 if TYPE_CHECKING:
@@ -210,8 +210,20 @@ def run_study(spec_path: Path, out: Path | None, cluster_name: str | None = None
                   str(summary.reattached), ", ".join(f"{v} {k.lower()}"
                                                      for k, v in sorted(counts.items())))
     console.print(table)
+    check_outcome(summary, out_dir)
     console.print(f"report: shoal study report {out_dir}")
     return out_dir
+
+
+def check_outcome(summary: Summary, out_dir: Path) -> None:
+    """A study invocation whose every run failed is a failure (non-zero exit), not a result."""
+    if summary.failed and not summary.completed:
+        run, reason = summary.failures[0] if summary.failures else ("?", "no reason recorded")
+        reason = " ".join(reason.split())  # one line
+        raise StudyError(
+            f"all {summary.failed} runs failed; first: {run}: {reason}"[:400],
+            f"see `shoal study status {out_dir}`; fix the cause, then run again with --rerun-failed",
+        )
 
 
 def _kind(spec_path: Path) -> str:

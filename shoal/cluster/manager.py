@@ -40,7 +40,7 @@ from shoal.cluster.slurmconf import (
 from shoal.cluster.state import ClusterDir, ClusterState, free_index, list_states
 from shoal.errors import ClusterError, DependencyError, PrivilegeError, ShoalError
 from shoal.paths import store_root
-from shoal.runner import reap, run, spawn, wait
+from shoal.runner import reap, run, spawn, stop, wait
 
 REQUIRED_PROGRAMS = [
     "ip", "tc", "nsenter", "unshare", "mount", "pivot_root", "supervisord", "slurmctld", "slurmdbd",
@@ -127,17 +127,40 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
             f"a crashed cluster may have left it: `shoal cluster down --name {cfg.name}`",
         )
     cd.save(state)  # from here on, `down` can remove everything
+    host_helpers: list[int] = []  # processes `up` starts outside the cluster's namespaces
     try:
-        _boot(cfg, cd, state, Path(image.path))
+        _boot(cfg, cd, state, Path(image.path), host_helpers)
         _wait_idle(cd, state, BOOT_TIMEOUT)
-    except BaseException:
-        with contextlib.suppress(ShoalError, OSError):
-            down(cfg.name)
+    except BaseException as exc:
+        left = _undo_failed_up(cfg.name, host_helpers)
+        if left:
+            raise ClusterError(
+                f"boot of cluster {cfg.name!r} failed ({type(exc).__name__}: {exc}) and its "
+                f"cleanup left: {', '.join(left)}"[:400],
+                f"remove the rest with `shoal cluster down --name {cfg.name}`",
+            ) from exc
         raise
     state.phase = "up"
     state.boot_seconds = time.monotonic() - t0
     cd.save(state)
     return UpResult(state, state.boot_seconds, image.size_bytes)
+
+
+def _undo_failed_up(name: str, host_helpers: list[int]) -> list[str]:
+    """Remove what a failed or interrupted `up` created. A second Ctrl-C (or a SIGTERM) must not
+    cut this short: that left namespaces, the bridge and daemons behind with a state stuck in
+    phase "creating". Returns what could not be removed."""
+    main = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        for pid in host_helpers:
+            stop(pid)
+        return down(name)
+    except (ShoalError, OSError) as exc:
+        return [f"({exc})"]
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -184,7 +207,8 @@ def _write(path: Path, text: str | bytes, mode: int = 0o644, uid: int = 0, gid: 
     os.chown(path, uid, gid)
 
 
-def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) -> None:
+def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path,
+          host_helpers: list[int]) -> None:
     addr = Addressing(state.index)
     ctl = cd.ctl
     for d in (cd.etc_slurm, cd.home, cd.pfs / "store", ctl / "log", ctl / "spool", cd.secrets, cd.logs):
@@ -266,6 +290,10 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
              "--auth-root-authentication-method=socket", "--skip-test-db"],
             log_path=ctl / "log" / "mariadb-install-db.log",
         )
+        # it runs on the host, outside the cluster's namespaces, so `down` does not find it: a
+        # failed `up` stops it (left running, it wrote the datadir again after `down` removed
+        # the state directory)
+        host_helpers.append(install_db)
 
     # -- per-node munge key dir owned by the image's munge user, and per-node upper dirs
     muid, mgid = _image_ids(image, "munge")

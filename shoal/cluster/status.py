@@ -65,11 +65,15 @@ def live_phase(state: ClusterState) -> str:
     return f"degraded ({shown} not running)"
 
 
+# supervisord states of a program that is up or on its way up (right after boot, say)
+_HEALTHY = ("RUNNING", "STARTING")
+
+
 def faults(state: ClusterState, nodes: list[NodeStatus]) -> list[str]:
     """What makes `cluster status` exit non-zero: dead hosts and programs not RUNNING."""
     out = [f"{h} not running" for h in dead_hosts(state)]
     for n in nodes:
-        out += [f"{n.name}:{p.name} {p.state}" for p in n.programs if p.state != "RUNNING"]
+        out += [f"{n.name}:{p.name} {p.state}" for p in n.programs if p.state not in _HEALTHY]
     return out
 
 

@@ -1,0 +1,93 @@
+"""What a cluster left on the host after `down`: the check behind the leftover test and the
+up/down cycle benchmark (bench/bench_updown.py). Everything a cluster creates is named from its
+name, subnet index and state directory, so a snapshot taken while it runs (`Footprint`) is enough
+to find every trace afterwards."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shoal.cluster import netns
+from shoal.cluster.state import ClusterDir, ClusterState
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The kernel object names and ids of one running cluster."""
+
+    name: str
+    root: str  # its state directory
+    bridge: str
+    veths: tuple[str, ...]
+    namespaces: tuple[str, ...]
+    netns_inodes: frozenset[int] = field(default_factory=frozenset)
+
+    @classmethod
+    def of(cls, state: ClusterState) -> Footprint:
+        hosts = list(dict.fromkeys([*state.netns_hosts(), "storage"]))
+        spaces = tuple(state.netns(h) for h in hosts)
+        inodes = frozenset(i for i in (netns.netns_inode(n) for n in spaces) if i is not None)
+        return cls(state.name, str(ClusterDir(state.name).root), state.bridge,
+                   tuple(state.host_veth(h) for h in hosts), spaces, inodes)
+
+
+def leftovers(fp: Footprint) -> list[str]:
+    """Every namespace, interface, mount, loop device, process and state file of the cluster
+    still present (empty: nothing left)."""
+    out = [f"netns {ns}" for ns in fp.namespaces if (netns.NETNS_DIR / ns).exists()]
+    out += [f"interface {i}" for i in (fp.bridge, *fp.veths) if Path(f"/sys/class/net/{i}").exists()]
+    out += [f"mount {m}" for m in _mounts(fp)]
+    out += [f"loop device {d}" for d in _loops(fp.root)]
+    out += [f"process {p}" for p in _processes(fp)]
+    if os.path.lexists(fp.root):
+        out.append(f"state directory {fp.root}")
+    return out
+
+
+def _mounts(fp: Footprint) -> list[str]:
+    marks = (fp.root + "/", *(f"{netns.NETNS_DIR}/{ns}" for ns in fp.namespaces))
+    found = []
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        parts = line.split()
+        if len(parts) > 4 and (parts[4] + "/").startswith(marks):
+            found.append(parts[4])
+    return found
+
+
+def loop_devices() -> dict[str, str]:
+    """Attached loop devices -> backing file (as the attaching mount namespace saw it)."""
+    out = {}
+    for d in Path("/sys/block").glob("loop*"):
+        try:
+            out[d.name] = (d / "loop" / "backing_file").read_text().strip()
+        except OSError:
+            continue
+    return out
+
+
+def _loops(root: str) -> list[str]:
+    return [f"{dev} ({f})" for dev, f in loop_devices().items() if f.startswith(root + "/")]
+
+
+def _processes(fp: Footprint) -> list[int]:
+    """Processes in the cluster's network namespaces, or whose command line names its state
+    directory (host-side helpers such as mariadb-install-db)."""
+    found = set(netns.pids_in_netns(set(fp.netns_inodes))) if fp.netns_inodes else set()
+    needle = (fp.root + "/").encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            env = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if needle in cmd.replace(b"\0", b" ") + b"/" or needle in env:
+            found.add(int(entry))
+    return sorted(found)

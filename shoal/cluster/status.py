@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.cluster import manager, netns
+from shoal.cluster.enter import pid1
+from shoal.cluster.node import running as host_running
 from shoal.cluster.state import ClusterDir, ClusterState
 from shoal.cluster.supervisor import Program, Supervisor
 from shoal.errors import ClusterError
@@ -23,7 +25,7 @@ class NodeStatus:
 
 
 def supervisor_of(state: ClusterState, node: str) -> Supervisor:
-    pid = manager.pid1(state, node)
+    pid = pid1(state, node)
     return Supervisor(f"/proc/{pid}/root/run/supervisor.sock", node)
 
 
@@ -48,7 +50,7 @@ def dead_hosts(state: ClusterState) -> list[str]:
     """Hosts (controller, storage host, nodes) whose container is gone: a cluster with any is
     not up, whatever its state file says (a node's PID 1 that died stays dead)."""
     hosts = state.all_hosts()
-    dead = [h for h in hosts if not manager.running(state, h)]
+    dead = [h for h in hosts if not host_running(state, h)]
     if state.storage == "sshfs" and state.storage_pid and not netns.is_alive(state.storage_pid):
         dead.append("storage")
     return dead
@@ -79,10 +81,10 @@ def faults(state: ClusterState, nodes: list[NodeStatus]) -> list[str]:
 
 def cluster_status(name: str) -> tuple[ClusterState, list[NodeStatus]]:
     state = ClusterDir(name).load()
-    slurm = manager.node_states(state) if manager.running(state, "ctl") else {}
+    slurm = manager.node_states(state) if host_running(state, "ctl") else {}
     out: list[NodeStatus] = []
     for node in state.nodes:
-        running = manager.running(state, node)
+        running = host_running(state, node)
         ns = NodeStatus(node, slurm.get(node, "?"), running)
         if running:
             try:

@@ -11,7 +11,7 @@ cleaned up first. Every Slurm command is bounded by a timeout.
 command with ``srun ch-run STAGED -- CMD``, clean up, release the allocation.
 
 Where Slurm is: ``Site`` holds the argv prefix for Slurm commands (empty on a real site; for a
-virtual cluster the controller's namespaces, from shoal.cluster.manager.slurm_prefix) and where
+virtual cluster the controller's namespaces, from shoal.cluster.enter.slurm_prefix) and where
 the image store is for this process, for the nodes and for the Slurm client commands.
 """
 
@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal import paths
-from shoal.errors import DistError, SlurmError
+from shoal import names, paths
+from shoal.bundle import publish
+from shoal.errors import DistError, ImageError, SlurmError
 from shoal.runner import run
 from shoal.slurm.client import Job, JobState, SlurmClient
-from shoal.staging.base import REQUESTS_DIR, Context, Method, get_method
-from shoal.staging.bundle import publish
+from shoal.staging.base import EXPORTS, REQUESTS_DIR, Context, Method, get_method
 from shoal.staging.jobstep import parse_records as parse_records  # the records format, for callers
 from shoal.staging.jobstep import run_agent
 
@@ -61,7 +61,7 @@ def site_for(cluster: str | None) -> Site:
     if cluster is None:
         return Site((), store, str(store), str(store))
     try:
-        from shoal.cluster.manager import slurm_prefix
+        from shoal.cluster.enter import slurm_prefix
     except ImportError as exc:  # pragma: no cover - the lead's module is part of shoal
         raise DistError("this shoal has no virtual cluster support", None) from exc
     prefix = slurm_prefix(cluster)
@@ -215,11 +215,21 @@ def sbcast(site: Site, alloc: Allocation, src: str, dest: str, *, fanout: int, c
     return time.monotonic() - t0
 
 
-def check_image(site: Site, image: str) -> None:
+def check_image(site: Site, image: str, method: Method | None = None) -> None:
+    """IMAGE is in the store and, for a method that stages one of its files, that file is what
+    the manifest says: a corrupted SquashFS mounts fine and a job would run in it."""
+    names.image_name(image)
     if not (site.store_local / image / "manifest.json").is_file():
         known = sorted(p.parent.name for p in site.store_local.glob("*/manifest.json"))
         raise DistError(f"image {image!r} is not in the store {site.store_local}",
                         f"known: {', '.join(known) or 'none'}; export it: shoal image export")
+    if method is not None and method.artifact in ("tar", "sqfs"):
+        from shoal.images.store import ExportFormat, checked_export
+
+        try:
+            checked_export(image, ExportFormat(EXPORTS[method.artifact]), site.store_local)
+        except ImageError as exc:
+            raise DistError(f"{method.name} will not stage {image!r}: {exc.message}", exc.hint) from None
 
 
 def request_path(site: Site, job: str) -> Path:
@@ -248,7 +258,7 @@ def distribute(
 ) -> DistResult:
     """Stage IMAGE with METHOD on every node of ALLOC; clean up everywhere if a node fails."""
     method = get_method(method_name)
-    check_image(site, image)
+    check_image(site, image, method)
     agent = f"{site.store_nodes}/.shoal/{publish(site.store_local)}"
     nodes = list(alloc.nodes)
     common = ("--job", alloc.job, "--image", image)
@@ -348,7 +358,7 @@ def run_in_image(
 ) -> RunResult:
     """`shoal run`: allocate or reuse, stage, srun ch-run STAGED -- CMD on every node, clean up."""
     method = get_method(method_name)
-    check_image(site, image)
+    check_image(site, image, method)
     alloc = current_allocation(site) if nodes is None else None
     request: Path | None = None
 

@@ -1,7 +1,7 @@
 """The node agent: stages, verifies and cleans up an image on one node; one JSON line per call.
 
 STANDARD LIBRARY ONLY. Nodes have no venv: the driver ships this module, shoal.staging.base, the
-method modules and shoal.images.treedigest as one zipapp (shoal.staging.bundle) to shared storage and
+method modules and shoal.images.treedigest as one zipapp (shoal.bundle) to shared storage and
 runs ``python3 /pfs/store/.shoal/agent-<hash>.pyz SUBCOMMAND ...`` with one task per node.
 
 Subcommands (``--job`` defaults to $SLURM_JOB_ID, ``--store`` to /pfs/store):
@@ -38,12 +38,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
-import socket
 import sys
 import time
-import traceback
 from typing import Any
 
 
@@ -54,7 +53,7 @@ def _lone_file() -> None:
     subcommand reports the problem as its record.
     """
     sub = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
-    msg = ("shoal node agent: run the bundle (shoal.staging.bundle.write_bundle), not a lone copy "
+    msg = ("shoal node agent: run the bundle (shoal.bundle.write_bundle), not a lone copy "
            "of nodeagent.py: the method modules are missing")
     if sub in ("prolog", "epilog", ""):
         sys.stderr.write(msg + "\n")
@@ -68,56 +67,31 @@ try:
     from shoal.errors import DistError, ShoalError
     from shoal.staging.base import (
         DEFAULT_STORE,
-        FORMAT,
         REQUESTS_DIR,
         STAGE_ROOT,
         Context,
         Method,
         Sampler,
         get_method,
+        load_state,
         loop_backing,
         method_names,
         mounts_under,
         net_rx_bytes,
         proc_io,
         remove_tree,
+        save_state,
         unmount,
         used_bytes,
     )
+    from shoal.staging.jobstep import do_job, do_workload
+    from shoal.staging.record import base_record, emit, fail
 except ImportError:
     if __name__ == "__main__":
         _lone_file()
     raise
 
 SYSTEM_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-
-
-def node_name() -> str:
-    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-
-
-def emit(record: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
-    sys.stdout.flush()
-
-
-def base_record(phase: str, ctx: Context, method: str | None) -> dict[str, Any]:
-    return {
-        "format": FORMAT, "phase": phase, "node": node_name(), "job": ctx.job, "image": ctx.image,
-        "method": method, "ok": False, "error": None, "hint": None,
-    }
-
-
-def fail(rec: dict[str, Any], exc: BaseException) -> dict[str, Any]:
-    rec["ok"] = False
-    if isinstance(exc, ShoalError):
-        rec["error"], rec["hint"] = exc.message, exc.hint
-        rec["error_type"] = type(exc).__name__
-    else:
-        rec["error"] = f"{type(exc).__name__}: {exc}"
-        rec["error_type"] = type(exc).__name__
-        rec["traceback"] = traceback.format_exc(limit=5)
-    return rec
 
 
 def image_digest(ctx: Context) -> str | None:
@@ -128,22 +102,6 @@ def image_digest(ctx: Context) -> str | None:
 
 
 # ---- state -------------------------------------------------------------------------------------
-
-
-def load_state(ctx: Context) -> dict[str, Any] | None:
-    try:
-        with open(ctx.state_file) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def save_state(ctx: Context, state: dict[str, Any]) -> None:
-    tmp = f"{ctx.state_file}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-    os.replace(tmp, ctx.state_file)
 
 
 def baseline(ctx: Context) -> dict[str, Any]:
@@ -237,11 +195,24 @@ def do_verify(ctx: Context) -> dict[str, Any]:
         from shoal.images.treedigest import tree_digest
 
         t0 = time.monotonic()
-        got = tree_digest(state["staged"]).digest
+        try:
+            got = tree_digest(state["staged"]).digest
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            # a damaged SquashFS (or tarball) mounts or unpacks, then fails on the first bad
+            # block read: say that, not "[Errno 5] Input/output error"
+            where = exc.filename or state["staged"]
+            raise DistError(
+                f"image {ctx.image!r} is corrupted: reading {where} in the staged tree failed "
+                f"with an I/O error (its {state.get('method') or 'staged'} source on storage is "
+                "damaged)", f"check the store: shoal image verify {ctx.image}; then re-export it",
+            ) from None
         rec.update({"expected": want, "digest": got, "seconds": round(time.monotonic() - t0, 6)})
         rec["ok"] = got == want
         if not rec["ok"]:
-            rec["error"] = f"staged tree digest {got} differs from the manifest's {want}"
+            rec["error"] = (f"image {ctx.image!r} is corrupted: staged tree digest {got} differs "
+                            f"from the manifest's {want}")
             rec["hint"] = "the image was corrupted in transit or on storage: shoal image verify"
     except Exception as exc:
         fail(rec, exc)
@@ -448,8 +419,6 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("methods")
     args = ap.parse_args(argv)
     if args.cmd == "job":
-        from shoal.staging.jobstep import do_job
-
         # the steps it starts on the nodes run this same bundle
         return do_job(agent=os.path.abspath(sys.argv[0]), store=args.store,
                       method_name=args.method, image=args.image, workload=args.workload,
@@ -479,8 +448,6 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "verify":
         rec = do_verify(ctx)
     elif args.cmd == "workload":
-        from shoal.staging.jobstep import do_workload
-
         rec = do_workload(ctx, args.workload, args.timeout)
     else:
         rec = do_cleanup(ctx, args.image)

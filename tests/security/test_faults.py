@@ -20,6 +20,8 @@ import pytest
 
 from shoal.cluster import audit, manager
 from shoal.cluster.config import ClusterConfig
+from shoal.cluster.enter import pid1
+from shoal.cluster.node import running
 from shoal.cluster.state import ClusterDir, ClusterState
 from tests.conftest import SESSION_CLUSTER
 
@@ -59,9 +61,9 @@ def test_dead_node_fails_status_and_down_leaves_nothing(own: str) -> None:
     first = _shoal("cluster", "status", "--name", own)
     assert first.returncode == 0, first.stderr
     # node2's PID 1 dies (as after an OOM kill): it stays dead
-    os.kill(manager.pid1(res.state, "node2"), signal.SIGKILL)
+    os.kill(pid1(res.state, "node2"), signal.SIGKILL)
     deadline = time.monotonic() + 20
-    while manager.running(res.state, "node2") and time.monotonic() < deadline:
+    while running(res.state, "node2") and time.monotonic() < deadline:
         time.sleep(0.2)
     st = _shoal("cluster", "status", "--name", own)
     assert st.returncode != 0, st.stdout + st.stderr

@@ -64,6 +64,9 @@ def main() -> int:
                 failures.append(f"cycle {i + 1} ({nodes} nodes): {', '.join(left)}")
                 break
             prog.advance(task)
+            if not console.is_terminal:  # a log file: one line per cycle instead of a bar
+                print(f"cycle {i + 1}/{args.cycles}: {nodes} nodes, up {ups[-1]:.1f} s, "
+                      f"down {downs[-1]:.1f} s, load {loads[-1]:.1f}, nothing left", flush=True)
     wall = time.monotonic() - t_start
     done = len(downs) - len(failures)
     table = Table(title=f"{done} up/down cycles of {args.name!r} (1-2 nodes), leftovers after each")

@@ -6,6 +6,7 @@ to find every trace afterwards."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,17 +34,39 @@ class Footprint:
                    tuple(state.host_veth(h) for h in hosts), spaces, inodes)
 
 
-def leftovers(fp: Footprint) -> list[str]:
+def leftovers(fp: Footprint, settle: float = 10.0) -> list[str]:
     """Every namespace, interface, mount, loop device, process and state file of the cluster
-    still present (empty: nothing left)."""
+    still present (empty: nothing left).
+
+    The kernel frees a deleted namespace's veth pairs asynchronously (seconds on a loaded
+    machine), so interfaces get up to SETTLE seconds to go. A veth name is derived from the
+    subnet index, which the next cluster may take at once: one enslaved to another cluster's
+    bridge is that cluster's, not a leftover of this one.
+    """
     out = [f"netns {ns}" for ns in fp.namespaces if (netns.NETNS_DIR / ns).exists()]
-    out += [f"interface {i}" for i in (fp.bridge, *fp.veths) if Path(f"/sys/class/net/{i}").exists()]
+    deadline = time.monotonic() + settle
+    while True:
+        ifaces = [i for i in (fp.bridge, *fp.veths) if _ours(i, fp.bridge)]
+        if not ifaces or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    out += [f"interface {i}" for i in ifaces]
     out += [f"mount {m}" for m in _mounts(fp)]
     out += [f"loop device {d}" for d in _loops(fp.root)]
     out += [f"process {p}" for p in _processes(fp)]
     if os.path.lexists(fp.root):
         out.append(f"state directory {fp.root}")
     return out
+
+
+def _ours(iface: str, bridge: str) -> bool:
+    p = Path(f"/sys/class/net/{iface}")
+    try:
+        return os.path.basename(os.readlink(p / "master")) == bridge
+    except FileNotFoundError:
+        return p.exists()  # no master (its bridge is gone), or gone itself meanwhile
+    except OSError:
+        return False
 
 
 def _mounts(fp: Footprint) -> list[str]:

@@ -34,6 +34,15 @@ class Footprint:
                    tuple(state.host_veth(h) for h in hosts), spaces, inodes)
 
 
+    @classmethod
+    def named(cls, name: str, nodes: int) -> Footprint:
+        """What can be known of cluster NAME without its state (after a failed `up` removed
+        it): everything but the subnet index, so no veth names."""
+        hosts = ["ctl", *(f"node{i}" for i in range(1, nodes + 1)), "storage"]
+        return cls(name, str(ClusterDir(name).root), f"shb-{name}", (),
+                   tuple(f"shoal-{name}-{h}" for h in hosts))
+
+
 def leftovers(fp: Footprint, settle: float = 10.0) -> list[str]:
     """Every namespace, interface, mount, loop device, process and state file of the cluster
     still present (empty: nothing left).

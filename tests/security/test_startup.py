@@ -3,10 +3,13 @@ CLI's modules load prints one line (exit 130), not a traceback."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 import time
+
+import pytest
 
 PY = sys.executable
 
@@ -29,8 +32,11 @@ def test_help_imports_no_plotting_or_numpy() -> None:
 
 
 def test_help_is_fast() -> None:
-    # generous bound: other engineers load this 2-core machine; the import test above is the
-    # exact check, this one catches a regression by a factor (was 1.4-1.7 s with matplotlib)
+    # the import test above is the exact check; this one catches a regression by a factor (was
+    # 1.4-1.7 s with matplotlib) when the machine is not overloaded by others
+    load = os.getloadavg()[0]
+    if load > 2 * (os.cpu_count() or 1):
+        pytest.skip(f"load average {load:.0f}: timing would measure the other processes")
     best = min(_timed() for _ in range(3))
     assert best < 1.2, best
 

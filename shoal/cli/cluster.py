@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from shoal.cli import jsonout
+from shoal.cli.options import LazyConsole, cluster_option, json_option, time_option
 from shoal.cluster import config as ccfg
 from shoal.cluster import manager
 from shoal.cluster.enter import enter_prefix, pid1
 from shoal.cluster.state import ClusterDir, list_states
+from shoal.cluster.topology import PLAN_MAX_NODES, Addressing, hostlist
 from shoal.errors import ClusterError
 
-console = Console(highlight=False)
+console = LazyConsole()
+_cluster = cluster_option(required_default=True)
+MiB = 1 << 20
 
 
 @click.group()
@@ -26,30 +29,45 @@ def cluster() -> None:
 
 
 @cluster.command()
-@click.option("--nodes", type=int, default=None, help="Number of compute nodes (default 4).")
-@click.option("--name", default=None, help="Cluster name (default 'shoal').")
+@click.option("--nodes", type=int, default=None, help="Number of compute nodes, 1-200 (default 4).")
+@cluster_option(required_default=False)
 @click.option("--network", default=None, help=f"Network profile: {', '.join(ccfg.NETWORK_PROFILES)}.")
 @click.option("--tmpfs-size", default=None, help="Size of each node's local /tmp (e.g. 2G).")
 @click.option("--storage", default=None,
               help=f"Shared /pfs: {', '.join(ccfg.STORAGE_MODES)} (default bind; sshfs crosses the network).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="Cluster settings (TOML).")
-def up(nodes: int | None, name: str | None, network: str | None, tmpfs_size: str | None,
-       storage: str | None, config_file: Path | None) -> None:
+@json_option
+def up(nodes: int | None, cluster: str | None, network: str | None, tmpfs_size: str | None,
+       storage: str | None, config_file: Path | None, as_json: bool) -> None:
     """Boot a cluster; returns when every node is IDLE in Slurm."""
-    cfg = ccfg.load(config_file, {"nodes": nodes, "name": name, "network": network,
+    cfg = ccfg.load(config_file, {"nodes": nodes, "name": cluster, "network": network,
                                   "tmpfs_size": tmpfs_size, "storage": storage})
     with console.status(f"booting cluster {cfg.name!r} with {cfg.nodes} nodes ..."):
         res = manager.up(cfg)
     st = res.state
-    table = Table(title=f"cluster {st.name} (10.250.{st.index}.0/24, bridge {st.bridge})")
+    addr = Addressing(st.index)
+    if as_json:
+        hosts = [{"host": "ctl", "address": addr.controller,
+                  "role": "slurmctld, slurmdbd, mariadb, munged; login"}]
+        if st.storage == "sshfs":
+            hosts.append({"host": "storage", "address": addr.storage, "role": "sshd"})
+        hosts += [{"host": n, "address": addr.node(i),
+                   "role": "slurmd, munged, sshd, rsyslogd"} for i, n in enumerate(st.nodes, 1)]
+        jsonout.emit("cluster.up", {
+            "name": st.name, "subnet": addr.subnet, "bridge": ", ".join(st.bridge_plan.bridges),
+            "network": cfg.network, "storage": cfg.storage, "layer1_image": str(st.layer1_image),
+            "boot_seconds": res.boot_seconds, "hosts": hosts})
+        return
+    table = Table(title=f"cluster {st.name} ({addr.subnet}, bridge {', '.join(st.bridge_plan.bridges)})")
     for col in ("host", "address", "role"):
         table.add_column(col)
-    table.add_row("ctl", f"10.250.{st.index}.2", "slurmctld, slurmdbd, mariadb, munged; login")
+    table.add_row("ctl", addr.controller, "slurmctld, slurmdbd, mariadb, munged; login")
     if st.storage == "sshfs":
-        table.add_row("storage", f"10.250.{st.index}.3", "sshd (SFTP): /pfs for all hosts over sshfs")
-    for i, n in enumerate(st.nodes, 1):
-        table.add_row(n, f"10.250.{st.index}.{9 + i}", "slurmd, munged, sshd, rsyslogd")
+        table.add_row("storage", addr.storage, "sshd (SFTP): /pfs for all hosts over sshfs")
+    # one row per address block (hostlist form), not one per node: clusters reach 1000s of nodes
+    for first, last, addrs in addr.node_blocks(len(st.nodes)):
+        table.add_row(hostlist(st.nodes[first - 1:last]), addrs, "slurmd, munged, sshd, rsyslogd")
     console.print(table)
     prof = cfg.profile
     console.print(f"network profile: {prof.name} ({prof.description})")
@@ -59,38 +77,49 @@ def up(nodes: int | None, name: str | None, network: str | None, tmpfs_size: str
 
 
 @cluster.command()
-@click.option("--name", default="shoal", show_default=True)
+@_cluster
 @click.option("--keep-state", is_flag=True, help="Keep the state directory (logs) for inspection.")
-def down(name: str, keep_state: bool) -> None:
+@json_option
+def down(cluster: str, keep_state: bool, as_json: bool) -> None:
     """Remove everything of a cluster (also after a crash or kill -9)."""
-    left = manager.down(name, keep_state=keep_state)
+    left = manager.down(cluster, keep_state=keep_state)
     if left:
         raise ClusterError(f"could not remove: {', '.join(left)}", "run `shoal cluster down` again")
-    console.print(f"cluster {name!r} removed")
+    if as_json:
+        jsonout.emit("cluster.down", {"name": cluster, "removed": True})
+        return
+    console.print(f"cluster {cluster!r} removed")
 
 
 @cluster.command("list")
-def list_() -> None:
+@json_option
+def list_(as_json: bool) -> None:
     """List virtual clusters on this machine."""
     from shoal.cluster.status import live_phase
 
+    if as_json:
+        jsonout.emit("cluster.list", {"clusters": [
+            {"name": st.name, "nodes": len(st.nodes), "subnet": f"10.250.{st.index}.0/24",
+             "network": str(st.network["name"]), "phase": live_phase(st),
+             "boot_seconds": float(st.boot_seconds)} for st in list_states()]})
+        return
     table = Table()
     for col in ("name", "nodes", "subnet", "network", "phase", "boot s"):
         table.add_column(col)
     for st in list_states():
-        table.add_row(st.name, str(len(st.nodes)), f"10.250.{st.index}.0/24", st.network["name"],
+        table.add_row(st.name, str(len(st.nodes)), Addressing(st.index).subnet, st.network["name"],
                       live_phase(st), f"{st.boot_seconds:.1f}")
     console.print(table)
 
 
 @cluster.command()
-@click.option("--name", default="shoal", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(name: str, as_json: bool) -> None:
+@_cluster
+@json_option
+def status(cluster: str, as_json: bool) -> None:
     """Nodes, Slurm state, supervisord programs and memory per node."""
     from shoal.cluster.status import cluster_status, faults
 
-    st, nodes = cluster_status(name)
+    st, nodes = cluster_status(cluster)
     problems = faults(st, nodes)
     if as_json:
         doc = {
@@ -102,6 +131,8 @@ def status(name: str, as_json: bool) -> None:
                     "slurm_state": n.slurm_state,
                     "running": n.running,
                     "rss_bytes": n.rss_bytes,
+                    "pss_bytes": n.pss_bytes,
+                    "uss_bytes": n.uss_bytes,
                     "processes": n.processes,
                     "layer1": st.node_images.get(n.name, st.layer1_hash),
                     "programs": {p.name: p.state for p in n.programs},
@@ -110,20 +141,28 @@ def status(name: str, as_json: bool) -> None:
             ],
         }
         doc["faults"] = problems
-        click.echo(json.dumps(doc, indent=1))
-        _exit_on_faults(name, problems)
+        jsonout.emit("cluster.status", doc)
+        _exit_on_faults(cluster, problems)
         return
     table = Table(title=f"cluster {st.name}")
-    for col in ("node", "slurm", "programs", "RSS MB", "layer1"):
+    for col in ("node", "slurm", "programs", "PSS MiB", "RSS MiB", "layer1"):
         table.add_column(col)
     for n in nodes:
         progs = " ".join(
             f"{p.name}:{'[green]' if p.state == 'RUNNING' else '[red]'}{p.state}[/]" for p in n.programs
         )
         table.add_row(n.name, n.slurm_state, progs or ("-" if n.running else "[red]not running[/]"),
-                      f"{n.rss_bytes / 1e6:.1f}", st.node_images.get(n.name, st.layer1_hash)[:12])
+                      f"{n.pss_bytes / MiB:.1f}", f"{n.rss_bytes / MiB:.1f}",
+                      st.node_images.get(n.name, st.layer1_hash)[:12])
     console.print(table)
-    _exit_on_faults(name, problems)
+    idle = [n.pss_bytes / MiB for n in nodes if n.running and n.slurm_state == "idle"]
+    if idle:
+        from shoal.cluster.capacity import median
+
+        console.print(f"PSS per idle node: median {median(idle):.1f} MiB, max {max(idle):.1f} MiB "
+                      f"({len(idle)} idle of {len(nodes)}); all nodes "
+                      f"{sum(n.pss_bytes for n in nodes) / 2**30:.2f} GiB")
+    _exit_on_faults(cluster, problems)
 
 
 def _exit_on_faults(name: str, problems: list[str]) -> None:
@@ -131,32 +170,71 @@ def _exit_on_faults(name: str, problems: list[str]) -> None:
         shown = ", ".join(problems[:6]) + (f" (+{len(problems) - 6} more)" if len(problems) > 6 else "")
         raise ClusterError(
             f"cluster {name!r} is not healthy: {shown}",
-            f"see `shoal cluster logs --name {name} --node NODE`; a dead node stays dead: "
-            f"`shoal cluster down --name {name}` and `up` again",
+            f"see `shoal cluster logs --cluster {name} --node NODE`; a dead node stays dead: "
+            f"`shoal cluster down --cluster {name}` and `up` again",
         )
 
 
+@cluster.command("capacity")
+@click.option("--nodes", type=int, default=None, help="Also say whether this many nodes fit.")
+def capacity_(nodes: int | None) -> None:
+    """How many idle nodes fit in this machine's free memory now (from measured PSS per node)."""
+    from shoal.cluster import capacity
+
+    cap = capacity.capacity()
+    console.print(f"memory available: {cap.available_mb / 1024:.1f} GiB, of which a cluster may use "
+                  f"{cap.usable_mb / 1024:.1f} GiB")
+    console.print(f"cost per idle node: {cap.cost.source()}; USS {cap.cost.uss_mb:.1f} MiB, "
+                  f"+ {capacity.KERNEL_MB_PER_NODE:.0f} MiB kernel; controller {cap.controller_mb:.0f} MiB")
+    console.print(f"[bold]at most {cap.max_nodes()} nodes fit now[/] "
+                  f"(config bound {ccfg.MAX_NODES}; address plan {PLAN_MAX_NODES})")
+    if nodes is not None:
+        capacity.check_nodes(nodes)
+        console.print(f"{nodes} nodes fit: about {cap.need_mb(nodes) / 1024:.1f} GiB")
+
+
 @cluster.command(context_settings={"ignore_unknown_options": True})
-@click.option("--name", default="shoal", show_default=True)
+@_cluster
 @click.option("--node", default=None, help="Run inside this node's container (default: controller).")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec(name: str, node: str | None, cmd: tuple[str, ...]) -> None:
-    """Run CMD on the controller (login node) or inside a node, with Slurm's environment."""
-    st = ClusterDir(name).load()
-    argv = enter_prefix(st, node or "ctl") + list(cmd)
+def exec(cluster: str, node: str | None, cmd: tuple[str, ...]) -> None:
+    """Run CMD on the controller (login node) or inside a node, with Slurm's environment.
+
+    CMD starts in the caller's working directory, as srun and sbatch do, when that directory
+    exists there (the login node shares the host's file systems; a node has only /home and
+    /pfs); otherwise in / with a note on stderr."""
+    st = ClusterDir(cluster).load()
+    host = node or "ctl"
+    if node is not None and node not in st.nodes:
+        raise ClusterError(f"no node {node!r} in cluster {cluster!r}", f"nodes: {', '.join(st.nodes)}")
+    argv = enter_prefix(st, host) + list(cmd)
+    cwd = _cwd_inside(pid1(st, host))
+    if cwd is not None:
+        argv.insert(1, f"--wdns={cwd}")
+    else:
+        click.echo(f"note: {os.getcwd()} does not exist on {host}; starting in /", err=True)
     os.execvp(argv[0], argv)
 
 
+def _cwd_inside(pid: int) -> str | None:
+    """The caller's cwd if the same path is a directory in the mount namespace of PID."""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return None
+    return cwd if os.path.isdir(f"/proc/{pid}/root{cwd}") else None
+
+
 @cluster.command()
-@click.option("--name", default="shoal", show_default=True)
+@_cluster
 @click.option("--user", default="root", show_default=True)
 @click.argument("node")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
-def ssh(name: str, user: str, node: str, cmd: tuple[str, ...]) -> None:
+def ssh(cluster: str, user: str, node: str, cmd: tuple[str, ...]) -> None:
     """ssh from the controller to NODE (key auth), optionally running CMD."""
-    st = ClusterDir(name).load()
+    st = ClusterDir(cluster).load()
     if node not in st.nodes:
-        raise ClusterError(f"no node {node!r} in cluster {name!r}", f"nodes: {', '.join(st.nodes)}")
+        raise ClusterError(f"no node {node!r} in cluster {cluster!r}", f"nodes: {', '.join(st.nodes)}")
     prefix = enter_prefix(st, "ctl")
     if user != "root":
         prefix = prefix + ["runuser", "-u", user, "--", "env", f"HOME=/home/{user}", f"USER={user}"]
@@ -165,18 +243,18 @@ def ssh(name: str, user: str, node: str, cmd: tuple[str, ...]) -> None:
 
 
 @cluster.command()
-@click.option("--name", default="shoal", show_default=True)
+@_cluster
 @click.option("--node", default=None, help="Logs of this node (default: controller).")
 @click.option("--lines", "-n", default=40, show_default=True)
-def logs(name: str, node: str | None, lines: int) -> None:
+def logs(cluster: str, node: str | None, lines: int) -> None:
     """Tail the daemon logs of the controller or of a node."""
-    cd = ClusterDir(name)
+    cd = ClusterDir(cluster)
     st = cd.load()
     if node is None:
         files = sorted((cd.ctl / "log").glob("*.log")) + sorted((cd.ctl / "log").glob("*.err"))
     else:
         if node not in st.nodes:
-            raise ClusterError(f"no node {node!r} in cluster {name!r}", f"nodes: {', '.join(st.nodes)}")
+            raise ClusterError(f"no node {node!r} in cluster {cluster!r}", f"nodes: {', '.join(st.nodes)}")
         root = Path(f"/proc/{pid1(st, node)}/root")
         files = sorted((root / "var/log/supervisor").glob("*.log")) + [root / "var/log/slurm/slurmd.log"]
     for f in files:
@@ -188,15 +266,15 @@ def logs(name: str, node: str | None, lines: int) -> None:
 
 
 @cluster.command()
-@click.option("--name", default="shoal", show_default=True)
+@_cluster
 @click.argument("node")
 @click.argument("program")
 @click.argument("action", type=click.Choice(["start", "stop", "restart"]))
-def service(name: str, node: str, program: str, action: str) -> None:
+def service(cluster: str, node: str, program: str, action: str) -> None:
     """Start, stop or restart PROGRAM under NODE's supervisord (XML-RPC)."""
     from shoal.cluster.status import supervisor_of
 
-    st = ClusterDir(name).load()
+    st = ClusterDir(cluster).load()
     sup = supervisor_of(st, node)
     getattr(sup, action)(program)
     state = {p.name: p.state for p in sup.programs()}.get(program, "?")
@@ -204,13 +282,12 @@ def service(name: str, node: str, program: str, action: str) -> None:
 
 
 @cluster.command()
-@click.option("--name", default="shoal", show_default=True)
+@_cluster
 @click.option("--node", "nodes", multiple=True, help="Upgrade only these nodes (repeatable).")
 @click.option("--image-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A layer1 image directory (default: the current build of the layer1 recipe).")
-@click.option("--drain-timeout", type=float, default=600.0, show_default=True,
-              help="Seconds to wait for a node's jobs to finish.")
-def upgrade(name: str, nodes: tuple[str, ...], image_dir: Path | None, drain_timeout: float) -> None:
+@time_option("--drain-timeout", default="10", help="How long to wait for a node's jobs to finish")
+def upgrade(cluster: str, nodes: tuple[str, ...], image_dir: Path | None, drain_timeout: float) -> None:
     """Rolling upgrade: swap each node's layer1 container (drain, swap, resume), one at a time."""
     import hashlib
 
@@ -230,5 +307,5 @@ def upgrade(name: str, nodes: tuple[str, ...], image_dir: Path | None, drain_tim
         console.print(f"{rec.node}: {rec.old_hash[:12]} -> {rec.new_hash[:12]} "
                       f"(drain {rec.drain_seconds:.1f} s, swap {rec.swap_seconds:.1f} s)")
 
-    done = do_upgrade(name, path, h, list(nodes) or None, drain_timeout, on_node=show)
-    console.print(f"{len(done)} node(s) upgraded; cluster {name!r} runs {h[:12]}")
+    done = do_upgrade(cluster, path, h, list(nodes) or None, drain_timeout, on_node=show)
+    console.print(f"{len(done)} node(s) upgraded; cluster {cluster!r} runs {h[:12]}")

@@ -33,20 +33,26 @@ def _register() -> None:
     # parts (numpy, matplotlib) inside the commands that need them, so `shoal --help` stays fast.
     if "study" in cli.commands:
         return
-    from shoal.cli import cluster, dist, image, study
+    from shoal.cli import cluster, dist, image, model, study
 
     cli.add_command(cluster.cluster)
     cli.add_command(image.image)
     cli.add_command(dist.dist)
     cli.add_command(dist.run_cmd)
     cli.add_command(study.study)
+    cli.add_command(model.model)
 
 
 def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
+        # inside the try: Ctrl-C while the command modules load is "interrupted", not a traceback
         _register()
-        cli.main(args=argv, prog_name="shoal", standalone_mode=False)
+        from shoal.cli.options import set_json_mode
+
+        set_json_mode(False)
+        # a command's own exit status (`shoal run` passes the container command's through)
+        rv = cli.main(args=argv, prog_name="shoal", standalone_mode=False)
     except ShoalError as exc:
         if debug:
             raise
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ class Footprint:
 
     name: str
     root: str  # its state directory
-    bridge: str
-    veths: tuple[str, ...]
+    bridges: tuple[str, ...]
+    veths: tuple[str, ...]  # host ends of the hosts' links and of the trunks between bridges
     namespaces: tuple[str, ...]
     netns_inodes: frozenset[int] = field(default_factory=frozenset)
 
@@ -30,8 +30,10 @@ class Footprint:
         hosts = list(dict.fromkeys([*state.netns_hosts(), "storage"]))
         spaces = tuple(state.netns(h) for h in hosts)
         inodes = frozenset(i for i in (netns.netns_inode(n) for n in spaces) if i is not None)
-        return cls(state.name, str(ClusterDir(state.name).root), state.bridge,
-                   tuple(state.host_veth(h) for h in hosts), spaces, inodes)
+        plan = state.bridge_plan
+        veths = (*(state.host_veth(h) for h in hosts), *(v for tr in plan.trunks for v in tr[:2]))
+        return cls(state.name, str(ClusterDir(state.name).root), plan.bridges, tuple(veths),
+                   spaces, inodes)
 
 
     @classmethod
@@ -39,7 +41,7 @@ class Footprint:
         """What can be known of cluster NAME without its state (after a failed `up` removed
         it): everything but the subnet index, so no veth names."""
         hosts = ["ctl", *(f"node{i}" for i in range(1, nodes + 1)), "storage"]
-        return cls(name, str(ClusterDir(name).root), f"shb-{name}", (),
+        return cls(name, str(ClusterDir(name).root), (f"shb-{name}",), (),
                    tuple(f"shoal-{name}-{h}" for h in hosts))
 
 
@@ -55,7 +57,7 @@ def leftovers(fp: Footprint, settle: float = 10.0) -> list[str]:
     out = [f"netns {ns}" for ns in fp.namespaces if (netns.NETNS_DIR / ns).exists()]
     deadline = time.monotonic() + settle
     while True:
-        ifaces = [i for i in (fp.bridge, *fp.veths) if _ours(i, fp.bridge)]
+        ifaces = [i for i in (*fp.bridges, *fp.veths) if _ours(i, fp.bridges)]
         if not ifaces or time.monotonic() >= deadline:
             break
         time.sleep(0.2)
@@ -68,10 +70,10 @@ def leftovers(fp: Footprint, settle: float = 10.0) -> list[str]:
     return out
 
 
-def _ours(iface: str, bridge: str) -> bool:
+def _ours(iface: str, bridges: tuple[str, ...]) -> bool:
     p = Path(f"/sys/class/net/{iface}")
     try:
-        return os.path.basename(os.readlink(p / "master")) == bridge
+        return os.path.basename(os.readlink(p / "master")) in bridges
     except FileNotFoundError:
         return p.exists()  # no master (its bridge is gone), or gone itself meanwhile
     except OSError:

@@ -13,6 +13,9 @@ Subcommands (``--job`` defaults to $SLURM_JOB_ID, ``--store`` to /pfs/store):
     verify  --image I              tree digest of the staged image against the manifest's
     cleanup [--image I]            undo staging (all images of the job without --image); report
                                    anything left: mounts, loop devices, files
+    bcast   --method M --image I --nodes A,B,...   this node's part of a pipelined broadcast
+                                   (bcast methods' collective step: one srun over all nodes)
+    registry-push --image I --registry URL   push the store's tarball as a one-layer OCI image
     workload --image I --workload W   run W in the staged image on this node (ch-run), timed
     job --method M --image I --workload W   one study run from its batch script: the steps above
                                    on every node, one record per node (shoal.staging.jobstep)
@@ -34,8 +37,6 @@ job's own ``stage`` step then reports that record. The Epilog unmounts and remov
 failed staging is reported by the job's ``stage`` step instead.
 """
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import errno
@@ -46,7 +47,7 @@ import time
 from typing import Any
 
 
-def _lone_file() -> None:
+def _lone_file() -> "None":
     """Run as a lone copy of this file (not the bundle): the methods are not importable.
 
     The Prolog and Epilog must still exit 0 (a failing Prolog drains the node); any other
@@ -72,12 +73,12 @@ try:
         Context,
         Method,
         Sampler,
-        get_method,
+        cpu_seconds,
         load_state,
         loop_backing,
-        method_names,
         mounts_under,
         net_rx_bytes,
+        net_tx_bytes,
         proc_io,
         remove_tree,
         save_state,
@@ -85,7 +86,8 @@ try:
         used_bytes,
     )
     from shoal.staging.jobstep import do_job, do_workload
-    from shoal.staging.record import base_record, emit, fail
+    from shoal.staging.record import base_record, emit, fail, node_name
+    from shoal.staging.registry import get_method, method_names
 except ImportError:
     if __name__ == "__main__":
         _lone_file()
@@ -94,7 +96,7 @@ except ImportError:
 SYSTEM_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
 
 
-def image_digest(ctx: Context) -> str | None:
+def image_digest(ctx: "Context") -> "str | None":
     with contextlib.suppress(ShoalError):
         d = ctx.manifest().get("tree_digest")
         return d if isinstance(d, str) else None
@@ -104,13 +106,13 @@ def image_digest(ctx: Context) -> str | None:
 # ---- state -------------------------------------------------------------------------------------
 
 
-def baseline(ctx: Context) -> dict[str, Any]:
+def baseline(ctx: "Context") -> "dict[str, Any]":
     # w0: wall clock too, so records of different nodes can be laid on one time axis
     return {"t0": time.monotonic(), "w0": time.time(), "rx0": net_rx_bytes(),
-            "used0": used_bytes(ctx.job_dir)}
+            "tx0": net_tx_bytes(), "used0": used_bytes(ctx.job_dir)}
 
 
-def make_job_dir(ctx: Context) -> None:
+def make_job_dir(ctx: "Context") -> "None":
     os.makedirs(ctx.stage_root, mode=0o1777, exist_ok=True)
     os.makedirs(ctx.job_dir, mode=0o700, exist_ok=True)
 
@@ -118,7 +120,7 @@ def make_job_dir(ctx: Context) -> None:
 # ---- subcommands -------------------------------------------------------------------------------
 
 
-def do_check(ctx: Context, method: Method) -> dict[str, Any]:
+def do_check(ctx: "Context", method: "Method") -> "dict[str, Any]":
     rec = base_record("check", ctx, method.name)
     try:
         method.check(ctx)
@@ -130,7 +132,7 @@ def do_check(ctx: Context, method: Method) -> dict[str, Any]:
     return rec
 
 
-def do_stage(ctx: Context, method: Method, by: str = "step") -> dict[str, Any]:
+def do_stage(ctx: "Context", method: "Method", by: "str" = "step") -> "dict[str, Any]":
     rec = base_record("stage", ctx, method.name)
     rec["image_digest"] = image_digest(ctx)
     state = load_state(ctx)
@@ -140,6 +142,7 @@ def do_stage(ctx: Context, method: Method, by: str = "step") -> dict[str, Any]:
         prec["reported_by"] = "step"
         return prec
     io0 = proc_io()
+    cpu0 = cpu_seconds()
     try:
         if method.collective and state and "baseline" in state:
             # the collective copy ran between check and now: it belongs to staging
@@ -163,12 +166,16 @@ def do_stage(ctx: Context, method: Method, by: str = "step") -> dict[str, Any]:
             "seconds": round(end - base["t0"], 6),
             "storage_bytes_read": staged.storage_bytes_read,
             "net_rx_bytes": net_rx_bytes() - base["rx0"],
+            "net_tx_bytes": net_tx_bytes() - int(base.get("tx0") or 0),
             "local_bytes_peak": max(0, sampler.peak - base["used0"]),
             "io_read_bytes": io1.get("read_bytes", 0) - io0.get("read_bytes", 0),
             "io_rchar": io1.get("rchar", 0) - io0.get("rchar", 0),
             "staged_by": by,
         })
         rec.update(staged.extra)
+        # this step's CPU, plus what a collective step spent on this node (bcast's process)
+        rec["cpu_seconds"] = round(cpu_seconds() - cpu0 + float(
+            staged.extra.get("collective_cpu_seconds") or 0), 4)
         save_state(ctx, {"method": method.name, "baseline": base, "by": by,
                          "staged": staged.path, "extra": staged.extra, "record": rec})
     except Exception as exc:
@@ -181,7 +188,7 @@ def do_stage(ctx: Context, method: Method, by: str = "step") -> dict[str, Any]:
     return rec
 
 
-def do_verify(ctx: Context) -> dict[str, Any]:
+def do_verify(ctx: "Context") -> "dict[str, Any]":
     state = load_state(ctx)
     rec = base_record("verify", ctx, state.get("method") if state else None)
     try:
@@ -219,9 +226,9 @@ def do_verify(ctx: Context) -> dict[str, Any]:
     return rec
 
 
-def recorded_loops(job_dir: str) -> list[tuple[str, str | None]]:
+def recorded_loops(job_dir: "str") -> "list[tuple[str, str | None]]":
     """(loop device, its backing file) recorded by stage in the job's state files."""
-    out: list[tuple[str, str | None]] = []
+    out: "list[tuple[str, str | None]]" = []
     with contextlib.suppress(OSError):
         for name in os.listdir(job_dir):
             if name.endswith(".state.json"):
@@ -233,7 +240,7 @@ def recorded_loops(job_dir: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def detach_loops(loops: list[tuple[str, str | None]]) -> None:
+def detach_loops(loops: "list[tuple[str, str | None]]") -> "None":
     """Detach recorded loop devices still bound to the file they were set up for."""
     from shoal.runner import run
 
@@ -242,9 +249,9 @@ def detach_loops(loops: list[tuple[str, str | None]]) -> None:
             run(["losetup", "-d", dev], check=False, timeout=30)
 
 
-def sweep(job_dir: str) -> list[str]:
+def sweep(job_dir: "str") -> "list[str]":
     """Unmount and remove everything under job_dir; return what could not be removed."""
-    problems: list[str] = []
+    problems: "list[str]" = []
     loops = recorded_loops(job_dir)
     for m in sorted(mounts_under(job_dir), key=lambda m: m.target.count("/"), reverse=True):
         try:
@@ -263,13 +270,13 @@ def sweep(job_dir: str) -> list[str]:
     return problems
 
 
-def _still_bound(dev: str, backing: str | None) -> bool:
+def _still_bound(dev: "str", backing: "str | None") -> "bool":
     # another node or job may have taken the device number for another file since
     now = loop_backing(dev)
     return now is not None and (backing is None or now == backing)
 
 
-def leftovers(ctx: Context, loops: list[tuple[str, str | None]]) -> list[str]:
+def leftovers(ctx: "Context", loops: "list[tuple[str, str | None]]") -> "list[str]":
     left = [f"mount {m.target}" for m in mounts_under(ctx.job_dir)]
     left += [f"loop device {d} -> {b}" for d, b in loops if _still_bound(d, b)]
     if os.path.lexists(ctx.job_dir):
@@ -277,13 +284,13 @@ def leftovers(ctx: Context, loops: list[tuple[str, str | None]]) -> list[str]:
     return left
 
 
-def do_cleanup(ctx: Context, image: str | None) -> dict[str, Any]:
+def do_cleanup(ctx: "Context", image: "str | None") -> "dict[str, Any]":
     rec = base_record("cleanup", ctx, None)
     rec["image"] = image
-    errors: list[str] = []
-    loops: list[tuple[str, str | None]] = []
-    deferred: list[str] = []
-    figures: dict[str, Any] = {}
+    errors: "list[str]" = []
+    loops: "list[tuple[str, str | None]]" = []
+    deferred: "list[str]" = []
+    figures: "dict[str, Any]" = {}
     if os.path.isdir(ctx.job_dir):
         images = [image] if image else sorted(
             n[: -len(".state.json")] for n in os.listdir(ctx.job_dir) if n.endswith(".state.json"))
@@ -314,7 +321,7 @@ def do_cleanup(ctx: Context, image: str | None) -> dict[str, Any]:
             os.rmdir(d)
     rec["figures"] = figures
     rec["deferred_to_epilog"] = deferred
-    left: list[str] = []
+    left: "list[str]" = []
     if image:
         ictx = Context(ctx.job, image, ctx.store, ctx.options, ctx.stage_root)
         left += [f"mount {m.target}" for m in mounts_under(ictx.staged_dir)]
@@ -332,11 +339,72 @@ def do_cleanup(ctx: Context, image: str | None) -> dict[str, Any]:
     return rec
 
 
-def read_request(store: str, job: str, job_uid: int | None) -> dict[str, Any] | None:
+def do_bcast(ctx: "Context", method: "Method", nodes: "list[str]", *, fanout: "int", chunk: "int",
+             port: "int", rate: "float", timeout: "float") -> "dict[str, Any]":
+    """This node's part of the bcast methods' collective step (shoal.staging.bcast)."""
+    from shoal.staging import bcast
+    from shoal.staging.methods.bcast import artifact_sha256, record_path
+
+    rec = base_record("bcast", ctx, method.name)
+    try:
+        if method.collective != "bcast":
+            raise DistError(f"method {method.name} does not broadcast", "use bcast or bcast-squashfs")
+        if not os.path.isdir(ctx.job_dir):
+            raise DistError(f"{ctx.job_dir} missing: the broadcast runs after `check`",
+                            "run the agent's check step on every node first")
+        me = node_name()
+        if me not in nodes:
+            raise DistError(f"this node ({me}) is not in the broadcast's node list", None)
+        rank = nodes.index(me)
+        kind = method.artifact
+        if ctx.artifact_bytes(kind) <= 0:
+            raise DistError(f"the manifest of {ctx.image!r} has no size for "
+                            f"{ctx.artifact_name(kind)}", "re-export the image")
+        token = os.environ.get(bcast.TOKEN_ENV, "").encode()
+        step = os.environ.get("SLURM_STEP_ID", "0")
+        b = bcast.Broadcast(
+            nodes, rank, ctx.local_artifact(kind), ctx.artifact_bytes(kind),
+            artifact_sha256(ctx, kind), token, time.monotonic() + timeout,
+            src=ctx.artifact(kind) if rank == 0 else None, chunk=chunk, fanout=fanout,
+            port=port or bcast.default_port(ctx.job, step), rate=rate,
+            unpack_dir=ctx.staged_dir if kind == "tar" else None, keep_dest=kind != "tar")
+        out = b.run()
+        rec.update(out)
+        tmp = f"{record_path(ctx)}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(rec, f)
+        os.replace(tmp, record_path(ctx))
+        if not rec["ok"]:
+            # a partial tree is removed here; the node's cleanup removes the rest
+            method.cleanup(ctx)
+    except (bcast.BcastError, ShoalError) as exc:
+        fail(rec, exc if isinstance(exc, ShoalError) else DistError(str(exc)))
+    except Exception as exc:
+        fail(rec, exc)
+    return rec
+
+
+def do_registry_push(ctx: "Context", url: "str") -> "dict[str, Any]":
+    """Push the store's tarball of ctx.image to the registry at URL (run where it is writable)."""
+    from shoal.staging import oci
+    from shoal.staging.methods.bcast import artifact_sha256
+
+    rec = base_record("registry-push", ctx, "registry")
+    try:
+        rec.update(oci.push(url, ctx.image, ctx.artifact("tar"), artifact_sha256(ctx, "tar")))
+        rec["ok"] = True
+    except oci.RegistryError as exc:
+        fail(rec, DistError(str(exc), "is the registry running? (shoal cluster status)"))
+    except Exception as exc:
+        fail(rec, exc)
+    return rec
+
+
+def read_request(store: "str", job: "str", job_uid: "int | None") -> "dict[str, Any] | None":
     """The job's staging request, if its owner left one (validated: this runs as root)."""
     path = os.path.join(store, REQUESTS_DIR, f"{job}.json")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # novermin: int flags, not a union type
     except OSError:
         return None
     with os.fdopen(fd) as f:
@@ -351,7 +419,7 @@ def read_request(store: str, job: str, job_uid: int | None) -> dict[str, Any] | 
     return req
 
 
-def do_prolog(store: str, stage_root: str) -> int:
+def do_prolog(store: "str", stage_root: "str") -> "int":
     job = os.environ.get("SLURM_JOB_ID", "")
     if not job.isdigit():
         return 0
@@ -376,7 +444,7 @@ def do_prolog(store: str, stage_root: str) -> int:
     return 0
 
 
-def do_epilog(stage_root: str) -> int:
+def do_epilog(stage_root: "str") -> "int":
     job = os.environ.get("SLURM_JOB_ID", "")
     if not job.isdigit():
         return 0
@@ -391,11 +459,12 @@ def do_epilog(stage_root: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: "list[str] | None" = None) -> "int":
     ap = argparse.ArgumentParser(prog="nodeagent", description="shoal node agent")
     ap.add_argument("--store", default=DEFAULT_STORE)
     ap.add_argument("--stage-root", default=STAGE_ROOT, help=argparse.SUPPRESS)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(dest="cmd")
+    sub.required = True  # add_subparsers(required=) is Python 3.7+
     for name in ("check", "stage", "verify", "cleanup"):
         p = sub.add_parser(name)
         p.add_argument("--job", default=os.environ.get("SLURM_JOB_ID"))
@@ -407,6 +476,19 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--image", required=True)
     w.add_argument("--workload", required=True)
     w.add_argument("--timeout", type=float, default=600.0)
+    bc = sub.add_parser("bcast", help="this node's part of a pipelined broadcast (srun, all nodes)")
+    bc.add_argument("--job", default=os.environ.get("SLURM_JOB_ID"))
+    bc.add_argument("--image", required=True)
+    bc.add_argument("--method", required=True)
+    bc.add_argument("--nodes", required=True, help="comma-separated, the first one is the root")
+    bc.add_argument("--fanout", type=int, default=1, help="children per node (1: a chain)")
+    bc.add_argument("--chunk", type=int, default=512 * 1024, help="bytes per chunk")
+    bc.add_argument("--port", type=int, default=0, help="TCP port (default: from job and step)")
+    bc.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: pacing
+    bc.add_argument("--timeout", type=float, default=600.0)
+    rp = sub.add_parser("registry-push", help="push a store image to a writable registry")
+    rp.add_argument("--image", required=True)
+    rp.add_argument("--registry", required=True, help="http://HOST:PORT")
     j = sub.add_parser("job", help="one study run from a batch script (shoal.staging.jobstep)")
     j.add_argument("--method", required=True)
     j.add_argument("--image", required=True)
@@ -414,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("--timeout", type=float, default=600.0, help="seconds for all steps")
     j.add_argument("--fanout", type=int, default=8, help="sbcast fan-out")
     j.add_argument("--compress", action="store_true", help="sbcast --compress")
+    j.add_argument("--bcast-fanout", type=int, default=1, help="bcast: children per node")
+    j.add_argument("--chunk", type=int, default=512 * 1024, help="bcast: bytes per chunk")
     sub.add_parser("prolog")
     sub.add_parser("epilog")
     sub.add_parser("methods")
@@ -422,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         # the steps it starts on the nodes run this same bundle
         return do_job(agent=os.path.abspath(sys.argv[0]), store=args.store,
                       method_name=args.method, image=args.image, workload=args.workload,
-                      timeout=args.timeout, fanout=args.fanout, compress=args.compress)
+                      timeout=args.timeout, fanout=args.fanout, compress=args.compress,
+                      bcast_fanout=args.bcast_fanout, chunk=args.chunk)
     if args.cmd in ("prolog", "epilog"):
         # slurmd starts the Prolog/Epilog with a bare environment: losetup, mount and umount
         # live in the sbin directories
@@ -435,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "methods":
         emit({"methods": method_names()})
         return 0
+    if args.cmd == "registry-push":
+        rec = do_registry_push(Context("push", args.image, args.store), args.registry)
+        emit(rec)
+        return 0 if rec["ok"] else 1
     if not args.job:
         ap.error("no --job and no SLURM_JOB_ID")
     ctx = Context(str(args.job), args.image or "", args.store, {}, args.stage_root)
@@ -445,6 +534,15 @@ def main(argv: list[str] | None = None) -> int:
             emit(fail(base_record(args.cmd, ctx, args.method), exc))
             return 1
         rec = do_check(ctx, method) if args.cmd == "check" else do_stage(ctx, method)
+    elif args.cmd == "bcast":
+        try:
+            method = get_method(args.method)
+        except DistError as exc:
+            emit(fail(base_record(args.cmd, ctx, args.method), exc))
+            return 1
+        rec = do_bcast(ctx, method, [n for n in args.nodes.split(",") if n],
+                       fanout=args.fanout, chunk=args.chunk, port=args.port, rate=args.rate,
+                       timeout=args.timeout)
     elif args.cmd == "verify":
         rec = do_verify(ctx)
     elif args.cmd == "workload":

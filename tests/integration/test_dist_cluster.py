@@ -21,7 +21,7 @@ import pytest
 from shoal import paths
 from shoal.runner import run
 from shoal.staging import driver
-from shoal.staging.base import method_names
+from shoal.staging.registry import method_names
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 IMAGE = "mpihello"
@@ -72,6 +72,13 @@ def assert_clean(name: str, nodes: list[str]) -> None:
 
 @pytest.mark.parametrize("method", method_names())
 def test_run_on_four_nodes(method: str, cluster_name: str, tmp_path: Path) -> None:
+    from shoal.cluster.state import ClusterDir
+    from shoal.staging.registry import get_method
+
+    if get_method(method).prepare == "registry-push" and \
+            ClusterDir(cluster_name).load().storage != "sshfs":
+        pytest.skip(f"{method} needs the storage host's registry (storage = sshfs): "
+                    "tests/integration/test_cluster_sshfs.py runs it")
     site = driver.site_for(cluster_name)
     seen: list[driver.DistResult] = []
     # gds=hash: PMIx's shared-memory store warns about locks inside ch-run containers
@@ -136,6 +143,60 @@ def test_node_dies_mid_staging(cluster_name: str) -> None:
     finally:
         killer.join()
         run([*supervisorctl, "start", "slurmd"], timeout=60, check=False)
+        driver.release(site, alloc.job)
+        for node in alloc.nodes:
+            on_node(cluster_name, node, "rm", "-rf", f"/tmp/shoal/{alloc.job}")
+
+
+def test_bcast_middle_node_killed(cluster_name: str) -> None:
+    """The agent of the chain's second node is killed mid-broadcast (SIGKILL): the lost node is
+    named, the nodes after it are re-fed from an earlier node, nothing hangs, and cleanup removes
+    every partial copy (the killed node's too)."""
+    import threading
+
+    site = driver.site_for(cluster_name)
+    alloc = driver.allocate(site, 4, time_limit="10")
+    victim = alloc.nodes[1]  # the chain is nodes[0] -> nodes[1] -> nodes[2] -> nodes[3]
+    part = f"/tmp/shoal/{alloc.job}/{IMAGE}.sqfs"
+    seen: list[driver.DistResult] = []
+
+    def stage() -> None:
+        # the root's reads paced to 10 MB/s: 70 MB take ~7 s, time enough to land the kill
+        seen.append(driver.distribute(site, alloc, "bcast-squashfs", IMAGE, timeout=90,
+                                      rate=10e6))
+
+    t = threading.Thread(target=stage)
+    try:
+        t0 = time.monotonic()
+        t.start()
+        killed = ""
+        while time.monotonic() - t0 < 60 and t.is_alive():
+            size = on_node(cluster_name, victim, "stat", "-c", "%s", part).strip()
+            if size.isdigit() and int(size) >= 15_000_000:
+                killed = on_node(cluster_name, victim, "sh", "-c",
+                                 # [b]: the pattern must not match this shell itself
+                                 f"p=$(pgrep -f '[b]cast --job {alloc.job} ');"
+                                 " kill -9 $p && echo $p")
+                break
+            time.sleep(0.1)
+        t.join(timeout=150)
+        assert not t.is_alive(), "the broadcast hung"
+        assert killed.strip(), "the agent was not found mid-broadcast"
+        assert time.monotonic() - t0 < 120
+        result = seen[0]
+        assert sorted(result.failed) == [victim], result.failed
+        # named by the nodes that saw it go (the one it fed, the one feeding it)
+        assert f"lost its feed from {victim}" in result.failed[victim] or \
+            f"lost {victim}" in result.failed[victim], result.failed
+        brecs = result.extra["bcast"]
+        after = alloc.nodes[2]
+        assert brecs[after]["ok"] and brecs[after]["fed_by"] == [victim, alloc.nodes[0]]
+        assert brecs[alloc.nodes[3]]["ok"] and brecs[alloc.nodes[3]]["fed_by"] == [after]
+        with pytest.raises(Exception, match=victim):
+            driver.raise_if_failed(result)
+        assert_clean(cluster_name, alloc.nodes)  # partial copies gone, the victim's too
+    finally:
+        t.join(timeout=150)
         driver.release(site, alloc.job)
         for node in alloc.nodes:
             on_node(cluster_name, node, "rm", "-rf", f"/tmp/shoal/{alloc.job}")

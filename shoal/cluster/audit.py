@@ -62,6 +62,8 @@ def leftovers(fp: Footprint, settle: float = 10.0) -> list[str]:
             break
         time.sleep(0.2)
     out += [f"interface {i}" for i in ifaces]
+    out += [f"netns net:[{ino}] held by a mount in the mount namespace of pid {pid}"
+            for ino, pid in _netns_mounts(fp.netns_inodes)]
     out += [f"mount {m}" for m in _mounts(fp)]
     out += [f"loop device {d}" for d in _loops(fp.root)]
     out += [f"process {p}" for p in _processes(fp)]
@@ -78,6 +80,31 @@ def _ours(iface: str, bridges: tuple[str, ...]) -> bool:
         return p.exists()  # no master (its bridge is gone), or gone itself meanwhile
     except OSError:
         return False
+
+
+def _netns_mounts(inodes: frozenset[int]) -> list[tuple[int, int]]:
+    """(netns inode, a pid) for every mount namespace that still has one of INODES mounted: a
+    namespace copied from the host while the cluster ran keeps its netns alive after `down`."""
+    if not inodes:
+        return []
+    marks = {f"net:[{i}]": i for i in inodes}
+    seen: set[int] = set()
+    found: list[tuple[int, int]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            mnt = os.stat(f"/proc/{entry}/ns/mnt").st_ino
+            if mnt in seen:
+                continue
+            seen.add(mnt)
+            text = Path(f"/proc/{entry}/mountinfo").read_text()
+        except OSError:
+            continue
+        for mark, ino in marks.items():
+            if mark in text:
+                found.append((ino, int(entry)))
+    return found
 
 
 def _mounts(fp: Footprint) -> list[str]:

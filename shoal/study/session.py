@@ -192,7 +192,8 @@ def _check_exports(spec: StudySpec, image: str, store: Path, console: Console) -
     SquashFS would otherwise mount it and run (shoal.images.store.checked_export, cached)."""
     from shoal.errors import ImageError
     from shoal.images.store import ExportFormat, checked_export
-    from shoal.staging.base import EXPORTS, get_method
+    from shoal.staging.base import EXPORTS
+    from shoal.staging.registry import get_method
 
     kinds = sorted({get_method(m).artifact for m in spec.methods} & {"tar", "sqfs"})
     for kind in kinds:

@@ -16,7 +16,8 @@ from shoal.errors import DistError, ImageError
 from shoal.images.store import ExportFormat, add_to_store, checked_export
 from shoal.staging import base
 from shoal.staging.driver import Site, check_image
-from tests.unit.test_dist_nodeagent import JOB, agent_run
+from shoal.staging.registry import get_method
+from tests.unit.test_dist_nodeagent import JOB, PYTHON, Agent, agent_run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts)")
 IMAGE = "damaged"
@@ -64,7 +65,7 @@ def test_checked_export_names_the_corruption_and_caches_good_files(store: Path) 
 
 @pytest.mark.parametrize("method", ["squashfs-kernel", "squashfuse", "sbcast-squashfs", "untar"])
 def test_no_method_stages_a_damaged_file(store: Path, method: str) -> None:
-    m = base.get_method(method)
+    m = get_method(method)
     site = Site((), store, str(store), str(store))
     check_image(site, IMAGE, m)  # intact: fine
     _damage(store / IMAGE / (f"{IMAGE}.sqfs" if m.artifact == "sqfs" else f"{IMAGE}.tar.gz"))
@@ -89,7 +90,7 @@ def test_verify_of_a_mounted_damaged_squashfs_names_it(store: Path, tmp_path: Pa
                                                        tmpfs: Path) -> None:
     # the node side alone (as if the damage happened after the submit-side check): the kernel
     # mounts the damaged file; verify hits EIO on the bad blocks and must say what that means
-    agent = write_bundle(tmp_path / "agent.pyz")
+    agent = Agent(write_bundle(tmp_path / "agent.pyz"), PYTHON)
     root = tmpfs / "shoal"
     _damage(store / IMAGE / f"{IMAGE}.sqfs", at=4096)  # data blocks: it still mounts
     common = ("--job", JOB, "--image", IMAGE)

@@ -168,12 +168,21 @@ def free_index(taken: set[int]) -> int:
     """
     host_tens = _host_ten_nets()
     for i in range(1, topology.MAX_INDEX + 1):
-        if i not in taken and i not in host_tens:
+        if i not in taken and i not in host_tens and not _index_interfaces(i):
             return i
     raise ClusterError(
         f"no free cluster index (10.1-{topology.MAX_INDEX}.0.0/16) for another cluster",
         "take a cluster down first",
     )
+
+
+def _index_interfaces(i: int) -> list[Path]:
+    """Host interfaces named after index I that still exist: a cluster taken down while another
+    mount namespace held its netns leaves its veths until that holder goes; reusing the index
+    then fails with "File exists"."""
+    net = Path("/sys/class/net")
+    return [p for pat in (f"sv{i}c", f"sv{i}s", f"sv{i}n*", f"st{i}x*", f"sb{i}x*")
+            for p in net.glob(pat)]
 
 
 def _host_ten_nets() -> set[int]:

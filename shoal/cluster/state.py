@@ -106,8 +106,13 @@ class ClusterDir:
     def logs(self) -> Path:
         return self.root / "log"
 
+    @property
+    def nodes_dir(self) -> Path:
+        """Per-node upper layers and work dirs: a tmpfs while the cluster is up (manager.py)."""
+        return self.root / "nodes"
+
     def node(self, node: str) -> Path:
-        return self.root / "nodes" / node
+        return self.nodes_dir / node
 
     def exists(self) -> bool:
         return self.state_file.exists()
@@ -167,8 +172,9 @@ def free_index(taken: set[int]) -> int:
     The index names the cluster's subnet (shoal.cluster.topology), its veths and extra bridges.
     """
     host_tens = _host_ten_nets()
+    links = _link_indexes()
     for i in range(1, topology.MAX_INDEX + 1):
-        if i not in taken and i not in host_tens and not _index_interfaces(i):
+        if i not in taken and i not in host_tens and i not in links:
             return i
     raise ClusterError(
         f"no free cluster index (10.1-{topology.MAX_INDEX}.0.0/16) for another cluster",
@@ -176,13 +182,14 @@ def free_index(taken: set[int]) -> int:
     )
 
 
-def _index_interfaces(i: int) -> list[Path]:
-    """Host interfaces named after index I that still exist: a cluster taken down while another
-    mount namespace held its netns leaves its veths until that holder goes; reusing the index
-    then fails with "File exists"."""
-    net = Path("/sys/class/net")
-    return [p for pat in (f"sv{i}c", f"sv{i}s", f"sv{i}n*", f"st{i}x*", f"sb{i}x*")
-            for p in net.glob(pat)]
+def _link_indexes() -> set[int]:
+    """Indexes in the names of host links shaped like a cluster's (sv<i>c, sv<i>n7, sb<i>x1, ...):
+    a crashed cluster's veth left behind would make `up` fail with "File exists"."""
+    try:
+        names = os.listdir("/sys/class/net")
+    except OSError:
+        return set()
+    return {int(m.group(1)) for n in names if (m := re.fullmatch(r"s[vbt]([0-9]+)[cnsx][0-9a-z]*", n))}
 
 
 def _host_ten_nets() -> set[int]:

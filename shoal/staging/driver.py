@@ -460,10 +460,14 @@ def run_in_image(
         staged_ok = True
         staged = result.staged_path()
         n = len(alloc.nodes)
+        # a virtual cluster's MpiDefault is none (shoal/cluster/slurmconf.py): the command may
+        # be an MPI program, so it gets PMIx unless the caller chose
+        mpi = ["--mpi=pmix"] if site.cluster is not None and not any(
+            a == "--mpi" or a.startswith("--mpi=") for a in srun_args) else []
         argv = site.argv(
             "srun", f"--jobid={alloc.job}", "--overlap", f"--nodes={n}",
             f"--ntasks={n * ntasks_per_node}", f"--ntasks-per-node={ntasks_per_node}",
-            *srun_args, "ch-run", staged, "--", *command,
+            *mpi, *srun_args, "ch-run", staged, "--", *command,
         )
         t0 = time.monotonic()
         # ch-run refuses to start without $USER (daemons and CI may not set it)

@@ -55,4 +55,9 @@ cd "$R"
 pivot_root . .oldroot
 cd /
 umount -l /.oldroot
+# The image's lean launcher of supervisord (no pkg_resources: 0.12 CPU-s and 8 MB less per node);
+# an older layer1 image (rolling upgrade) has only Debian's.
+if [ -x /usr/local/sbin/supervisord ]; then
+    exec /usr/local/sbin/supervisord -n -c /etc/supervisor/supervisord.conf
+fi
 exec /usr/bin/supervisord -n -c /etc/supervisor/supervisord.conf

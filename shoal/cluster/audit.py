@@ -61,12 +61,19 @@ def leftovers(fp: Footprint, settle: float = 10.0) -> list[str]:
         if not ifaces or time.monotonic() >= deadline:
             break
         time.sleep(0.2)
-    out += [f"interface {i}" for i in ifaces]
-    out += [f"netns net:[{ino}] held by a mount in the mount namespace of pid {pid}"
-            for ino, pid in _netns_mounts(fp.netns_inodes)]
+    if ifaces:
+        # a veth outlives its netns only while something still holds the netns: say what
+        held = [f"(netns net:[{ino}] mounted in the mount namespace of pid {pid})"
+                for ino, pid in netns_mounts(fp.netns_inodes)]
+        out += [f"interface {i}" for i in ifaces] + held
     out += [f"mount {m}" for m in _mounts(fp)]
     out += [f"loop device {d}" for d in _loops(fp.root)]
-    out += [f"process {p}" for p in _processes(fp)]
+    # killed processes may take a moment to exit and be reaped on a loaded machine
+    procs = _processes(fp)
+    while procs and time.monotonic() < deadline:
+        time.sleep(0.2)
+        procs = _processes(fp)
+    out += [f"process {p}: {_cmdline(p)}" for p in procs]
     if os.path.lexists(fp.root):
         out.append(f"state directory {fp.root}")
     return out
@@ -82,7 +89,7 @@ def _ours(iface: str, bridges: tuple[str, ...]) -> bool:
         return False
 
 
-def _netns_mounts(inodes: frozenset[int]) -> list[tuple[int, int]]:
+def netns_mounts(inodes: frozenset[int]) -> list[tuple[int, int]]:
     """(netns inode, a pid) for every mount namespace that still has one of INODES mounted: a
     namespace copied from the host while the cluster ran keeps its netns alive after `down`."""
     if not inodes:
@@ -134,6 +141,13 @@ def loop_devices() -> dict[str, str]:
 
 def _loops(root: str) -> list[str]:
     return [f"{dev} ({f})" for dev, f in loop_devices().items() if f.startswith(root + "/")]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+    except OSError:
+        return "(gone)"
 
 
 def _processes(fp: Footprint) -> list[int]:

@@ -58,13 +58,16 @@ INTERRUPT_ON_IMPORT = """
             return None
     sys.meta_path.insert(0, Interrupt())
     from shoal.cli.entry import main
-    sys.argv = ["shoal", "cluster", "--help"]
+    sys.argv = ["shoal", "{command}", "--help"]
     sys.exit(main())
 """
 
 
 def test_ctrl_c_during_import_prints_no_traceback() -> None:
-    for module in ("click", "rich.console", "shoal.cli.cluster", "shoal.cli.study"):
-        out = _py(INTERRUPT_ON_IMPORT.format(module=module))
+    for module, command in (("click", "cluster"), ("rich.console", "cluster"),
+                            ("shoal.cli.cluster", "cluster"), ("shoal.cli.study", "study")):
+        out = _py(INTERRUPT_ON_IMPORT.format(module=module, command=command))
         assert out.returncode == 130, (module, out.returncode, out.stderr)
-        assert "Traceback" not in out.stderr and "interrupted" in out.stderr, (module, out.stderr)
+        # click turns Ctrl-C inside a command's lazy import into Abort: "aborted", also fine
+        said = out.stderr.strip()
+        assert "Traceback" not in out.stderr and said in ("interrupted", "aborted"), (module, said)

@@ -21,6 +21,7 @@ from shoal.cluster.secrets import SHOAL_UID, ClusterSecrets
 from shoal.cluster.state import ClusterDir, ClusterState
 from shoal.errors import ClusterError
 from shoal.fsutil import locked, write_file
+from shoal.paths import cache_root
 from shoal.runner import run, spawn, wait
 
 SLURMDBD = "127.0.0.1:6819"
@@ -130,6 +131,8 @@ def controller_env(common: dict[str, str], cd: ClusterDir, ip: str, accounting: 
         **common,
         "SHOAL_IP": ip,
         "SHOAL_CTL": str(cd.ctl),
+        "SHOAL_CLUSTERS": str(cd.root.parent),
+        "SHOAL_CACHE": str(cache_root()),
         "SHOAL_ACCOUNTING": "true" if accounting else "false",
         "SHOAL_SLURMCTLD_WAITS_FOR": SLURMDBD if accounting else "none",
     }

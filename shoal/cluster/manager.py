@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shoal.bundle import write_bundle
-from shoal.cluster import capacity, cgroups, controller, netns, node, scripts, secrets, storage
+from shoal.bundle import publish, write_bundle
+from shoal.cluster import capacity, cgroups, confine, controller, netns, node, scripts, secrets, storage
 from shoal.cluster.config import ClusterConfig
 from shoal.cluster.enter import new_namespaces, pid1, slurm_client
 from shoal.cluster.slurmconf import (
@@ -110,7 +112,7 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
     image = ensure_layer1()
     clock = _Clock()
     t0 = clock.t0
-    taken = {s.index for s in list_states()}
+    taken = {s.index for s in list_states()} | _indices_with_interfaces()
     state = ClusterState(
         name=cfg.name,
         index=free_index(taken),
@@ -280,6 +282,14 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path, 
         storage.wait_listening(state.storage_pid, cd.logs / "storage.console")
         common["SHOAL_SSHFS_MOUNT"] = str(mount_script)
         common["SHOAL_STORAGE_LINK"] = f"/sys/class/net/{state.host_veth('storage')}/statistics"
+    # -- the mount broker: node root may not mount; the broker does, for Prolog requests that
+    # slurmctld vouches for (shoal/cluster/broker.py). The nodes bind their socket at start.
+    state.broker_pid = spawn([sys.executable, "-m", confine.BROKER_MODULE, cfg.name],
+                             log_path=cd.logs / "broker.log")
+    cd.save(state)
+    confine.wait_broker(cd, state.broker_pid)
+    # the node agent of this shoal in the store, published by root (users cannot write there)
+    publish(store)
     # Controller first: it is the critical path. Its start takes seconds (MariaDB, slurmdbd,
     # slurmctld); the nodes boot meanwhile, and slurmd keeps retrying its registration until
     # slurmctld answers. Both the controller and this spawn loop run at BOOT_PRIORITY, the nodes
@@ -318,6 +328,10 @@ def _spawn_nodes(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image:
             "SHOAL_MUNGE_UID": str(muid),
             "SHOAL_MUNGE_GID": str(mgid),
             "SHOAL_ETC_MUNGE": str(node_munge),
+            "SHOAL_BROKER_SOCKET": str(confine.socket_path(cd, name)),
+            "SHOAL_DEVICES_CGROUP": str(confine.create_devices(cfg.name, name))
+            if confine.available() else "",
+            "SHOAL_CAPS": confine.caps_arg(),
             **(cgroups.create(cfg.name, name, cfg.memory_mb_per_node).env() if use_cgroups else {}),
         })
         state.node_images[name] = state.layer1_hash
@@ -490,10 +504,16 @@ def down(name: str, keep_state: bool = False) -> list[str]:
         if not left:
             break
         netns.kill_all(left, grace=2.0)
+    # the broker lives in the host's namespaces: stopped by its pid, once the nodes are gone
+    if state.broker_pid and confine.is_broker(state.broker_pid, name):
+        netns.kill_all([state.broker_pid], grace=5.0)
     reap()
     netns.delete_network(state.bridge_plan, namespaces)
     remaining = netns.leftovers(state.bridge_plan, namespaces)
     remaining += [f"pid {p}" for p in netns.pids_in_netns(inodes)]
+    if state.broker_pid and confine.is_broker(state.broker_pid, name):
+        remaining.append(f"mount broker pid {state.broker_pid}")
+    remaining += confine.remove_devices(name)
     if not any(r.startswith("pid ") for r in remaining):
         remaining += cgroups.remove(name)
     if not remaining:
@@ -509,3 +529,15 @@ def down(name: str, keep_state: bool = False) -> list[str]:
         else:
             shutil.rmtree(cd.root, ignore_errors=True)
     return remaining
+
+
+def _indices_with_interfaces() -> set[int]:
+    """Cluster indices whose host-side veths (sv<index>c, sv<index>n<i>, ...) still exist: a
+    crashed cluster of someone else may have left one; its index is not free."""
+    out: set[int] = set()
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/sys/class/net"):
+            m = re.match(r"sv(\d+)[cns]", name)
+            if m:
+                out.add(int(m.group(1)))
+    return out

@@ -33,6 +33,7 @@ class ClusterState:
     controller_pid: int = 0
     storage: str = "bind"  # bind | sshfs (config.STORAGE_MODES)
     storage_pid: int = 0  # outer pid of the storage host (storage = "sshfs" only)
+    broker_pid: int = 0  # the cluster's mount broker on the host (shoal.cluster.broker)
     node_pids: dict[str, int] = field(default_factory=dict)
     node_images: dict[str, str] = field(default_factory=dict)  # node -> layer1 hash it runs
     phase: str = "creating"  # creating | up | down

@@ -97,6 +97,19 @@ def last_json(text: "str") -> "dict[str, Any] | None":
     return None
 
 
+_CANT_OPEN = re.compile(r"can't open file '([^']+)'")
+
+
+def missing_agent(stderr: "str") -> "str":
+    """Why a node ran nothing when python3 could not open the agent bundle (else "")."""
+    m = _CANT_OPEN.search(stderr)
+    if not m:
+        return ""
+    return (f"the node agent {m.group(1)} is not there on the node: the nodes must see the "
+            f"image store at the path this side uses (set `store` in /etc/shoal/shoal.toml, "
+            f"or SHOAL_STORE, to the store's path on the nodes)")
+
+
 def tail(text: "str", n: "int" = 2) -> "str":
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return " | ".join(lines[-n:])[-300:]
@@ -159,7 +172,7 @@ def run_agent(argv: "list[str]", nodes: "list[str]", timeout: "float", what: "st
         done = run(argv, timeout=timeout, check=False, what=what, env=env)
         stdout = done.stdout
         if done.returncode != 0:
-            why = tail(done.stderr)
+            why = missing_agent(done.stderr) or tail(done.stderr)
     except CommandTimeout as exc:
         stdout = exc.stdout
         why = f"no answer within {timeout:g} s"

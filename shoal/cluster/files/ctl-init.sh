@@ -21,6 +21,7 @@ else
     mount --bind "$SHOAL_STORE" /pfs/store
 fi
 mount --bind "$SHOAL_ETC_SLURM" /etc/slurm
+mount --bind "$SHOAL_ETC_SHOAL" /etc/shoal  # this cluster's site configuration (store = /pfs/store)
 for f in hosts passwd group; do
     mount --bind "$SHOAL_CTL/etc/$f" "/etc/$f"
 done

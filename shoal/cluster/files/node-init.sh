@@ -7,7 +7,7 @@
 #   SHOAL_NET_UP     net-up.sh to source       SHOAL_IP, SHOAL_TBF   address and shaping
 #   SHOAL_HOST       node name (hostname)      SHOAL_ROOT            where the root is assembled
 #   SHOAL_LOWER/UPPER/WORK   overlay layers    SHOAL_TMPFS           size of the node's /tmp
-#   SHOAL_HOME, SHOAL_PFS, SHOAL_STORE, SHOAL_ETC_SLURM, SHOAL_ETC_MUNGE   host dirs bound in
+#   SHOAL_HOME, SHOAL_PFS, SHOAL_STORE, SHOAL_ETC_SLURM, SHOAL_ETC_SHOAL, SHOAL_ETC_MUNGE   host dirs bound in
 #   SHOAL_MUNGE_UID/GID   the image's munge user    SHOAL_SSHFS_MOUNT   (storage = "sshfs") mount script
 set -eu
 R="$SHOAL_ROOT"
@@ -43,6 +43,8 @@ else
 fi
 mount --bind "$SHOAL_ETC_SLURM" "$R/etc/slurm"
 mount -o remount,bind,ro "$R/etc/slurm"
+mount --bind "$SHOAL_ETC_SHOAL" "$R/etc/shoal"
+mount -o remount,bind,ro "$R/etc/shoal"
 mount --bind "$SHOAL_ETC_MUNGE" "$R/etc/munge"
 cd "$R"
 pivot_root . .oldroot

@@ -49,7 +49,7 @@ def _layer(entries: list[tuple[str, bytes | None, str | None]], gz: bool) -> byt
 
 
 BB = BUSYBOX.read_bytes()
-LAYERS = [
+LAYERS: list[list[tuple[str, bytes | None, str | None]]] = [
     [("bin", None, None), ("bin/busybox", BB, None), ("bin/sh", None, "busybox"),
      ("bin/cat", None, "busybox"), ("etc", None, None), ("etc/passwd", b"root:x:0:0::/:/bin/sh\n", None),
      ("usr", None, None), ("usr/lib", None, None), ("lib", None, "usr/lib"),

@@ -71,3 +71,18 @@ def test_run_passes_exit_code_and_sbatch_args(cluster: ClusterHandle, mpihello_i
     job = doc["staging"]["job"]
     name = cluster.ctl("sacct", "-n", "-X", "-P", "-o", "JobName", "-j", job).stdout.strip()
     assert name == "usabtest"
+
+
+def test_login_node_runs_with_the_site_configuration(cluster: ClusterHandle,
+                                                    mpihello_in_store: str) -> None:
+    """On the login node, with no SHOAL_* variables and no --cluster (the Slurm on PATH, as on a
+    real site), the cluster's /etc/shoal/shoal.toml points shoal at /pfs/store, where the nodes see
+    it; before, shoal took the host default /var/lib/shoal/store, which the nodes do not have.
+    (Run as root: this checkout's venv interpreter lives under /root, which uid 1000 cannot read.)"""
+    site = cluster.ctl("cat", "/etc/shoal/shoal.toml").stdout
+    assert 'store = "/pfs/store"' in site
+    assert 'store = "/pfs/store"' in cluster.on(cluster.nodes[0], "cat", "/etc/shoal/shoal.toml").stdout
+    res = cluster.ctl(f"{REPO}/.venv/bin/shoal", "run", "--image", "mpihello", "--method", "untar",
+                      "--nodes", "2", "--", "cat", "/etc/debian_version", check=False, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(res.stdout.split()) == 2

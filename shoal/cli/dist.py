@@ -16,6 +16,8 @@ from shoal.staging import driver
 from shoal.staging.registry import method_names
 
 console = LazyConsole()
+# `shoal run`'s stdout is the command's, as with srun: its staging table goes to stderr
+err_console = LazyConsole(stderr=True)
 
 
 def _mib(v: object) -> str:
@@ -161,7 +163,7 @@ def run_cmd(ctx: click.Context, image: str, method: str, nodes: int | None, clus
     site = driver.site_for(cluster)
 
     def staged(result: driver.DistResult) -> None:
-        console.print(dist_table(result))
+        err_console.print(dist_table(result))
 
     ran = driver.run_in_image(
         site, image, method, command, nodes=nodes, ntasks_per_node=ntasks_per_node,

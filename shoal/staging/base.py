@@ -135,6 +135,8 @@ class Method:
     name: "ClassVar[str]" = ""
     artifact: "ClassVar[str]" = "tar"  # which store artifact it uses: tar, sqfs or dir
     collective: "ClassVar[str | None]" = None  # driver-side step between check and stage
+    # driver-side step before anything is timed ("registry-push": fill the cluster's registry)
+    prepare: "ClassVar[str | None]" = None
     privileged: "ClassVar[bool]" = False  # needs root on the node (mounts)
     description: "ClassVar[str]" = ""
 

@@ -267,6 +267,13 @@ def _run_linked(spec: StudySpec, link: ClusterLink, out: Path | None, dry: bool,
     # the bundle's name carries its hash: jobs of an older shoal keep running their own copy
     agent = f"{link.ctx.store_dir}/.shoal/{publish(link.store_local)}"
     ctx = dataclasses.replace(link.ctx, agent=agent)
+    if spec.cluster.kind == "virtual":
+        from shoal.staging.driver import prepare
+        from shoal.staging.registry import get_method
+
+        # methods' preparation (the registry filled with the images) before any job is timed
+        for method, image in sorted({(e.method, e.image) for e in exps}):
+            prepare(spec.cluster.name, get_method(method), image, link.store_local)
     with StudyDB.in_dir(out_dir) as db:
         runner = StudyRunner(spec, exps, db, link.client, out_dir, ctx,
                              host_logs=link.host_logs, console=console,

@@ -27,6 +27,7 @@ MODULES = (
     "shoal/names.py",
     "shoal/runner.py",
     "shoal/staging/base.py",
+    "shoal/staging/accounting.py",
     "shoal/staging/nodeagent.py",
     "shoal/staging/jobstep.py",
     "shoal/staging/record.py",
@@ -46,6 +47,7 @@ MODULES = (
     "shoal/slurm/hostlist.py",
     # read as data by the `workload` step and copied into the container's view of /tmp
     "shoal/workloads/catwalk.py",
+    "shoal/workloads/startread.py",
     "shoal/workloads/statwalk.py",
 )
 PACKAGES = ("shoal", "shoal/staging", "shoal/images", "shoal/slurm", "shoal/workloads")

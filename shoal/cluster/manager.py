@@ -222,7 +222,7 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     # nodes mount it with sshfs instead of binding SHOAL_PFS (shoal/cluster/storage.py).
     if cfg.storage == "sshfs":
         storage_env, mount_script = storage.prepare(cd, addr, store, tbf)
-        storage_env.update({"SHOAL_TBF": "", "SHOAL_HTB": " ".join(htb)})
+        storage_env.update({"SHOAL_TBF": "", "SHOAL_STORAGE_HTB": " ".join(htb)})
         if use_cgroups:
             storage_env.update(cgroups.create(cfg.name, "storage").env())
         state.storage_pid = spawn(

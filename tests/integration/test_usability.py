@@ -78,11 +78,14 @@ def test_login_node_runs_with_the_site_configuration(cluster: ClusterHandle,
     """On the login node, with no SHOAL_* variables and no --cluster (the Slurm on PATH, as on a
     real site), the cluster's /etc/shoal/shoal.toml points shoal at /pfs/store, where the nodes see
     it; before, shoal took the host default /var/lib/shoal/store, which the nodes do not have.
-    (Run as root: this checkout's venv interpreter lives under /root, which uid 1000 cannot read.)"""
+    The login node hides /root (and so this venv's interpreter): shoal runs there the way a site
+    installs it, Debian's python3 with the checkout and its dependencies on the path."""
     site = cluster.ctl("cat", "/etc/shoal/shoal.toml").stdout
     assert 'store = "/pfs/store"' in site
     assert 'store = "/pfs/store"' in cluster.on(cluster.nodes[0], "cat", "/etc/shoal/shoal.toml").stdout
-    res = cluster.ctl(f"{REPO}/.venv/bin/shoal", "run", "--image", "mpihello", "--method", "untar",
+    site_packages = next((REPO / ".venv" / "lib").glob("python3*/site-packages"))
+    res = cluster.ctl("env", f"PYTHONPATH={REPO}:{site_packages}", "/usr/bin/python3", "-m",
+                      "shoal.cli.main", "run", "--image", "mpihello", "--method", "untar",
                       "--nodes", "2", "--", "cat", "/etc/debian_version", check=False, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == [res.stdout.split()[0]] * 2  # one line per node, nothing else

@@ -13,7 +13,7 @@ from shoal.cli.options import LazyConsole, cluster_option, json_option, time_opt
 from shoal.errors import DistError
 from shoal.slurm import timespec
 from shoal.staging import driver
-from shoal.staging.registry import method_names
+from shoal.staging.registry import get_method, method_names
 
 console = LazyConsole()
 # `shoal run`'s stdout is the command's, as with srun: its staging table goes to stderr
@@ -27,10 +27,11 @@ def _mib(v: object) -> str:
 def dist_table(result: driver.DistResult) -> Table:
     t = Table(title=f"{result.method}: {result.image} on {len(result.nodes)} nodes "
                     f"(job {result.job}, {result.seconds:.2f} s"
-                    + (f", sbcast {result.collective_seconds:.2f} s"
+                    + (f", {get_method(result.method).collective} "
+                       f"{result.collective_seconds:.2f} s"
                        if result.collective_seconds is not None else "") + ")")
-    for col in ("node", "ok", "stage s", "shared read MiB", "net rx MiB", "local peak MiB",
-                "verify", "staged / error"):
+    for col in ("node", "ok", "stage s", "shared read MiB", "net rx MiB", "net tx MiB", "CPU s",
+                "local peak MiB", "verify", "staged / error"):
         t.add_column(col, justify="right" if col.endswith(("s", "MiB")) else "left")
     for node in result.nodes:
         rec = result.records.get(node, {})
@@ -40,6 +41,8 @@ def dist_table(result: driver.DistResult) -> Table:
             node, "[green]yes[/]" if ok else "[red]NO[/]",
             f"{rec['seconds']:.3f}" if isinstance(rec.get("seconds"), float) else "-",
             _mib(rec.get("storage_bytes_read")), _mib(rec.get("net_rx_bytes")),
+            _mib(rec.get("net_tx_bytes")),
+            f"{rec['cpu_seconds']:.2f}" if isinstance(rec.get("cpu_seconds"), float) else "-",
             _mib(rec.get("local_bytes_peak")),
             "-" if not isinstance(v, dict) else ("ok" if v.get("ok") else "[red]BAD[/]"),
             str(rec.get("staged")) if ok else f"[red]{result.failed.get(node, '')}[/]",

@@ -214,7 +214,11 @@ def exec(cluster: str, node: str | None, cmd: tuple[str, ...]) -> None:
     host = node or "ctl"
     if node is not None and node not in st.nodes:
         raise ClusterError(f"no node {node!r} in cluster {cluster!r}", f"nodes: {', '.join(st.nodes)}")
-    argv = enter_prefix(st, host) + list(cmd)
+    # the login environment of a site whose users run MPI in containers: plain `srun` gets PMIx
+    # (slurm.conf keeps MpiDefault=none so shoal's own steps stay cheap; SLURM_MPI_TYPE is srun's
+    # --mpi default, and batch jobs inherit it from sbatch)
+    login_env = ["SLURM_MPI_TYPE=pmix"] if node is None else []
+    argv = enter_prefix(st, host) + login_env + list(cmd)
     cwd = _cwd_inside(pid1(st, host))
     if cwd is not None:
         argv.insert(1, f"--wdns={cwd}")

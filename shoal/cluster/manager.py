@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from shoal import paths, siteconfig
 from shoal.bundle import publish, write_bundle
 from shoal.cluster import capacity, cgroups, confine, controller, netns, node, scripts, secrets, storage
 from shoal.cluster.config import ClusterConfig
@@ -193,11 +194,14 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path, 
         d.mkdir(parents=True, exist_ok=True)
     os.chmod(cd.pfs, 0o1777)
     # Mount points the controller binds over on the host's root filesystem.
-    for p in ("/pfs", "/etc/slurm", "/root/.ssh"):
+    for p in ("/pfs", "/etc/slurm", "/etc/shoal", "/root/.ssh"):
         Path(p).mkdir(parents=True, exist_ok=True)
     store = store_root()
     store.mkdir(parents=True, exist_ok=True)
 
+    # the site configuration of this cluster's login node and nodes (bound at /etc/shoal): what a
+    # site's admin writes once, so that `shoal run` there finds the store where the nodes do
+    write_file(cd.root / "etc-shoal" / "shoal.toml", siteconfig.render(paths.CLUSTER_STORE_PATH))
     keys = secrets.create(cd, cfg.name, state.index)
     _write_slurm_config(cfg, cd, addr, keys.db_password)
     secrets.place_user_home(cd, keys)
@@ -235,6 +239,7 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path, 
         "SHOAL_PFS": str(cd.pfs),
         "SHOAL_STORE": str(store),
         "SHOAL_ETC_SLURM": str(cd.etc_slurm),
+        "SHOAL_ETC_SHOAL": str(cd.root / "etc-shoal"),
         "SHOAL_TBF": tbf,
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
     }

@@ -156,9 +156,11 @@ def do_stage(ctx: "Context", method: "Method", by: "str" = "step") -> "dict[str,
             base = baseline(ctx)
         save_state(ctx, {"method": method.name, "baseline": base, "by": by})
         rec["start"] = base["t0"]
+        t_call = time.monotonic()
         with Sampler(ctx.job_dir).running() as sampler:
             staged = method.stage(ctx)
         end = time.monotonic()
+        rec["stage_call_seconds"] = round(end - t_call, 6)  # the method's own work (mount, unpack)
         wall_end = time.time()
         io1 = proc_io()
         w0 = base.get("w0")
@@ -168,8 +170,10 @@ def do_stage(ctx: "Context", method: "Method", by: "str" = "step") -> "dict[str,
             "wall_end": wall_end,
             "seconds": round(end - base["t0"], 6),
             "storage_bytes_read": staged.storage_bytes_read,
-            "net_rx_bytes": net_rx_bytes() - base["rx0"],
-            "net_tx_bytes": net_tx_bytes() - int(base.get("tx0") or 0),
+            # never below 0: an interface removed meanwhile takes its counters with it (on a
+            # shared host netns, as in the unit tests, other people's veths come and go)
+            "net_rx_bytes": max(0, net_rx_bytes() - base["rx0"]),
+            "net_tx_bytes": max(0, net_tx_bytes() - int(base.get("tx0") or 0)),
             "local_bytes_peak": max(0, sampler.peak - base["used0"]),
             "io_read_bytes": io1.get("read_bytes", 0) - io0.get("read_bytes", 0),
             "io_rchar": io1.get("rchar", 0) - io0.get("rchar", 0),

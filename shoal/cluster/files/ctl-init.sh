@@ -32,6 +32,7 @@ fi
 # lost when the host replaces /etc/passwd by rename, as useradd does)
 mount -t overlay overlay -o "lowerdir=$SHOAL_CTL/etc:/etc" /etc
 mount --bind "$SHOAL_ETC_SLURM" /etc/slurm
+mount --bind "$SHOAL_ETC_SHOAL" /etc/shoal  # this cluster's site configuration (store = /pfs/store)
 # private scratch
 for d in /tmp /var/tmp /dev/shm; do
     mount -t tmpfs -o size=256m,mode=1777,nosuid,nodev tmpfs "$d"

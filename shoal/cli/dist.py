@@ -16,6 +16,8 @@ from shoal.staging import driver
 from shoal.staging.registry import get_method, method_names
 
 console = LazyConsole()
+# `shoal run`'s stdout is the command's, as with srun: its staging table goes to stderr
+err_console = LazyConsole(stderr=True)
 
 
 def _mib(v: object) -> str:
@@ -68,6 +70,13 @@ _sbatch_option = click.option(
          "--sbatch-arg=--qos=debug (repeatable; also --constraint, --reservation, ...).")
 
 
+def _site_args(args: tuple[str, ...]) -> tuple[str, ...]:
+    """The site's sbatch options (/etc/shoal/shoal.toml), then the command's (which win)."""
+    from shoal import siteconfig
+
+    return (*siteconfig.load().sbatch_args, *args)
+
+
 @click.command("dist")
 @click.argument("image", required=False)
 @_method_option
@@ -109,7 +118,7 @@ def dist(image: str | None, method: str | None, verify: bool, do_cleanup: bool,
             raise DistError("not inside an allocation ($SLURM_JOB_ID unset)",
                             "run inside salloc/sbatch, give --job, or --nodes N to allocate")
         alloc = driver.allocate(site, nodes, time_limit=timespec.to_slurm(time_limit),
-                                partition=partition, sbatch_args=sbatch_args)
+                                partition=partition, sbatch_args=_site_args(sbatch_args))
         owned = True
     try:
         result = driver.distribute(site, alloc, method, image, verify=verify, fanout=fanout,
@@ -157,13 +166,13 @@ def run_cmd(ctx: click.Context, image: str, method: str, nodes: int | None, clus
     site = driver.site_for(cluster)
 
     def staged(result: driver.DistResult) -> None:
-        console.print(dist_table(result))
+        err_console.print(dist_table(result))
 
     ran = driver.run_in_image(
         site, image, method, command, nodes=nodes, ntasks_per_node=ntasks_per_node,
         srun_args=srun_args, time_limit=timespec.to_slurm(time_limit), verify=verify,
         fanout=fanout, compress=compress, timeout=timeout, on_staged=staged, chunk=chunk,
-        sbatch_args=sbatch_args, partition=partition,
+        sbatch_args=_site_args(sbatch_args), partition=partition,
     )
     if as_json:
         jsonout.emit("run", {

@@ -40,6 +40,7 @@ shoal's mount broker, which re-reads the job record from slurmctld. The Epilog u
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -211,11 +212,24 @@ def do_verify(ctx: "Context") -> "dict[str, Any]":
         from shoal.images.treedigest import tree_digest
 
         t0 = time.monotonic()
-        got = tree_digest(state["staged"]).digest
+        try:
+            got = tree_digest(state["staged"]).digest
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            # a damaged SquashFS (or tarball) mounts or unpacks, then fails on the first bad
+            # block read: say that, not "[Errno 5] Input/output error"
+            where = exc.filename or state["staged"]
+            raise DistError(
+                f"image {ctx.image!r} is corrupted: reading {where} in the staged tree failed "
+                f"with an I/O error (its {state.get('method') or 'staged'} source on storage is "
+                "damaged)", f"check the store: shoal image verify {ctx.image}; then re-export it",
+            ) from None
         rec.update({"expected": want, "digest": got, "seconds": round(time.monotonic() - t0, 6)})
         rec["ok"] = got == want
         if not rec["ok"]:
-            rec["error"] = f"staged tree digest {got} differs from the manifest's {want}"
+            rec["error"] = (f"image {ctx.image!r} is corrupted: staged tree digest {got} differs "
+                            f"from the manifest's {want}")
             rec["hint"] = "the image was corrupted in transit or on storage: shoal image verify"
     except Exception as exc:
         fail(rec, exc)

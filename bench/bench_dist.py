@@ -153,9 +153,9 @@ def run_one(site: driver.Site, alloc: driver.Allocation, agent: str, method: str
             row.error = "; ".join(f"{n}: {w}" for n, w in sorted(res.failed.items()))[:300]
             return row
         staged = True
-        row.stage_s = [float(r["seconds"]) for r in recs]
-        row.rx_bytes = [int(r.get("net_rx_bytes") or 0) for r in recs]
-        row.storage_bytes = [int(r.get("storage_bytes_read") or 0) for r in recs]
+        row.stage_s = [float(r["stage_seconds"]) for r in recs]
+        row.rx_bytes = [int(r.get("bytes_net_rx") or 0) for r in recs]
+        row.storage_bytes = [int(r.get("stage_bytes_from_storage") or 0) for r in recs]
         if walk:
             wrecs, wfailed = driver.agent_step(
                 site, alloc, alloc.nodes, agent, "workload", "--job", alloc.job, "--image",

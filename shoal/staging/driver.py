@@ -151,20 +151,16 @@ def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[
     any node runs the Prolog (PrologFlags=Alloc runs it at allocation). --no-kill keeps the
     allocation when a node dies, so the driver can still clean up the others.
     """
-    argv = ["sbatch", "--parsable", "--hold", "--no-kill", f"--nodes={nodes}",
-            "--ntasks-per-node=1", f"--time={time_limit}", "--job-name=shoal",
-            "--output=/dev/null", "--error=/dev/null"]
+    args = ["--hold", "--no-kill", f"--nodes={nodes}", "--ntasks-per-node=1", f"--time={time_limit}",
+            "--job-name=shoal", "--output=/dev/null", "--error=/dev/null"]
     if partition:
-        argv.append(f"--partition={partition}")
-    argv += ["--wrap", "exec sleep 2147483647"]
-    out = run(site.argv(*argv), timeout=SUBMIT_TIMEOUT, what="sbatch (shoal allocation)")
-    job = out.stdout.strip().split(";")[0]
-    if not job.isdigit():
-        raise SlurmError(f"sbatch answered {out.stdout.strip()!r}, not a job id", None)
+        args.append(f"--partition={partition}")
+    client = SlurmClient(site.prefix, timeout=SUBMIT_TIMEOUT)
+    job = str(client.submit_command("exec sleep 2147483647", args))
     try:
         if before_start is not None:
             before_start(job)
-        SlurmClient(site.prefix, timeout=SUBMIT_TIMEOUT).release(int(job))
+        client.release(int(job))
         deadline = time.monotonic() + START_TIMEOUT
         state = ""
         while time.monotonic() < deadline:
@@ -183,7 +179,7 @@ def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[
 
 
 def release(site: Site, job: str) -> None:
-    run(site.argv("scancel", job), timeout=SUBMIT_TIMEOUT, check=False)
+    SlurmClient(site.prefix, timeout=SUBMIT_TIMEOUT).cancel([int(job)])
 
 
 # ---- steps -------------------------------------------------------------------------------------

@@ -39,7 +39,6 @@ import os
 import pkgutil
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import CommandTimeout, DistError, ShoalError
@@ -48,44 +47,13 @@ from shoal.slurm.hostlist import expand
 from shoal.staging.base import Context, load_state, proc_io
 from shoal.staging.record import base_record, fail, node_name
 from shoal.staging.registry import get_method
+from shoal.workloads import Workload, get_workload
 
 STEP_MIN_TIMEOUT = 30.0
 CLEANUP_TIMEOUT = 120.0
 DEFAULT_JOB_TIMEOUT = 600.0
 # PMIx's shared-memory data store warns about locks inside ch-run containers: hash instead
 MPI_ENV = "ALL,PMIX_MCA_gds=hash"
-
-
-@dataclass(frozen=True)
-class Workload:
-    """What runs in the container. kind "node": one process per node (the agent's ``workload``
-    step times it on the node); kind "mpi": one MPI job over the allocation, one rank per node.
-    In argv, {script} is the bundled script copied to the node, {t0} the launch time (epoch)."""
-
-    name: str
-    kind: str
-    argv: tuple[str, ...]
-    script: str | None = None
-
-
-WORKLOADS: dict[str, Workload] = {
-    w.name: w
-    for w in (
-        Workload("catwalk", "node", ("python3", "{script}", "/"), "catwalk.py"),
-        Workload("statwalk", "node", ("python3", "{script}", "/"), "statwalk.py"),
-        Workload("pynamic", "node", ("python3", "/opt/pynamic/pynamic_driver.py", "--t0", "{t0}")),
-        Workload("mpihello", "mpi", ("mpihello",)),
-        Workload("lammps", "mpi", ("lammps-lj",)),
-    )
-}
-
-
-def get_workload(name: str) -> Workload:
-    try:
-        return WORKLOADS[name]
-    except KeyError:
-        raise DistError(f"unknown workload {name!r}",
-                        f"known workloads: {', '.join(sorted(WORKLOADS))}") from None
 
 
 def last_json(text: str) -> dict[str, Any] | None:
@@ -304,7 +272,7 @@ def merge(node: str, *, method: str, image: str, workload: str, job: str, batch_
     for v in (c.get("figures") or {}).values():
         if isinstance(v, dict):
             figures.update(v)
-    storage = _int(s.get("storage_bytes_read"))
+    storage = _int(s.get("stage_bytes_from_storage"))
     mount_reads = _int(figures.get("mount_bytes_read"))
     if mount_reads is not None:
         storage = mount_reads  # the mount's whole life: staging and the workload's reads
@@ -315,17 +283,17 @@ def merge(node: str, *, method: str, image: str, workload: str, job: str, batch_
     rec: dict[str, Any] = {
         "node": node, "ok": error is None, "error": error, "method": method, "image": image,
         "job": job, "image_digest": s.get("image_digest"),
-        "stage_start": _num(s.get("wall_start")), "stage_end": _num(s.get("wall_end")),
-        "stage_seconds": _num(s.get("seconds")),
+        "stage_start": _num(s.get("stage_start")), "stage_end": _num(s.get("stage_end")),
+        "stage_seconds": _num(s.get("stage_seconds")),
         "bytes_from_storage": storage,
-        "bytes_net_rx": _int(s.get("net_rx_bytes")),
-        "peak_bytes": _int(s.get("local_bytes_peak")),
+        "bytes_net_rx": _int(s.get("bytes_net_rx")),
+        "peak_bytes": _int(s.get("peak_bytes")),
         "workload": workload, "workload_seconds": _num(w.get("seconds")),
         "fom": w.get("fom") if isinstance(w.get("fom"), dict) else {},
         "workload_scope": scope,
         "workload_start": _num(w.get("wall_start")), "workload_end": _num(w.get("wall_end")),
         "workload_rchar": _int(w.get("rchar")),
-        "stage_bytes_from_storage": _int(s.get("storage_bytes_read")),
+        "stage_bytes_from_storage": _int(s.get("stage_bytes_from_storage")),
         "collective_seconds": collective_s, "job_stage_seconds": job_stage_s,
         "staged": s.get("staged"), "staged_by": s.get("staged_by"),
         "broadcast_bytes": _int(s.get("broadcast_bytes")),

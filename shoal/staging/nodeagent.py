@@ -156,12 +156,13 @@ def do_stage(ctx: Context, method: Method, by: str = "step") -> dict[str, Any]:
         w0 = base.get("w0")
         rec.update({
             "ok": True, "staged": staged.path, "end": end,
-            "wall_start": w0 if isinstance(w0, float) else wall_end - (end - base["t0"]),
-            "wall_end": wall_end,
-            "seconds": round(end - base["t0"], 6),
-            "storage_bytes_read": staged.storage_bytes_read,
-            "net_rx_bytes": net_rx_bytes() - base["rx0"],
-            "local_bytes_peak": max(0, sampler.peak - base["used0"]),
+            # named as in the job record (shoal.staging.record.STAGE_KEYS)
+            "stage_start": w0 if isinstance(w0, float) else wall_end - (end - base["t0"]),
+            "stage_end": wall_end,
+            "stage_seconds": round(end - base["t0"], 6),
+            "stage_bytes_from_storage": staged.storage_bytes_read,
+            "bytes_net_rx": net_rx_bytes() - base["rx0"],
+            "peak_bytes": max(0, sampler.peak - base["used0"]),
             "io_read_bytes": io1.get("read_bytes", 0) - io0.get("read_bytes", 0),
             "io_rchar": io1.get("rchar", 0) - io0.get("rchar", 0),
             "staged_by": by,

@@ -21,6 +21,7 @@ import pytest
 from shoal.bundle import write_bundle
 from shoal.errors import DistError, PrivilegeError
 from shoal.staging import base, registry
+from shoal.staging.record import STAGE_KEYS
 
 PYTHON = "/usr/bin/python3"
 JOB = "4242"
@@ -110,17 +111,17 @@ def test_stage_verify_cleanup(method: str, store: Path, agent: Path, tmpfs: Path
     assert rec["ok"], rec
     assert rec["method"] == method and rec["job"] == JOB and rec["node"]
     assert rec["image_digest"] == manifest["tree_digest"]
-    assert rec["end"] >= rec["start"] and rec["seconds"] >= 0
-    for k in ("storage_bytes_read", "net_rx_bytes", "local_bytes_peak"):
+    assert rec["end"] >= rec["start"] and rec["stage_seconds"] >= 0
+    for k in STAGE_KEYS[3:]:  # the byte counts
         assert isinstance(rec[k], int) and rec[k] >= 0, k
     staged = Path(rec["staged"])
     assert (staged / "etc" / "passwd").is_file()
     assert sum(1 for _ in (staged / "data").rglob("f*")) == 200
     if method in ("untar", "sbcast"):
         assert staged == root / JOB / IMAGE
-        assert rec["local_bytes_peak"] >= manifest["bytes"]
+        assert rec["peak_bytes"] >= manifest["bytes"]
     if method == "untar":
-        assert rec["storage_bytes_read"] == manifest["sizes"][f"{IMAGE}.tar.gz"]
+        assert rec["stage_bytes_from_storage"] == manifest["sizes"][f"{IMAGE}.tar.gz"]
     if method in ("squashfs-kernel", "squashfuse", "sbcast-squashfs"):
         assert os.path.ismount(staged)
     if method == "shared-dir":

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shoal.workloads import WORKLOADS, script_path
+from shoal.errors import DistError
+from shoal.workloads import script_names, script_path
 
 
 @pytest.fixture()
@@ -44,7 +45,7 @@ def run_script(name: str, *args: str) -> dict[str, object]:
     return rec
 
 
-@pytest.mark.parametrize("name", WORKLOADS)
+@pytest.mark.parametrize("name", script_names())
 def test_counts(name: str, tree: tuple[Path, int, int]) -> None:
     root, nfiles, nbytes = tree
     rec = run_script(name, str(root))
@@ -55,7 +56,7 @@ def test_counts(name: str, tree: tuple[Path, int, int]) -> None:
     assert isinstance(rec["seconds"], float) and rec["seconds"] >= 0
 
 
-@pytest.mark.parametrize("name", WORKLOADS)
+@pytest.mark.parametrize("name", script_names())
 def test_skip_override_includes_tmp(name: str, tree: tuple[Path, int, int]) -> None:
     root, nfiles, nbytes = tree
     rec = run_script(name, str(root), "--skip", "/proc")
@@ -73,5 +74,7 @@ def test_statwalk_counts_entries(tree: tuple[Path, int, int]) -> None:
 
 
 def test_unknown_workload() -> None:
-    with pytest.raises(KeyError):
+    with pytest.raises(DistError, match="unknown workload"):
         script_path("nope")
+    with pytest.raises(DistError, match="no script"):
+        script_path("mpihello")

@@ -246,8 +246,16 @@ def distribute(
     """Stage IMAGE with METHOD on every node of ALLOC; clean up everywhere if a node fails."""
     method = get_method(method_name)
     check_image(site, image)
-    agent = f"{site.store_nodes}/.shoal/{publish(site.store_local)}"
     nodes = list(alloc.nodes)
+    if site.cluster is not None:
+        # a virtual cluster's nodes keep their copies in this one machine's memory
+        from shoal.cluster.state import ClusterDir
+        from shoal.staging.fit import check_node_local_copies
+
+        tmpfs = ClusterDir(site.cluster).load().config.get("tmpfs_size")
+        check_node_local_copies(method.name, image, len(nodes), site.store_local,
+                                tmpfs if isinstance(tmpfs, str) else None)
+    agent = f"{site.store_nodes}/.shoal/{publish(site.store_local)}"
     common = ("--job", alloc.job, "--image", image)
     t0 = time.monotonic()
     collective_s: float | None = None

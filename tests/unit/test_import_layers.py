@@ -22,6 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "shoal"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("shoal.cli", "shoal.demo", "shoal.__main__"),
     ("shoal.study",),
+    ("shoal.model",),  # the study report draws the model's predictions
     ("shoal.staging",),
     ("shoal.images", "shoal.cluster"),
     ("shoal.slurm",),

@@ -1,7 +1,7 @@
 """Benchmark: virtual cluster boot time to all-IDLE and idle RSS per node, at 4, 16 and 64 nodes.
 
 Run as root: `.venv/bin/python bench/bench_cluster.py [--nodes 4,16,64]`. Prints a table; the
-targets (issue 2) are 16 nodes <= 10 s, 64 nodes <= 45 s, <= 64 MB RSS per idle node.
+targets are 16 nodes <= 10 s, 64 nodes <= 45 s, <= 64 MB RSS per idle node.
 Each size is booted, measured after a short settle, and taken down before the next one.
 """
 

@@ -1,4 +1,4 @@
-"""Distribution benchmark (issue 4): staging time of every method at 1-16 nodes vs its physical limit.
+"""Distribution benchmark: staging time of every method at 1-16 nodes vs its physical limit.
 
     .venv/bin/python bench/bench_dist.py [--quick] [--nodes 1,2,4,8,16] [--methods M,...]
                                          [--images mpihello,bdlarge] [--walk lazy|all|none]
@@ -15,7 +15,7 @@ defers; `--walk all` also walks the node-local copies), then the nodes are clean
 Staging time per node is timed on the node (from `check` for broadcast methods, so the sbcast
 counts); the job waits for the slowest node, so the ratio uses the max.
 
-Physical limits (shared/study.md), B = per-link rate, the storage host's link is B too:
+Physical limits (docs/STUDY.md), B = per-link rate, the storage host's link is B too:
   untar                all N nodes read the tarball S from one server:   N * S / B
   sbcast, sbcast-sq.   non-pipelined k-ary tree from the controller:    L * w * S / B,
                        L = ceil(log_k N) (at least 1), w = min(k, N), k = --fanout

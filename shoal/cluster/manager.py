@@ -144,7 +144,7 @@ def booted(cfg: ClusterConfig) -> Iterator[UpResult]:
 
     A cluster of the same name left by a killed earlier run is removed first; the teardown always
     runs, is not cut short by a second Ctrl-C or a SIGTERM, and raises ClusterError naming
-    anything it could not remove.
+    anything it could not remove. A block may take the cluster down itself (a test of `down`).
     """
     if ClusterDir(cfg.name).exists():
         down(cfg.name)
@@ -155,7 +155,7 @@ def booted(cfg: ClusterConfig) -> Iterator[UpResult]:
         main = threading.current_thread() is threading.main_thread()
         saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:
-            left = down(cfg.name)
+            left = down(cfg.name) if ClusterDir(cfg.name).exists() else []
         finally:
             for sig, handler in saved.items():
                 signal.signal(sig, handler)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,16 @@ class ClusterDir:
                 f"remove it with `shoal cluster down --name {self.name}`",
             ) from exc
         data.pop("version", None)
-        return ClusterState(**data)
+        # Keys a newer shoal wrote (another checkout on the same machine) are left out rather than
+        # making every cluster unreadable: list_states must still see this cluster's index.
+        known = {f.name for f in fields(ClusterState)}
+        try:
+            return ClusterState(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise ClusterError(
+                f"cannot read state of cluster {self.name!r}: {exc}",
+                f"remove it with `shoal cluster down --name {self.name}`",
+            ) from exc
 
     def save(self, state: ClusterState) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 from shoal import paths
 from shoal.bundle import publish
+from shoal.cluster.enter import slurm_prefix
 from shoal.errors import DistError, SlurmError
 from shoal.runner import run
 from shoal.slurm.client import Job, JobState, SlurmClient
@@ -61,10 +62,6 @@ def site_for(cluster: str | None) -> Site:
     store = paths.store_root()
     if cluster is None:
         return Site((), store, str(store), str(store))
-    try:
-        from shoal.cluster.enter import slurm_prefix
-    except ImportError as exc:  # pragma: no cover - the lead's module is part of shoal
-        raise DistError("this shoal has no virtual cluster support", None) from exc
     prefix = slurm_prefix(cluster)
     # the controller and the nodes both see the host's store at /pfs/store
     return Site(tuple(prefix), store, paths.CLUSTER_STORE_PATH, paths.CLUSTER_STORE_PATH, cluster)

@@ -1,4 +1,4 @@
-"""The five questions of the study (docs: shared/study.md), answered from the data.
+"""The five questions of the study (docs/STUDY.md), answered from the data.
 
 Each answer is a short verdict, a table of the comparisons it rests on and the experiment ids it
 cites. A difference counts only when the confidence intervals do not overlap; otherwise, or when

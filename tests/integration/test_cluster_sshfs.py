@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from shoal.cluster import manager
-from shoal.cluster.config import NETWORK_PROFILES
+from shoal.cluster.config import NETWORK_PROFILES, validate
 from shoal.cluster.state import ClusterDir, ClusterState
 from shoal.cluster.topology import Addressing
 from shoal.paths import store_root
@@ -64,19 +64,10 @@ def leftovers(state: ClusterState) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[ClusterState]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    if ClusterDir(NAME).exists():  # our own cluster, left by a crashed earlier run
-        manager.down(NAME)
-    try:
-        run([*SHOAL, "cluster", "up", "--nodes", str(len(NODES)), "--name", NAME,
-             "--network", "eth10g", "--storage", "sshfs"], timeout=300)
-        yield ClusterDir(NAME).load()
-    finally:
-        if ClusterDir(NAME).exists():
-            state = ClusterDir(NAME).load()
-            manager.down(NAME)
-            assert leftovers(state) == []
+    cfg = validate({"name": NAME, "nodes": len(NODES), "network": "eth10g", "storage": "sshfs"})
+    with manager.booted(cfg) as res:
+        yield res.state
+    assert leftovers(res.state) == []
 
 
 def test_state_records_storage(cluster: ClusterState) -> None:

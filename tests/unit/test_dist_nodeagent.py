@@ -27,7 +27,7 @@ PYTHON = "/usr/bin/python3"
 JOB = "4242"
 IMAGE = "tiny"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts)")
+pytestmark = pytest.mark.root  # mounts, loop devices
 
 METHODS = registry.method_names()
 

@@ -35,8 +35,8 @@ from shoal.cluster.slurmconf import (
 )
 from shoal.cluster.state import ClusterDir, ClusterState, free_index, list_states
 from shoal.errors import ClusterError, DependencyError, PrivilegeError, ShoalError
-from shoal.fsutil import write_file
-from shoal.paths import store_root
+from shoal.fsutil import locked, write_file
+from shoal.paths import clusters_root, store_root
 from shoal.runner import reap, spawn
 
 REQUIRED_PROGRAMS = [
@@ -92,25 +92,28 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
 
     image = ensure_layer1()
     t0 = time.monotonic()
-    taken = {s.index for s in list_states()}
-    state = ClusterState(
-        name=cfg.name,
-        index=free_index(taken),
-        nodes=cfg.node_names(),
-        network={**cfg.profile.as_dict(), "storage": cfg.storage},
-        storage=cfg.storage,
-        config={k: v for k, v in asdict(cfg).items() if k != "source"},
-        layer1_image=str(image.path),
-        layer1_hash=image.hash,
-        created=time.time(),
-    )
-    clash = [br for br in state.bridge_plan.bridges if Path(f"/sys/class/net/{br}").exists()]
-    if clash:
-        raise ClusterError(
-            f"bridge {clash[0]} already exists on this host",
-            f"a crashed cluster may have left it: `shoal cluster down --name {cfg.name}`",
+    # One `up` at a time picks an index and saves it: two at once would take the same index and
+    # collide on its veth names.
+    with locked(clusters_root() / ".index.lock"):
+        taken = {s.index for s in list_states()}
+        state = ClusterState(
+            name=cfg.name,
+            index=free_index(taken),
+            nodes=cfg.node_names(),
+            network={**cfg.profile.as_dict(), "storage": cfg.storage},
+            storage=cfg.storage,
+            config={k: v for k, v in asdict(cfg).items() if k != "source"},
+            layer1_image=str(image.path),
+            layer1_hash=image.hash,
+            created=time.time(),
         )
-    cd.save(state)  # from here on, `down` can remove everything
+        clash = [br for br in state.bridge_plan.bridges if Path(f"/sys/class/net/{br}").exists()]
+        if clash:
+            raise ClusterError(
+                f"bridge {clash[0]} already exists on this host",
+                f"a crashed cluster may have left it: `shoal cluster down --name {cfg.name}`",
+            )
+        cd.save(state)  # from here on, `down` can remove everything
     try:
         _boot(cfg, cd, state, Path(image.path))
         _wait_idle(cd, state, BOOT_TIMEOUT)
@@ -315,8 +318,13 @@ def down(name: str, keep_state: bool = False) -> list[str]:
             break
         netns.kill_all(left, grace=2.0)
     reap()
+    # The host ends of the veths first: deleting a netns frees its veth pair later, in the
+    # kernel's own time, and a new cluster given this index at once would find the names taken.
+    veths = [state.host_veth(h) for h in dict.fromkeys([*state.netns_hosts(), "storage"])]
+    netns.delete_links(veths)
     netns.delete_network(state.bridge_plan, namespaces)
     remaining = netns.leftovers(state.bridge_plan, namespaces)
+    remaining += [f"veth {v}" for v in veths if netns.link_exists(v)]
     remaining += [f"pid {p}" for p in netns.pids_in_netns(inodes)]
     if not remaining:
         if keep_state:

@@ -382,13 +382,18 @@ def parse_sacct_job(raw: Mapping[str, Any]) -> Job:
     elif status == "SIGNALED":
         sig_d = ec.get("signal") or {}
         sig = int(sig_d["signal_id"]) if isinstance(sig_d.get("signal_id"), int) else None
+    job_state = JobState.parse(state.get("current") if isinstance(state, dict) else state)
+    if status == "SUCCESS" and job_state is not JobState.COMPLETED:
+        # seen on a real 22.05 (tests/unit/data/sacct_22.05_jobs_captured.json): a batch script
+        # that exited 3 is FAILED with exit_code SUCCESS/0; squeue has the real code
+        code = None
     node_list = str(raw.get("nodes") or "")
     if node_list == "None assigned":
         node_list = ""
     return Job(
         job_id=int(raw["job_id"]),
         name=str(raw.get("name") or ""),
-        state=JobState.parse(state.get("current") if isinstance(state, dict) else state),
+        state=job_state,
         reason=str(state.get("reason") or "") if isinstance(state, dict) else "",
         exit_code=code,
         signal=sig,

@@ -38,6 +38,8 @@ MODULES = (
     "shoal/staging/methods/sbcast_squashfs.py",
     "shoal/staging/methods/squashfuse.py",
     "shoal/staging/methods/shared_dir.py",
+    "shoal/staging/bcast.py",
+    "shoal/staging/methods/bcast.py",
     "shoal/images/treedigest.py",
     "shoal/slurm/hostlist.py",
     # the workload registry, and its scripts: read as data by the `workload` step and copied

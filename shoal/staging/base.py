@@ -240,6 +240,30 @@ def net_rx_bytes() -> int:
     return total
 
 
+def net_tx_bytes() -> int:
+    """Bytes sent on every interface but lo, in this process's network namespace."""
+    total = 0
+    try:
+        with open("/proc/net/dev") as f:
+            lines = f.readlines()[2:]
+    except OSError:
+        return 0
+    for line in lines:
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if name.strip() != "lo" and len(fields) > 8:
+            total += int(fields[8])
+    return total
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its waited-for children."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def proc_io() -> dict[str, int]:
     """This process's I/O counters (waited-for children included)."""
     out: dict[str, int] = {}

@@ -53,7 +53,7 @@ JOB_RECORD_KEYS = (
 # What the `stage` record reports, named as in the job record (same quantity, same name).
 STAGE_KEYS = (
     "stage_start", "stage_end", "stage_seconds", "stage_bytes_from_storage", "bytes_net_rx",
-    "peak_bytes",
+    "bytes_net_tx", "peak_bytes", "stage_cpu_seconds",
 )
 
 _MARK = "# shoal: job"

@@ -87,11 +87,19 @@ def agent_run(agent: Path, store: Path, stage_root: Path, *args: str,
     return rec
 
 
-def play_collective(method: str, store: Path, root: Path) -> None:
+def play_collective(method: str, store: Path, root: Path, agent: Path) -> None:
     m = registry.get_method(method)
     if m.collective == "sbcast":
         ctx = base.Context(JOB, IMAGE, str(store), {}, str(root))
         shutil.copy(ctx.artifact(m.artifact), ctx.local_artifact(m.artifact))
+    elif m.collective == "bcast":
+        # the real broadcast, on a one-node "step": the root reads the store and unpacks/keeps
+        env = {"PATH": os.environ["PATH"], "SLURMD_NODENAME": "solo",
+               "SHOAL_BCAST_TOKEN": "t" * 64}
+        rec = agent_run(agent, store, root, "bcast", "--job", JOB, "--image", IMAGE,
+                        "--method", method, "--nodes", "solo", env=env)
+        assert rec["ok"] and rec["sha256"] and rec["storage_bytes_read"] > 0, rec
+        assert rec["cpu_seconds"] >= 0 and rec["bytes"] == rec["storage_bytes_read"]
 
 
 def loops_on(path: str) -> list[str]:
@@ -106,23 +114,25 @@ def test_stage_verify_cleanup(method: str, store: Path, agent: Path, tmpfs: Path
     common = ("--job", JOB, "--image", IMAGE)
     rec = agent_run(agent, store, root, "check", *common, "--method", method)
     assert rec["ok"], rec
-    play_collective(method, store, root)
+    play_collective(method, store, root, agent)
     rec = agent_run(agent, store, root, "stage", *common, "--method", method)
     assert rec["ok"], rec
     assert rec["method"] == method and rec["job"] == JOB and rec["node"]
     assert rec["image_digest"] == manifest["tree_digest"]
     assert rec["end"] >= rec["start"] and rec["stage_seconds"] >= 0
-    for k in STAGE_KEYS[3:]:  # the byte counts
+    assert set(STAGE_KEYS) <= set(rec)
+    for k in ("stage_bytes_from_storage", "bytes_net_rx", "bytes_net_tx", "peak_bytes"):
         assert isinstance(rec[k], int) and rec[k] >= 0, k
+    assert rec["stage_cpu_seconds"] >= 0
     staged = Path(rec["staged"])
     assert (staged / "etc" / "passwd").is_file()
     assert sum(1 for _ in (staged / "data").rglob("f*")) == 200
-    if method in ("untar", "sbcast"):
+    if method in ("untar", "sbcast", "bcast"):
         assert staged == root / JOB / IMAGE
         assert rec["peak_bytes"] >= manifest["bytes"]
     if method == "untar":
         assert rec["stage_bytes_from_storage"] == manifest["sizes"][f"{IMAGE}.tar.gz"]
-    if method in ("squashfs-kernel", "squashfuse", "sbcast-squashfs"):
+    if method in ("squashfs-kernel", "squashfuse", "sbcast-squashfs", "bcast-squashfs"):
         assert os.path.ismount(staged)
     if method == "shared-dir":
         assert staged == store / IMAGE / "dir"

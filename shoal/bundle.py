@@ -40,6 +40,8 @@ MODULES = (
     "shoal/staging/methods/shared_dir.py",
     "shoal/staging/bcast.py",
     "shoal/staging/methods/bcast.py",
+    "shoal/staging/oci.py",
+    "shoal/staging/methods/registry.py",
     "shoal/images/treedigest.py",
     "shoal/slurm/hostlist.py",
     # the workload registry, and its scripts: read as data by the `workload` step and copied

@@ -151,17 +151,21 @@ def job_nodes(site: Site, job: str) -> list[str]:
 
 
 def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[[str], None]
-             | None = None, partition: str | None = None) -> Allocation:
+             | None = None, partition: str | None = None,
+             sbatch_args: Sequence[str] = ()) -> Allocation:
     """Submit a placeholder job of NODES nodes held, call before_start(jobid), release, wait.
 
     Held first so a request for the Prolog can be written once the job id is known and before
     any node runs the Prolog (PrologFlags=Alloc runs it at allocation). --no-kill keeps the
-    allocation when a node dies, so the driver can still clean up the others.
+    allocation when a node dies, so the driver can still clean up the others. sbatch_args are
+    the site's own options (--account, --qos, --constraint, --reservation, ...), placed after
+    shoal's so that they win where both set one.
     """
     args = ["--hold", "--no-kill", f"--nodes={nodes}", "--ntasks-per-node=1", f"--time={time_limit}",
             "--job-name=shoal", "--output=/dev/null", "--error=/dev/null"]
     if partition:
         args.append(f"--partition={partition}")
+    args += sbatch_args
     client = SlurmClient(site.prefix, timeout=SUBMIT_TIMEOUT)
     job = str(client.submit_command("exec sleep 2147483647", args))
     try:
@@ -235,6 +239,24 @@ def check_image(site: Site, image: str) -> None:
                         f"known: {', '.join(known) or 'none'}; export it: shoal image export")
 
 
+def prepare(cluster: str | None, method: Method, image: str, store: Path) -> dict[str, Any] | None:
+    """The method's declared preparation, before anything is timed: `registry-push` fills the
+    virtual cluster's registry with the store's image (idempotent; on a real site the site's
+    registry is filled by its admin, and a node missing the image says so)."""
+    if method.prepare != "registry-push" or cluster is None:
+        return None
+    from shoal.cluster import storage
+    from shoal.cluster.state import ClusterDir
+
+    state = ClusterDir(cluster).load()
+    if state.storage != "sshfs":
+        raise DistError(f"method {method.name} needs the storage host's registry, and cluster "
+                        f"{cluster!r} has none (storage = {state.storage!r})",
+                        f"boot it with: shoal cluster up --name {cluster} --storage sshfs")
+    agent = store / ".shoal" / publish(store)
+    return dict(storage.push_image(state.netns("storage"), store, agent, image))
+
+
 def request_path(site: Site, job: str) -> Path:
     return site.store_local / REQUESTS_DIR / f"{job}.json"
 
@@ -280,11 +302,14 @@ def distribute(
                                 tmpfs if isinstance(tmpfs, str) else None)
     agent = f"{site.store_nodes}/.shoal/{publish(site.store_local)}"
     common = ("--job", alloc.job, "--image", image)
-    t0 = time.monotonic()
     collective_s: float | None = None
     failed: dict[str, str] = {}
     records: dict[str, dict[str, Any]] = {}
     extra: dict[str, Any] = {}
+    pushed = prepare(site.cluster, method, image, site.store_local)
+    if pushed is not None:
+        extra["registry_push"] = pushed
+    t0 = time.monotonic()  # preparation is not staging
     if method.collective:
         records, failed = agent_step(site, alloc, nodes, agent, "check", *common, "--method",
                                      method.name, timeout=timeout)
@@ -390,6 +415,8 @@ def run_in_image(
     compress: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
     on_staged: Callable[[DistResult], None] | None = None,
+    sbatch_args: Sequence[str] = (),
+    partition: str | None = None,
     chunk: int = BCAST_CHUNK,
 ) -> RunResult:
     """`shoal run`: allocate or reuse, stage, srun ch-run STAGED -- CMD on every node, clean up."""
@@ -405,7 +432,8 @@ def run_in_image(
             request = write_request(site, job, image, method.name)
 
     if alloc is None:
-        alloc = allocate(site, nodes or 1, time_limit=time_limit, before_start=before_start)
+        alloc = allocate(site, nodes or 1, time_limit=time_limit, before_start=before_start,
+                         partition=partition, sbatch_args=sbatch_args)
     staged_ok = False
     try:
         result = distribute(site, alloc, method.name, image, verify=verify, fanout=fanout,

@@ -27,6 +27,7 @@ MODULES = (
     "shoal/names.py",
     "shoal/runner.py",
     "shoal/staging/base.py",
+    "shoal/staging/accounting.py",
     "shoal/staging/nodeagent.py",
     "shoal/staging/jobstep.py",
     "shoal/staging/record.py",
@@ -48,6 +49,7 @@ MODULES = (
     # into the container's view of /tmp
     "shoal/workloads/__init__.py",
     "shoal/workloads/catwalk.py",
+    "shoal/workloads/startread.py",
     "shoal/workloads/statwalk.py",
 )
 # packages whose __init__ is empty in the bundle (the others have theirs in MODULES)

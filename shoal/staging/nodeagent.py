@@ -173,6 +173,8 @@ def do_stage(ctx: "Context", method: "Method", by: "str" = "step") -> "dict[str,
             "staged_by": by,
         })
         rec.update(staged.extra)
+        if ctx.phases:  # sub-phases the method timed itself (shoal.staging.accounting.phase)
+            rec["phases"] = ctx.phases
         # this step's CPU, plus what a collective step spent on this node (bcast's process)
         rec["stage_cpu_seconds"] = round(cpu_seconds() - cpu0 + float(
             staged.extra.get("collective_cpu_seconds") or 0), 4)
@@ -514,6 +516,11 @@ def main(argv: "list[str] | None" = None) -> "int":
     if not args.job:
         ap.error("no --job and no SLURM_JOB_ID")
     ctx = Context(str(args.job), args.image or "", args.store, {}, args.stage_root)
+    # the node's interface (and storage connection) counters around every step: the job step
+    # adds them up over the whole run (shoal.staging.accounting)
+    from shoal.staging.accounting import counters
+
+    c0 = counters()
     if args.cmd in ("check", "stage"):
         try:
             method = get_method(args.method)
@@ -536,6 +543,7 @@ def main(argv: "list[str] | None" = None) -> "int":
         rec = do_workload(ctx, args.workload, args.timeout)
     else:
         rec = do_cleanup(ctx, args.image)
+    rec["c0"], rec["c1"] = c0, counters()
     emit(rec)
     return 0 if rec["ok"] else 1
 

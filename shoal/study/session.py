@@ -245,6 +245,8 @@ def _run_linked(spec: StudySpec, link: ClusterLink, out: Path | None, dry: bool,
     from shoal.bundle import publish
 
     exps = expand(spec)
+    for msg in spec.adjustments():
+        console.print(f"[yellow]note:[/] {msg}")
     out_dir = out or Path("results") / spec.name
     if dry:
         db = StudyDB.in_dir(out_dir, create=False) if (out_dir / DB_NAME).exists() else None
@@ -275,7 +277,9 @@ def _run_linked(spec: StudySpec, link: ClusterLink, out: Path | None, dry: bool,
         env = collect_environment(link.client, spec, network_params=link.network_params,
                                   image_digests=digests)
         env = dataclasses.replace(
-            env, extra={**link.extra_env, "agent": agent, "privileged": spec.privileged},
+            env, extra={**link.extra_env, "agent": agent, "privileged": spec.privileged,
+                        "seed": spec.seed, "cache": spec.cache, "warmup": spec.warmup,
+                        "concurrency": spec.effective_concurrency, "margin": spec.margin},
             # what the cluster runs, not only what the spec asked for
             network_profile=str(link.network_params.get("name") or spec.cluster.network))
         summary = runner.execute(env)

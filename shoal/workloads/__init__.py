@@ -4,7 +4,7 @@ STANDARD LIBRARY ONLY and Python 3.6 compatible: the node agent bundle carries t
 A workload of kind "node" runs one process per node (the agent's ``workload`` step times it on
 the node); kind "mpi" one MPI job over the allocation, one rank per node. In argv, ``{script}`` is
 the workload's bundled script copied to the node and ``{t0}`` the launch time (epoch seconds).
-catwalk and statwalk are standalone scripts in this package (``python3 catwalk.py [ROOT]``) that
+catwalk, statwalk and startread are standalone scripts in this package (``python3 catwalk.py [ROOT]``) that
 print one JSON line of figures of merit; the others are programs inside their images
 (shoal/images/recipes/).
 """
@@ -20,6 +20,9 @@ class Workload(NamedTuple):
     kind: str  # "node" or "mpi"
     argv: "tuple[str, ...]"
     script: "str | None" = None  # file in this package, copied into the container's view
+    # "node" workloads only: one process per allocated core of the node (SLURM_CPUS_ON_NODE),
+    # all started at once, as an MPI code's ranks start (pynamic: every rank imports everything)
+    per_core: bool = False
 
 
 WORKLOADS: "dict[str, Workload]" = {
@@ -27,7 +30,10 @@ WORKLOADS: "dict[str, Workload]" = {
     for w in (
         Workload("catwalk", "node", ("python3", "{script}", "/"), "catwalk.py"),
         Workload("statwalk", "node", ("python3", "{script}", "/"), "statwalk.py"),
-        Workload("pynamic", "node", ("python3", "/opt/pynamic/pynamic_driver.py", "--t0", "{t0}")),
+        # an application's start-up: a few % of the image's files read (startread.py)
+        Workload("startread", "node", ("python3", "{script}", "/"), "startread.py"),
+        Workload("pynamic", "node", ("python3", "/opt/pynamic/pynamic_driver.py", "--t0", "{t0}"),
+                 per_core=True),
         Workload("mpihello", "mpi", ("mpihello",)),
         Workload("lammps", "mpi", ("lammps-lj",)),
     )

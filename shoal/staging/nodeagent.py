@@ -436,10 +436,11 @@ def prolog_stage(store: "str", job: "str", image: "str", method: "Method") -> "d
         dev = extra.get("loop_device")
         read = (loop_read_bytes(dev) or 0) - base if isinstance(dev, str) else 0
         rec.update({
-            "ok": True, "staged": dest, "start": t0, "end": end, "wall_start": w0,
-            "wall_end": time.time(), "seconds": round(end - t0, 6),
-            "storage_bytes_read": read, "net_rx_bytes": net_rx_bytes() - rx0,
-            "local_bytes_peak": 0, "staged_by": "prolog",
+            # the stage record's names (shoal.staging.record.STAGE_KEYS)
+            "ok": True, "staged": dest, "start": t0, "end": end, "stage_start": w0,
+            "stage_end": time.time(), "stage_seconds": round(end - t0, 6),
+            "stage_bytes_from_storage": read, "bytes_net_rx": net_rx_bytes() - rx0,
+            "peak_bytes": 0, "staged_by": "prolog",
         })
         rec.update(extra)
     except priv.Refused as exc:

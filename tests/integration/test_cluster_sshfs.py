@@ -203,8 +203,8 @@ def test_registry_pull_matches_the_store(cluster: ClusterState) -> None:
         assert not result.extra["registry_push"]["pushed"]  # already there: idempotent
         for rec in result.records.values():
             assert rec["verify"]["ok"] and rec["verify"]["digest"] == manifest["tree_digest"]
-            assert rec["registry_bytes"] == size and rec["net_rx_bytes"] >= size
-            assert rec["cpu_seconds"] > 0 and rec["net_tx_bytes"] > 0
+            assert rec["registry_bytes"] == size and rec["bytes_net_rx"] >= size
+            assert rec["stage_cpu_seconds"] > 0 and rec["bytes_net_tx"] > 0
         assert served >= len(NODES) * size  # every node's copy left through the storage link
         # pushing is refused on the cluster network: the public instance is read-only
         out = shoal_exec("node1", "python3", "-c",

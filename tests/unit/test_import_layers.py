@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("shoal.images", "shoal.cluster"),
     ("shoal.slurm",),
     ("shoal", "shoal.runner", "shoal.errors", "shoal.paths", "shoal.fsutil", "shoal.bundle",
-     "shoal.names", "shoal.limits", "shoal.workloads"),
+     "shoal.names", "shoal.limits", "shoal.workloads", "shoal.siteconfig"),
 )
 
 

@@ -41,9 +41,9 @@ from shoal.cluster.slurmconf import (
 )
 from shoal.cluster.state import ClusterDir, ClusterState, free_index, list_states
 from shoal.errors import ClusterError, DependencyError, PrivilegeError, ShoalError
-from shoal.fsutil import write_file
-from shoal.paths import store_root
-from shoal.runner import reap, run, spawn
+from shoal.fsutil import locked, write_file
+from shoal.paths import clusters_root, store_root
+from shoal.runner import reap, run, spawn, stop
 
 REQUIRED_PROGRAMS = [
     "ip", "tc", "nsenter", "unshare", "mount", "pivot_root", "supervisord", "slurmctld", "slurmdbd",
@@ -113,31 +113,40 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
     image = ensure_layer1()
     clock = _Clock()
     t0 = clock.t0
-    taken = {s.index for s in list_states()} | _indices_with_interfaces()
-    state = ClusterState(
-        name=cfg.name,
-        index=free_index(taken),
-        nodes=cfg.node_names(),
-        network={**cfg.profile.as_dict(), "storage": cfg.storage},
-        storage=cfg.storage,
-        config={k: v for k, v in asdict(cfg).items() if k != "source"},
-        layer1_image=str(image.path),
-        layer1_hash=image.hash,
-        created=time.time(),
-    )
-    clash = [br for br in state.bridge_plan.bridges if Path(f"/sys/class/net/{br}").exists()]
-    if clash:
-        raise ClusterError(
-            f"bridge {clash[0]} already exists on this host",
-            f"a crashed cluster may have left it: `shoal cluster down --name {cfg.name}`",
+    # One `up` at a time picks an index and saves it: two at once would take the same index and
+    # collide on its veth names.
+    with locked(clusters_root() / ".index.lock"):
+        taken = {s.index for s in list_states()} | _indices_with_interfaces()
+        state = ClusterState(
+            name=cfg.name,
+            index=free_index(taken),
+            nodes=cfg.node_names(),
+            network={**cfg.profile.as_dict(), "storage": cfg.storage},
+            storage=cfg.storage,
+            config={k: v for k, v in asdict(cfg).items() if k != "source"},
+            layer1_image=str(image.path),
+            layer1_hash=image.hash,
+            created=time.time(),
         )
-    cd.save(state)  # from here on, `down` can remove everything
+        clash = [br for br in state.bridge_plan.bridges if Path(f"/sys/class/net/{br}").exists()]
+        if clash:
+            raise ClusterError(
+                f"bridge {clash[0]} already exists on this host",
+                f"a crashed cluster may have left it: `shoal cluster down --name {cfg.name}`",
+            )
+        cd.save(state)  # from here on, `down` can remove everything
+    host_helpers: list[int] = []  # processes `up` starts outside the cluster's namespaces
     try:
-        _boot(cfg, cd, state, Path(image.path), clock)
+        _boot(cfg, cd, state, Path(image.path), clock, host_helpers)
         _wait_idle(cd, state, BOOT_TIMEOUT, clock)
-    except BaseException:
-        with contextlib.suppress(ShoalError, OSError):
-            down(cfg.name)
+    except BaseException as exc:
+        left = _undo_failed_up(cfg.name, host_helpers)
+        if left:
+            raise ClusterError(
+                f"boot of cluster {cfg.name!r} failed ({type(exc).__name__}: {exc}) and its "
+                f"cleanup left: {', '.join(left)}"[:400],
+                f"remove the rest with `shoal cluster down --name {cfg.name}`",
+            ) from exc
         raise
     state.phase = "up"
     state.boot_seconds = time.monotonic() - t0
@@ -147,6 +156,23 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
         (cd.root / "boot-phases.json").write_text(json.dumps(clock.marks, indent=1))
         record_node_cost(state)
     return UpResult(state, state.boot_seconds, image.size_bytes, dict(clock.marks))
+
+
+def _undo_failed_up(name: str, host_helpers: list[int]) -> list[str]:
+    """Remove what a failed or interrupted `up` created. A second Ctrl-C (or a SIGTERM) must not
+    cut this short: that left namespaces, the bridge and daemons behind with a state stuck in
+    phase "creating". Returns what could not be removed."""
+    main = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        for pid in host_helpers:
+            stop(pid)
+        return down(name)
+    except (ShoalError, OSError) as exc:
+        return [f"({exc})"]
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def record_node_cost(state: ClusterState, sample: int = capacity.SAMPLE_NODES) -> None:
@@ -167,7 +193,7 @@ def booted(cfg: ClusterConfig) -> Iterator[UpResult]:
 
     A cluster of the same name left by a killed earlier run is removed first; the teardown always
     runs, is not cut short by a second Ctrl-C or a SIGTERM, and raises ClusterError naming
-    anything it could not remove.
+    anything it could not remove. A block may take the cluster down itself (a test of `down`).
     """
     if ClusterDir(cfg.name).exists():
         down(cfg.name)
@@ -178,7 +204,7 @@ def booted(cfg: ClusterConfig) -> Iterator[UpResult]:
         main = threading.current_thread() is threading.main_thread()
         saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:
-            left = down(cfg.name)
+            left = down(cfg.name) if ClusterDir(cfg.name).exists() else []
         finally:
             for sig, handler in saved.items():
                 signal.signal(sig, handler)
@@ -187,7 +213,8 @@ def booted(cfg: ClusterConfig) -> Iterator[UpResult]:
                                f"run `shoal cluster down --name {cfg.name}` again")
 
 
-def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path, clock: _Clock) -> None:
+def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path, clock: _Clock,
+          host_helpers: list[int]) -> None:
     """Everything of `up` between the saved state and the wait for idle nodes, in order."""
     addr = Addressing(state.index)
     for d in (cd.etc_slurm, cd.home, cd.pfs / "store", cd.ctl / "log", cd.ctl / "spool", cd.logs):
@@ -208,6 +235,11 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path, 
     controller.prepare(cd, keys, render_hosts(cfg, addr), cfg.accounting)
     # mariadb-install-db takes seconds: it runs while the nodes are being prepared
     install_db = controller.start_install_db(cd) if cfg.accounting else None
+    if install_db is not None:
+        # it runs on the host, outside the cluster's namespaces, so `down` does not find it: a
+        # failed `up` stops it (left running, it wrote the datadir again after `down` removed
+        # the state directory)
+        host_helpers.append(install_db)
 
     muid, mgid = node.image_ids(image, "munge")
     node_munge = secrets.place_node_munge(cd, keys, muid, mgid)
@@ -484,8 +516,13 @@ def down(name: str, keep_state: bool = False) -> list[str]:
     if state.broker_pid and confine.is_broker(state.broker_pid, name):
         netns.kill_all([state.broker_pid], grace=5.0)
     reap()
+    # The host ends of the veths first: deleting a netns frees its veth pair later, in the
+    # kernel's own time, and a new cluster given this index at once would find the names taken.
+    veths = [state.host_veth(h) for h in dict.fromkeys([*state.netns_hosts(), "storage"])]
+    netns.delete_links(veths)
     netns.delete_network(state.bridge_plan, namespaces)
     remaining = netns.leftovers(state.bridge_plan, namespaces)
+    remaining += [f"veth {v}" for v in veths if netns.link_exists(v)]
     remaining += [f"pid {p}" for p in netns.pids_in_netns(inodes)]
     if state.broker_pid and confine.is_broker(state.broker_pid, name):
         remaining.append(f"mount broker pid {state.broker_pid}")

@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal import paths
+from shoal import names, paths
 from shoal.bundle import publish
-from shoal.errors import DistError, SlurmError
+from shoal.cluster.enter import slurm_prefix
+from shoal.errors import DistError, ImageError, SlurmError
 from shoal.runner import run
 from shoal.slurm.client import Job, JobState, SlurmClient
-from shoal.staging.base import Context, Method
+from shoal.staging.base import EXPORTS, Context, Method
 from shoal.staging.jobstep import (
     BCAST_CHUNK as BCAST_CHUNK,  # the default, for callers
 )
@@ -73,10 +74,6 @@ def site_for(cluster: str | None) -> Site:
     store = paths.store_root()
     if cluster is None:
         return Site((), store, str(store), str(store))
-    try:
-        from shoal.cluster.enter import slurm_prefix
-    except ImportError as exc:  # pragma: no cover - the lead's module is part of shoal
-        raise DistError("this shoal has no virtual cluster support", None) from exc
     prefix = slurm_prefix(cluster)
     # the controller and the nodes both see the host's store at /pfs/store
     return Site(tuple(prefix), store, paths.CLUSTER_STORE_PATH, paths.CLUSTER_STORE_PATH, cluster)
@@ -166,22 +163,19 @@ def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[
     the others. sbatch_args are the site's own options (--account, --qos, --constraint,
     --reservation, ...), placed after shoal's so that they win where both set one.
     """
-    argv = ["sbatch", "--parsable", "--hold", "--no-kill", f"--nodes={nodes}",
-            "--ntasks-per-node=1", f"--time={time_limit}", "--job-name=shoal",
-            "--output=/dev/null", "--error=/dev/null"]
+    args = ["--hold", "--no-kill", f"--nodes={nodes}", "--ntasks-per-node=1", f"--time={time_limit}",
+            "--job-name=shoal", "--output=/dev/null", "--error=/dev/null"]
     if partition:
-        argv.append(f"--partition={partition}")
+        args.append(f"--partition={partition}")
     if comment:
-        argv.append(f"--comment={comment}")
-    argv += [*sbatch_args, "--wrap", "exec sleep 2147483647"]
-    out = run(site.argv(*argv), timeout=SUBMIT_TIMEOUT, what="sbatch (shoal allocation)")
-    job = out.stdout.strip().split(";")[0]
-    if not job.isdigit():
-        raise SlurmError(f"sbatch answered {out.stdout.strip()!r}, not a job id", None)
+        args.append(f"--comment={comment}")
+    args += sbatch_args
+    client = SlurmClient(site.prefix, timeout=SUBMIT_TIMEOUT)
+    job = str(client.submit_command("exec sleep 2147483647", args))
     try:
         if before_start is not None:
             before_start(job)
-        SlurmClient(site.prefix, timeout=SUBMIT_TIMEOUT).release(int(job))
+        client.release(int(job))
         deadline = time.monotonic() + START_TIMEOUT
         state = ""
         while time.monotonic() < deadline:
@@ -200,7 +194,7 @@ def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[
 
 
 def release(site: Site, job: str) -> None:
-    run(site.argv("scancel", job), timeout=SUBMIT_TIMEOUT, check=False)
+    SlurmClient(site.prefix, timeout=SUBMIT_TIMEOUT).cancel([int(job)])
 
 
 def wait_released(site: Site, job: str, timeout: float = EPILOG_TIMEOUT) -> None:
@@ -254,11 +248,21 @@ def sbcast(site: Site, alloc: Allocation, src: str, dest: str, *, fanout: int, c
     return time.monotonic() - t0
 
 
-def check_image(site: Site, image: str) -> None:
+def check_image(site: Site, image: str, method: Method | None = None) -> None:
+    """IMAGE is in the store and, for a method that stages one of its files, that file is what
+    the manifest says: a corrupted SquashFS mounts fine and a job would run in it."""
+    names.image_name(image)
     if not (site.store_local / image / "manifest.json").is_file():
         known = sorted(p.parent.name for p in site.store_local.glob("*/manifest.json"))
         raise DistError(f"image {image!r} is not in the store {site.store_local}",
                         f"known: {', '.join(known) or 'none'}; export it: shoal image export")
+    if method is not None and method.artifact in ("tar", "sqfs"):
+        from shoal.images.store import ExportFormat, checked_export
+
+        try:
+            checked_export(image, ExportFormat(EXPORTS[method.artifact]), site.store_local)
+        except ImageError as exc:
+            raise DistError(f"{method.name} will not stage {image!r}: {exc.message}", exc.hint) from None
 
 
 def prepare(cluster: str | None, method: Method, image: str, store: Path) -> dict[str, Any] | None:
@@ -299,7 +303,7 @@ def distribute(
     in the middle).
     """
     method = get_method(method_name)
-    check_image(site, image)
+    check_image(site, image, method)
     nodes = list(alloc.nodes)
     if site.cluster is not None:
         # a virtual cluster's nodes keep their copies in this one machine's memory
@@ -430,7 +434,7 @@ def run_in_image(
 ) -> RunResult:
     """`shoal run`: allocate or reuse, stage, srun ch-run STAGED -- CMD on every node, clean up."""
     method = get_method(method_name)
-    check_image(site, image)
+    check_image(site, image, method)
     alloc = current_allocation(site) if nodes is None else None
     if alloc is None:
         # mounts are the Prolog's (root) job, asked for in the job's comment

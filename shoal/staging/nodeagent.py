@@ -40,6 +40,7 @@ shoal's mount broker, which re-reads the job record from slurmctld. The Epilog u
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -166,15 +167,16 @@ def do_stage(ctx: "Context", method: "Method", by: "str" = "step") -> "dict[str,
         w0 = base.get("w0")
         rec.update({
             "ok": True, "staged": staged.path, "end": end,
-            "wall_start": w0 if isinstance(w0, float) else wall_end - (end - base["t0"]),
-            "wall_end": wall_end,
-            "seconds": round(end - base["t0"], 6),
-            "storage_bytes_read": staged.storage_bytes_read,
+            # named as in the job record (shoal.staging.record.STAGE_KEYS)
+            "stage_start": w0 if isinstance(w0, float) else wall_end - (end - base["t0"]),
+            "stage_end": wall_end,
+            "stage_seconds": round(end - base["t0"], 6),
+            "stage_bytes_from_storage": staged.storage_bytes_read,
             # never below 0: an interface removed meanwhile takes its counters with it (on a
             # shared host netns, as in the unit tests, other people's veths come and go)
-            "net_rx_bytes": max(0, net_rx_bytes() - base["rx0"]),
-            "net_tx_bytes": max(0, net_tx_bytes() - int(base.get("tx0") or 0)),
-            "local_bytes_peak": max(0, sampler.peak - base["used0"]),
+            "bytes_net_rx": max(0, net_rx_bytes() - base["rx0"]),
+            "bytes_net_tx": max(0, net_tx_bytes() - int(base.get("tx0") or 0)),
+            "peak_bytes": max(0, sampler.peak - base["used0"]),
             "io_read_bytes": io1.get("read_bytes", 0) - io0.get("read_bytes", 0),
             "io_rchar": io1.get("rchar", 0) - io0.get("rchar", 0),
             "staged_by": by,
@@ -183,7 +185,7 @@ def do_stage(ctx: "Context", method: "Method", by: "str" = "step") -> "dict[str,
         if ctx.phases:  # sub-phases the method timed itself (shoal.staging.accounting.phase)
             rec["phases"] = ctx.phases
         # this step's CPU, plus what a collective step spent on this node (bcast's process)
-        rec["cpu_seconds"] = round(cpu_seconds() - cpu0 + float(
+        rec["stage_cpu_seconds"] = round(cpu_seconds() - cpu0 + float(
             staged.extra.get("collective_cpu_seconds") or 0), 4)
         save_state(ctx, {"method": method.name, "baseline": base, "by": by,
                          "staged": staged.path, "extra": staged.extra, "record": rec})
@@ -211,11 +213,24 @@ def do_verify(ctx: "Context") -> "dict[str, Any]":
         from shoal.images.treedigest import tree_digest
 
         t0 = time.monotonic()
-        got = tree_digest(state["staged"]).digest
+        try:
+            got = tree_digest(state["staged"]).digest
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            # a damaged SquashFS (or tarball) mounts or unpacks, then fails on the first bad
+            # block read: say that, not "[Errno 5] Input/output error"
+            where = exc.filename or state["staged"]
+            raise DistError(
+                f"image {ctx.image!r} is corrupted: reading {where} in the staged tree failed "
+                f"with an I/O error (its {state.get('method') or 'staged'} source on storage is "
+                "damaged)", f"check the store: shoal image verify {ctx.image}; then re-export it",
+            ) from None
         rec.update({"expected": want, "digest": got, "seconds": round(time.monotonic() - t0, 6)})
         rec["ok"] = got == want
         if not rec["ok"]:
-            rec["error"] = f"staged tree digest {got} differs from the manifest's {want}"
+            rec["error"] = (f"image {ctx.image!r} is corrupted: staged tree digest {got} differs "
+                            f"from the manifest's {want}")
             rec["hint"] = "the image was corrupted in transit or on storage: shoal image verify"
     except Exception as exc:
         fail(rec, exc)
@@ -439,10 +454,11 @@ def prolog_stage(store: "str", job: "str", image: "str", method: "Method") -> "d
         dev = extra.get("loop_device")
         read = (loop_read_bytes(dev) or 0) - base if isinstance(dev, str) else 0
         rec.update({
-            "ok": True, "staged": dest, "start": t0, "end": end, "wall_start": w0,
-            "wall_end": time.time(), "seconds": round(end - t0, 6),
-            "storage_bytes_read": read, "net_rx_bytes": net_rx_bytes() - rx0,
-            "local_bytes_peak": 0, "staged_by": "prolog",
+            # the stage record's names (shoal.staging.record.STAGE_KEYS)
+            "ok": True, "staged": dest, "start": t0, "end": end, "stage_start": w0,
+            "stage_end": time.time(), "stage_seconds": round(end - t0, 6),
+            "stage_bytes_from_storage": read, "bytes_net_rx": net_rx_bytes() - rx0,
+            "peak_bytes": 0, "staged_by": "prolog",
         })
         rec.update(extra)
     except priv.Refused as exc:

@@ -193,7 +193,25 @@ def prepare_images(spec: StudySpec, store: Path, console: Console) -> dict[str, 
             raise StudyError(f"cannot read {manifest}: {exc}", "re-export the image") from None
         if isinstance(d, str):
             digests[name] = d
+        _check_exports(spec, name, store, console)
     return digests
+
+
+def _check_exports(spec: StudySpec, image: str, store: Path, console: Console) -> None:
+    """The files the spec's methods stage are what the manifest says: every job of a corrupted
+    SquashFS would otherwise mount it and run (shoal.images.store.checked_export, cached)."""
+    from shoal.errors import ImageError
+    from shoal.images.store import ExportFormat, checked_export
+    from shoal.staging.base import EXPORTS
+    from shoal.staging.registry import get_method
+
+    kinds = sorted({get_method(m).artifact for m in spec.methods} & {"tar", "sqfs"})
+    for kind in kinds:
+        try:
+            with console.status(f"image {image}: checking its {EXPORTS[kind]} export"):
+                checked_export(image, ExportFormat(EXPORTS[kind]), store)
+        except ImageError as exc:
+            raise StudyError(exc.message, exc.hint) from None
 
 
 def via_prolog(spec: StudySpec) -> bool:

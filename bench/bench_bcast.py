@@ -1,4 +1,4 @@
-"""Broadcast and registry benchmark (issue 12): bcast vs sbcast vs the floors, registry load.
+"""Broadcast and registry benchmark: bcast vs sbcast vs the floors, registry load.
 
     .venv/bin/python bench/bench_bcast.py [--nodes 16,32] [--reps 2] [--chunk 524288]
                                           [--fanout 1] [--json FILE] [--no-registry] [--no-tar]

@@ -369,7 +369,7 @@ def test_prolog_refuses_what_the_admin_did_not_put_in_the_store(store: Path, age
 
 
 def test_user_area_survives_no_planted_symlink(tmp_path: Path) -> None:
-    """Attack 1 of issue 13 at the unit level: a symlink a user planted where the next job's
+    """Attack 1 of docs/SECURITY.md at the unit level: a symlink a user planted where the next job's
     directory goes is moved aside, never followed; the Epilog removes only the job's own dir."""
     from shoal.staging import privileged as priv
 

@@ -1,4 +1,4 @@
-"""The five questions of the study, answered from the data, as prose AND as structured data.
+"""The five questions of the study (docs/STUDY.md), answered from the data, as prose AND as structured data.
 
 Each ``Answer`` carries a verdict in prose (for report.md), a machine-readable ``code``, the
 ``effect`` with its interval where one number answers the question, one ``Finding`` per comparison
@@ -24,60 +24,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from shoal.study import stats
 from shoal.study.analysis import DEFAULT_METHOD_KINDS, Cell, CellKey
+from shoal.study.answer_schema import ANSWERS_FORMAT, NOT_SUPPORTED, Answer, Finding
 
-NOT_SUPPORTED = "not supported by the data"
-ANSWERS_FORMAT = 1
+__all__ = ["ANSWERS_FORMAT", "DEFAULT_MARGIN", "NOT_SUPPORTED", "Answer", "Finding", "answer_all"]
+
 DEFAULT_MARGIN = 0.10
-
-
-def _interval(ci: stats.Interval | None) -> dict[str, Any] | None:
-    if ci is None:
-        return None
-    return {"estimate": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n,
-            "coverage": ci.coverage, "method": ci.method, "label": stats.label(ci)}
-
-
-@dataclass
-class Finding:
-    """One comparison an answer rests on."""
-
-    group: dict[str, Any]  # workload, image, nodes, methods compared ...
-    verdict: str  # machine-readable: a method name, "overlap", "equivalent", "interaction", ...
-    effect: float | None = None  # ratio or slope the verdict is about
-    interval: stats.Interval | None = None
-    experiments: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"group": self.group, "verdict": self.verdict, "effect": self.effect,
-                "interval": _interval(self.interval), "experiments": self.experiments}
-
-
-@dataclass
-class Answer:
-    number: int
-    question: str
-    verdict: str
-    headers: list[str] = field(default_factory=list)
-    rows: list[list[str]] = field(default_factory=list)
-    cites: list[str] = field(default_factory=list)
-    code: str = "not_supported"  # machine-readable verdict
-    effect: float | None = None
-    interval: stats.Interval | None = None
-    findings: list[Finding] = field(default_factory=list)
-    caveats: list[str] = field(default_factory=list)
-    variants: dict[str, Any] = field(default_factory=dict)  # e.g. Q2 without sbcast-squashfs
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"number": self.number, "question": self.question, "verdict": self.verdict,
-                "code": self.code, "effect": self.effect, "interval": _interval(self.interval),
-                "experiments": sorted(set(self.cites)),
-                "findings": [f.to_dict() for f in self.findings], "caveats": self.caveats,
-                "variants": self.variants}
 
 
 def _fmt(ci: stats.Interval | None, unit: str = "s") -> str:

@@ -22,7 +22,6 @@ import collections
 import contextlib
 import dataclasses
 import platform
-import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +44,7 @@ from shoal import runner as cmd
 from shoal.errors import CommandError, ShoalError, StudyError
 from shoal.paths import REPO_ROOT
 from shoal.slurm.client import Backoff, Job, JobState, SlurmVersion
+from shoal.staging.record import END_MARK
 from shoal.study.db import Environment, RunRow, RunState, StudyDB
 from shoal.study.jobscript import JobContext, job_name, output_name, parse_output, render_script
 from shoal.study.matrix import Experiment, RunKey, runs
@@ -66,7 +66,6 @@ RUN_GRACE_S = 60.0  # beyond the Slurm time limit before the harness cancels a j
 # of after the backoff; collection then lags the job's end by a fraction of a second.
 WAKE_SLICE_S = 0.1
 END_REPOLL_S = 0.2
-END_MARK = re.compile(r"^# shoal: job \d+ end ", re.M)
 DROP_CACHES = "/proc/sys/vm/drop_caches"
 
 

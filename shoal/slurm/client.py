@@ -170,11 +170,12 @@ class SlurmClient:
 
     # -- plumbing -------------------------------------------------------------------------
     def _run(self, argv: Sequence[str], *, check: bool = True, what: str | None = None,
-             hint: str | None = None) -> runner.Completed:
+             hint: str | None = None, input: str | None = None) -> runner.Completed:
         return runner.run(
             [*self.prefix, *argv],
             check=check,
             timeout=self.timeout,
+            input=input,
             env=self.env,
             what=what or argv[0],
             hint=hint or "is the cluster up? try `shoal cluster status`",
@@ -199,8 +200,18 @@ class SlurmClient:
 
     # -- jobs -----------------------------------------------------------------------------
     def submit(self, script: str | Path, args: Sequence[str] = ()) -> int:
-        """sbatch --parsable SCRIPT; returns the job id. #SBATCH lines in the script hold options."""
-        out = self._run(["sbatch", "--parsable", *args, str(script)], what="sbatch").stdout
+        """sbatch --parsable < SCRIPT; returns the job id. #SBATCH lines in the script hold options.
+
+        The script goes to sbatch on stdin, read here: the submit host (a login node with its own
+        /tmp, as on the virtual cluster) need not see the path the script was written to.
+        """
+        try:
+            text = Path(script).read_text()
+        except OSError as exc:
+            raise SlurmError(f"sbatch: cannot read the job script {script}: {exc.strerror}",
+                             "was the results directory removed while the study ran?") from None
+        out = self._run(["sbatch", "--parsable", *args], what=f"sbatch {script}",
+                        input=text).stdout
         return parse_sbatch_parsable(out)
 
     def submit_command(self, command: str, args: Sequence[str] = ()) -> int:

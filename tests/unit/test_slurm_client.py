@@ -25,12 +25,14 @@ class Recorded(Runner):
         self.answers = {k: (v if isinstance(v, list) else [v]) for k, v in answers.items()}
         self.calls: list[list[str]] = []
         self.envs: list[Mapping[str, str] | None] = []
+        self.inputs: list[object] = []
         self.prefix_len = prefix_len
 
     def run(self, argv: Sequence[str], **kw: object) -> Completed:
         args = [os.fspath(a) for a in argv]
         self.calls.append(args)
         self.envs.append(kw.get("env"))  # type: ignore[arg-type]
+        self.inputs.append(kw.get("input"))
         cmd = args[self.prefix_len:]
         for key in sorted(self.answers, key=len, reverse=True):
             if " ".join(cmd).startswith(key):
@@ -80,20 +82,29 @@ def test_hostlist_matches_scontrol(verb: str, arg: str, out: str) -> None:
         assert compress(expand(arg), sort=verb == "hostlistsorted") == out
 
 
-def test_submit_returns_job_id_and_uses_prefix_and_env() -> None:
+def test_submit_returns_job_id_and_uses_prefix_and_env(tmp_path: Path) -> None:
     rec = Recorded({"sbatch": ok("4242;shoal\n")}, prefix_len=3)
     client = SlurmClient(prefix=["nsenter", "--net=/run/netns/ctl", "--"], env={"SLURM_CONF": "/x"})
+    script = tmp_path / "a.sh"
+    script.write_text("#!/bin/sh\n#SBATCH -N 2\nhostname\n")
     with use_runner(rec):
-        assert client.submit("/tmp/a.sh") == 4242
-    assert rec.calls[0] == ["nsenter", "--net=/run/netns/ctl", "--", "sbatch", "--parsable",
-                            "/tmp/a.sh"]
+        assert client.submit(script) == 4242
+    # the script travels on stdin: the login node need not see the harness's path
+    assert rec.calls[0] == ["nsenter", "--net=/run/netns/ctl", "--", "sbatch", "--parsable"]
+    assert rec.inputs[0] == script.read_text()
     assert rec.envs[0] == {"SLURM_CONF": "/x"}
 
 
-def test_submit_without_job_id_is_an_error() -> None:
+def test_submit_without_job_id_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.sh").write_text("#!/bin/sh\n")
     with use_runner(Recorded({"sbatch": ok("sbatch: warning: nothing\n")})), \
             pytest.raises(SlurmError, match="no job id"):
-        SlurmClient().submit("/tmp/a.sh")
+        SlurmClient().submit(tmp_path / "a.sh")
+
+
+def test_submit_of_a_missing_script_is_one_line_error(tmp_path: Path) -> None:
+    with use_runner(Recorded({})), pytest.raises(SlurmError, match="cannot read the job script"):
+        SlurmClient().submit(tmp_path / "gone.sh")
 
 
 def test_squeue_json_is_parsed() -> None:

@@ -30,13 +30,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     # Imported here so `shoal --help` stays fast and each subsystem owns its commands.
-    from shoal.cli import cluster, dist, image, study
+    from shoal.cli import cluster, dist, image, state, study
 
     cli.add_command(cluster.cluster)
     cli.add_command(image.image)
     cli.add_command(dist.dist)
     cli.add_command(dist.run_cmd)
     cli.add_command(study.study)
+    cli.add_command(state.state)
 
 
 def main(argv: list[str] | None = None) -> int:

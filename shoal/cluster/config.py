@@ -72,6 +72,11 @@ class ClusterConfig:
     storage: str = "bind"
     source: str = "defaults"
     extra_slurm_conf: tuple[str, ...] = field(default_factory=tuple)
+    # The node state service (shoal/state) starts with the cluster and tells Slurm at once when
+    # a node or its slurmd dies. health_source "state": slurmctld's own slurmd timeout is off
+    # (SlurmdTimeout=0) and the state service is Slurm's only source of node health.
+    state_service: bool = True
+    health_source: str = "slurm"
 
     @property
     def profile(self) -> NetworkProfile:
@@ -91,7 +96,11 @@ _KEYS: dict[str, type] = {
     "accounting": bool,
     "storage": str,
     "extra_slurm_conf": list,
+    "state_service": bool,
+    "health_source": str,
 }
+
+HEALTH_SOURCES = ("slurm", "state")
 
 _SIZE_RE = re.compile(r"^[1-9][0-9]*[KMG]?$")
 
@@ -149,6 +158,16 @@ def validate(raw: dict[str, Any], source: str = "defaults", text: str | None = N
         raise ConfigError(
             f"{where('storage')}: storage = {cfg.storage!r} is not a storage mode",
             f"use one of: {', '.join(STORAGE_MODES)}",
+        )
+    if cfg.health_source not in HEALTH_SOURCES:
+        raise ConfigError(
+            f"{where('health_source')}: health_source = {cfg.health_source!r} is not known",
+            "use 'slurm' (slurmd timeouts) or 'state' (the state service alone)",
+        )
+    if cfg.health_source == "state" and not cfg.state_service:
+        raise ConfigError(
+            f"{where('health_source')}: health_source = 'state' needs state_service = true",
+            "without the state service nothing would mark dead nodes DOWN",
         )
     if not 1 <= cfg.cpus_per_node <= 256:
         raise ConfigError(

@@ -130,6 +130,10 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
     try:
         _boot(cfg, cd, state, Path(image.path))
         _wait_idle(cd, state, BOOT_TIMEOUT)
+        if cfg.state_service:
+            from shoal.cluster import statebackend
+
+            statebackend.start_service(cfg.name)
     except BaseException:
         with contextlib.suppress(ShoalError, OSError):
             down(cfg.name)
@@ -216,6 +220,11 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     _write(cd.etc_slurm / "slurmdbd.conf", render_slurmdbd_conf(str(ctl), db_password), 0o600)
     _write(cd.etc_slurm / "prolog.sh", PROLOG, 0o755)
     _write(cd.etc_slurm / "epilog.sh", EPILOG, 0o755)
+    if cfg.state_service:
+        from shoal.cluster import statebackend
+
+        # Where each node's supervisord event listener sends its events (shoal/state).
+        _write(cd.etc_slurm / "shoal-state.conf", statebackend.listener_conf(state))
     # The node agent bundle (stdlib-only zipapp) for the Prolog/Epilog privileged hook.
     from shoal.staging.bundle import write_bundle
 
@@ -506,6 +515,10 @@ def down(name: str, keep_state: bool = False) -> list[str]:
     check_prerequisites()
     cd = ClusterDir(name)
     state = cd.load()
+    # The state service first: it would otherwise see the nodes die and start them again.
+    from shoal.cluster import statebackend
+
+    statebackend.stop_service(name)
     # The storage netns is listed whatever the state says (removal skips what does not exist).
     namespaces = [state.netns(h) for h in dict.fromkeys([*state.netns_hosts(), "storage"])]
     inodes = {i for i in (netns.netns_inode(ns) for ns in namespaces) if i is not None}

@@ -19,9 +19,15 @@ $(BIN)/shoal: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
+# Every shell file shoal ships (package data under shoal/) or runs (scripts/), found by name or
+# shebang so a new one cannot be left out.
+SHELL_FILES = $(shell find shoal scripts -type f \( -name '*.sh' -o -exec sh -c \
+	'head -n1 "$$1" | grep -qE "^\#!/bin/(ba|da)?sh"' _ {} \; \) -print | sort)
+
 lint: venv
-	$(BIN)/ruff check shoal tests bench
+	$(BIN)/ruff check
 	$(BIN)/mypy
+	shellcheck -x $(SHELL_FILES)
 
 unit: venv
 	$(BIN)/pytest -q tests/unit

@@ -49,13 +49,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from shoal import paths
+from shoal.bundle import publish
 from shoal.cluster import manager
 from shoal.cluster.config import NETWORK_PROFILES, ClusterConfig
 from shoal.errors import ShoalError
 from shoal.runner import run
 from shoal.staging import driver
 from shoal.staging.base import get_method, method_names
-from shoal.staging.bundle import publish
 
 NAME = "bd"
 NETWORK = "eth10g"

@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from shoal import fsutil
 from shoal.images import base, build, catalog
 from shoal.images.store import ExportFormat, export_to
 from shoal.images.treedigest import tree_digest
@@ -39,7 +40,7 @@ def bench(images: list[str], reps: int, keep: bool) -> dict[str, Any]:
         t0 = time.monotonic()
         base_dir = base.ensure_base()
         out["base_debootstrap_s"] = time.monotonic() - t0
-        out["base_bytes"] = build.dir_size(base_dir)
+        out["base_bytes"] = fsutil.dir_size(base_dir)
         t0 = time.monotonic()
         build.ensure_base_imported()
         out["base_import_s"] = time.monotonic() - t0

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from shoal.cluster import manager
+from shoal.cluster import enter, manager
 from shoal.cluster.config import NETWORK_PROFILES, ClusterConfig
 from shoal.cluster.state import ClusterDir
 from shoal.runner import run
@@ -69,7 +69,7 @@ class Sample:
 
 
 def read_on(node: str, path: str) -> Read:
-    prefix = manager.enter_prefix(ClusterDir(NAME).load(), node)
+    prefix = enter.enter_prefix(ClusterDir(NAME).load(), node)
     out = run([*prefix, "sh", "-c", f"date +%s.%N; dd if={path} of=/dev/null bs=1M; date +%s.%N"],
               timeout=600)
     stamps = out.stdout.split()

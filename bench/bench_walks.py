@@ -42,7 +42,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from shoal import paths
-from shoal.cluster import manager
+from shoal.cluster import enter, manager
 from shoal.cluster.config import ClusterConfig
 from shoal.cluster.state import ClusterDir
 from shoal.runner import run
@@ -85,7 +85,7 @@ def ensure_images(names: list[str]) -> None:
 
 
 def on_node(script: str, *, timeout: float = 600.0, input: str | None = None) -> str:
-    prefix = manager.enter_prefix(ClusterDir(NAME).load(), NODE)
+    prefix = enter.enter_prefix(ClusterDir(NAME).load(), NODE)
     return run([*prefix, "bash", "-c", script], timeout=timeout, input=input,
                what=f"on {NODE}: {script[:60]}").stdout
 

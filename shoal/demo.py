@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     booted = False
     rc = 0
     try:
-        from shoal.cli.study import _method_names, print_report, run_study
+        from shoal.cli.study import print_report, run_study
         from shoal.cluster import manager
         from shoal.cluster.config import validate
         from shoal.cluster.state import ClusterDir
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         from shoal.images.catalog import ensure_in_store
         from shoal.images.layer1 import ensure_layer1
         from shoal.study.report import write_report
-        from shoal.study.spec import load_spec
+        from shoal.study.session import load_run_spec
 
-        spec = load_spec(args.spec, methods=_method_names())
+        spec = load_run_spec(args.spec)
         console.rule(f"shoal demo: {spec.name} study ({args.spec})")
         with progress.step("node image layer1 (cached after the first build)"):
             ensure_layer1()

@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# The directory holding the shoal package (site-packages when installed, the checkout when editable).
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+# Kept for code that means the checkout (examples/, results/): the same directory in a checkout.
+REPO_ROOT = PACKAGE_PARENT
 
 
 def state_root() -> Path:
@@ -31,3 +34,8 @@ def store_root() -> Path:
 
 # Inside a virtual cluster (controller and nodes) the store is seen here.
 CLUSTER_STORE_PATH = "/pfs/store"
+
+
+def recipes_dir() -> Path:
+    """Build contexts of the images shoal knows by name (layer1, workloads): package data."""
+    return PACKAGE_PARENT / "shoal" / "images" / "recipes"

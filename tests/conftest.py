@@ -28,18 +28,18 @@ class ClusterHandle:
 
     def ctl(self, *cmd: str, check: bool = True, timeout: float = 120) -> Completed:
         """Run a command on the controller (login node) in its namespaces."""
-        from shoal.cluster import manager
+        from shoal.cluster import enter
         from shoal.cluster.state import ClusterDir
 
-        prefix = manager.enter_prefix(ClusterDir(self.name).load(), "ctl")
+        prefix = enter.enter_prefix(ClusterDir(self.name).load(), "ctl")
         return run([*prefix, *cmd], check=check, timeout=timeout)
 
     def on(self, node: str, *cmd: str, check: bool = True, timeout: float = 120) -> Completed:
         """Run a command inside a node's container."""
-        from shoal.cluster import manager
+        from shoal.cluster import enter
         from shoal.cluster.state import ClusterDir
 
-        prefix = manager.enter_prefix(ClusterDir(self.name).load(), node)
+        prefix = enter.enter_prefix(ClusterDir(self.name).load(), node)
         return run([*prefix, *cmd], check=check, timeout=timeout)
 
     def __str__(self) -> str:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from shoal.cluster import config as ccfg
 from shoal.cluster import manager
+from shoal.cluster.enter import enter_prefix, pid1
 from shoal.cluster.state import ClusterDir, list_states
 from shoal.errors import ClusterError
 
@@ -126,7 +127,7 @@ def status(name: str, as_json: bool) -> None:
 def exec(name: str, node: str | None, cmd: tuple[str, ...]) -> None:
     """Run CMD on the controller (login node) or inside a node, with Slurm's environment."""
     st = ClusterDir(name).load()
-    argv = manager.enter_prefix(st, node or "ctl") + list(cmd)
+    argv = enter_prefix(st, node or "ctl") + list(cmd)
     os.execvp(argv[0], argv)
 
 
@@ -140,7 +141,7 @@ def ssh(name: str, user: str, node: str, cmd: tuple[str, ...]) -> None:
     st = ClusterDir(name).load()
     if node not in st.nodes:
         raise ClusterError(f"no node {node!r} in cluster {name!r}", f"nodes: {', '.join(st.nodes)}")
-    prefix = manager.enter_prefix(st, "ctl")
+    prefix = enter_prefix(st, "ctl")
     if user != "root":
         prefix = prefix + ["runuser", "-u", user, "--", "env", f"HOME=/home/{user}", f"USER={user}"]
     argv = prefix + ["ssh", *(["-t"] if not cmd and sys.stdin.isatty() else []), f"{user}@{node}", *cmd]
@@ -160,7 +161,7 @@ def logs(name: str, node: str | None, lines: int) -> None:
     else:
         if node not in st.nodes:
             raise ClusterError(f"no node {node!r} in cluster {name!r}", f"nodes: {', '.join(st.nodes)}")
-        root = Path(f"/proc/{manager.pid1(st, node)}/root")
+        root = Path(f"/proc/{pid1(st, node)}/root")
         files = sorted((root / "var/log/supervisor").glob("*.log")) + [root / "var/log/slurm/slurmd.log"]
     for f in files:
         if not f.exists():
@@ -190,7 +191,7 @@ def service(name: str, node: str, program: str, action: str) -> None:
 @click.option("--name", default="shoal", show_default=True)
 @click.option("--node", "nodes", multiple=True, help="Upgrade only these nodes (repeatable).")
 @click.option("--image-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="A layer1 image directory (default: the current build of layer1/Dockerfile).")
+              help="A layer1 image directory (default: the current build of the layer1 recipe).")
 @click.option("--drain-timeout", type=float, default=600.0, show_default=True,
               help="Seconds to wait for a node's jobs to finish.")
 def upgrade(name: str, nodes: tuple[str, ...], image_dir: Path | None, drain_timeout: float) -> None:

@@ -25,8 +25,8 @@ def image() -> None:
 @click.argument("name")
 @click.option("--rebuild", is_flag=True, help="Build even if the cached build is up to date.")
 def build_cmd(name: str, rebuild: bool) -> None:
-    """Build built-in image NAME (layer1 or images/NAME/Dockerfile), cached by input hash."""
-    from shoal.images.build import dir_size
+    """Build built-in image NAME (shoal/images/recipes/NAME/Dockerfile), cached by input hash."""
+    from shoal.fsutil import dir_size
     from shoal.images.catalog import build_named
 
     built = build_named(name, rebuild=rebuild)
@@ -154,7 +154,7 @@ def rm_cmd(name: str) -> None:
 def _size(p: object) -> int:
     from pathlib import Path
 
-    from shoal.images.build import dir_size
+    from shoal.fsutil import dir_size
 
     path = Path(str(p))
     return dir_size(path) if path.is_dir() else path.stat().st_size
@@ -178,7 +178,7 @@ def synth_cmd(name: str, profile: str, scale: float, seed: int, base_name: str, 
     import hashlib
     import shutil
 
-    from shoal.images.build import _write_marker, image_dir
+    from shoal.images.build import image_dir, write_marker
     from shoal.images.catalog import known_images, resolve, validate_name
     from shoal.images.synth import synth_image
 
@@ -199,7 +199,7 @@ def synth_cmd(name: str, profile: str, scale: float, seed: int, base_name: str, 
     inputs = hashlib.sha256(
         f"synth {profile} {scale} {seed} {content} base {base.inputs_hash}".encode()
     ).hexdigest()[:24]
-    _write_marker(name, {"inputs_hash": inputs, "synth": rep.to_dict()})
+    write_marker(name, {"inputs_hash": inputs, "synth": rep.to_dict()})
     table = Table(title=f"synthetic image {name} (/data of {dest})")
     for col in ("profile", "files", "dirs", "bytes", "min size", "max size", "seed"):
         table.add_column(col, justify="right")

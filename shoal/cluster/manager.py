@@ -4,15 +4,17 @@ Data flow of `up`: validate config -> check root/packages/memory/name -> layer1 
 write state (so a crash can be cleaned) -> secrets, configs -> bridge + netns + veth -> controller
 (supervisord: munged, mariadb, slurmdbd, slurmctld) and all nodes (supervisord: rsyslogd, munged,
 slurmd, sshd) started in parallel -> wait until Slurm shows every node idle.
+
+The parts have their own modules: secrets.py (keys, made per cluster), controller.py and node.py
+(each host's files and start), enter.py (starting and entering namespaces), storage.py (the sshfs
+storage host), netns.py (bridge, veths, process sweep); the shell and config they run are files
+in shoal/cluster/files/ (scripts.py). This module strings them together and owns `down`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import pwd
-import secrets
 import shutil
 import signal
 import threading
@@ -21,16 +23,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from shoal.cluster import netns
+from shoal.bundle import write_bundle
+from shoal.cluster import controller, netns, node, scripts, secrets, storage
 from shoal.cluster.config import NODE_MEMORY_BUDGET_MB, ClusterConfig
-from shoal.cluster.scripts import (
-    CONTROLLER_INIT,
-    EPILOG,
-    NODE_INIT,
-    PROLOG,
-    WAIT_THEN_EXEC,
-    controller_supervisord_conf,
-)
+from shoal.cluster.enter import new_namespaces, pid1, slurm_client
 from shoal.cluster.slurmconf import (
     Addressing,
     render_hosts,
@@ -39,14 +35,14 @@ from shoal.cluster.slurmconf import (
 )
 from shoal.cluster.state import ClusterDir, ClusterState, free_index, list_states
 from shoal.errors import ClusterError, DependencyError, PrivilegeError, ShoalError
+from shoal.fsutil import write_file
 from shoal.paths import store_root
-from shoal.runner import reap, run, spawn, wait
+from shoal.runner import reap, spawn
 
 REQUIRED_PROGRAMS = [
     "ip", "tc", "nsenter", "unshare", "mount", "pivot_root", "supervisord", "slurmctld", "slurmdbd",
     "munged", "mariadbd", "mariadb-install-db", "ssh-keygen", "sinfo", "srun",
 ]
-SHOAL_UID = 1000
 BOOT_TIMEOUT = 180.0
 
 
@@ -170,28 +166,10 @@ def booted(cfg: ClusterConfig) -> Iterator[UpResult]:
                                f"run `shoal cluster down --name {cfg.name}` again")
 
 
-def _image_ids(image: Path, user: str) -> tuple[int, int]:
-    for line in (image / "etc/passwd").read_text().splitlines():
-        parts = line.split(":")
-        if parts[0] == user:
-            return int(parts[2]), int(parts[3])
-    raise ClusterError(f"the layer1 image has no user {user!r}", "rebuild it: `shoal image build layer1`")
-
-
-def _write(path: Path, text: str | bytes, mode: int = 0o644, uid: int = 0, gid: int = 0) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, str):
-        path.write_text(text)
-    else:
-        path.write_bytes(text)
-    os.chmod(path, mode)
-    os.chown(path, uid, gid)
-
-
 def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) -> None:
+    """Everything of `up` between the saved state and the wait for idle nodes, in order."""
     addr = Addressing(state.index)
-    ctl = cd.ctl
-    for d in (cd.etc_slurm, cd.home, cd.pfs / "store", ctl / "log", ctl / "spool", cd.secrets, cd.logs):
+    for d in (cd.etc_slurm, cd.home, cd.pfs / "store", cd.ctl / "log", cd.ctl / "spool", cd.logs):
         d.mkdir(parents=True, exist_ok=True)
     os.chmod(cd.pfs, 0o1777)
     # Mount points the controller binds over on the host's root filesystem.
@@ -200,104 +178,27 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     store = store_root()
     store.mkdir(parents=True, exist_ok=True)
 
-    # -- secrets: made per cluster, placed into nodes at start, never in the image
-    munge_key = secrets.token_bytes(1024)
-    ssh_dir = cd.secrets
-    for key in ("ssh_host_ed25519_key", "id_ed25519"):
-        if not (ssh_dir / key).exists():
-            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"shoal-{cfg.name}",
-                 "-f", str(ssh_dir / key)])
-    host_pub = (ssh_dir / "ssh_host_ed25519_key.pub").read_text().split()[:2]
-    client_key = (ssh_dir / "id_ed25519").read_bytes()
-    client_pub = (ssh_dir / "id_ed25519.pub").read_text()
-    known_hosts = f"ctl,node*,10.250.{state.index}.* {' '.join(host_pub)}\n"
-    ssh_config = "Host *\n  StrictHostKeyChecking yes\n  LogLevel ERROR\n"
+    keys = secrets.create(cd, cfg.name, state.index)
+    _write_slurm_config(cfg, cd, addr, keys.db_password)
+    secrets.place_user_home(cd, keys)
+    controller.prepare(cd, keys, render_hosts(cfg, addr), cfg.accounting)
+    # mariadb-install-db takes seconds: it runs while the nodes are being prepared
+    install_db = controller.start_install_db(cd) if cfg.accounting else None
 
-    # -- Slurm configuration, shared read-only by every node at /etc/slurm
-    db_password = secrets.token_hex(12)
-    hosts = render_hosts(cfg, addr)
-    _write(cd.etc_slurm / "slurm.conf", render_slurm_conf(cfg, addr, str(ctl)))
-    _write(cd.etc_slurm / "slurmdbd.conf", render_slurmdbd_conf(str(ctl), db_password), 0o600)
-    _write(cd.etc_slurm / "prolog.sh", PROLOG, 0o755)
-    _write(cd.etc_slurm / "epilog.sh", EPILOG, 0o755)
-    if cfg.state_service:
-        from shoal.cluster import statebackend
-
-        # Where each node's supervisord event listener sends its events (shoal/state).
-        _write(cd.etc_slurm / "shoal-state.conf", statebackend.listener_conf(state))
-    # The node agent bundle (stdlib-only zipapp) for the Prolog/Epilog privileged hook.
-    from shoal.staging.bundle import write_bundle
-
-    write_bundle(cd.etc_slurm / "shoal-nodeagent.py")
-
-    # -- the unprivileged user's shared home (uid 1000 on every host of the cluster)
-    uhome = cd.home / "shoal"
-    _write(uhome / ".ssh" / "authorized_keys", client_pub, 0o600, SHOAL_UID, SHOAL_UID)
-    _write(uhome / ".ssh" / "id_ed25519", client_key, 0o600, SHOAL_UID, SHOAL_UID)
-    _write(uhome / ".ssh" / "known_hosts", known_hosts, 0o644, SHOAL_UID, SHOAL_UID)
-    _write(uhome / ".ssh" / "config", ssh_config, 0o644, SHOAL_UID, SHOAL_UID)
-    os.chown(uhome, SHOAL_UID, SHOAL_UID)
-    os.chown(uhome / ".ssh", SHOAL_UID, SHOAL_UID)
-    os.chmod(uhome / ".ssh", 0o700)
-
-    # -- controller: host munge user, MariaDB data dir, bound /etc files
-    hm = pwd.getpwnam("munge")
-    mysql = pwd.getpwnam("mysql")
-    mdir = ctl / "munge"
-    for d in (mdir, mdir / "log", mdir / "lib"):
-        d.mkdir(parents=True, exist_ok=True)
-        os.chown(d, hm.pw_uid, hm.pw_gid)
-        os.chmod(d, 0o700)
-    _write(mdir / "munge.key", munge_key, 0o400, hm.pw_uid, hm.pw_gid)
-    _write(ctl / "etc" / "hosts", hosts)
-    _write(ctl / "etc" / "passwd", _with_user(Path("/etc/passwd").read_text(), "passwd"))
-    _write(ctl / "etc" / "group", _with_user(Path("/etc/group").read_text(), "group"))
-    _write(ctl / "root-ssh" / "id_ed25519", client_key, 0o600)
-    _write(ctl / "root-ssh" / "authorized_keys", client_pub, 0o600)
-    _write(ctl / "root-ssh" / "known_hosts", known_hosts)
-    _write(ctl / "root-ssh" / "config", ssh_config)
-    os.chmod(ctl / "root-ssh", 0o700)
-    _write(ctl / "supervisord.conf", controller_supervisord_conf(str(ctl), cfg.accounting))
-    _write(ctl / "wait-then-exec.py", WAIT_THEN_EXEC, 0o755)
-    _write(
-        ctl / "mysql-init.sql",
-        "CREATE DATABASE IF NOT EXISTS slurm_acct_db;\n"
-        f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{db_password}';\n"
-        f"ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{db_password}';\n"
-        "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';\n",
-        0o600, mysql.pw_uid, mysql.pw_gid,
-    )
-    if cfg.accounting:
-        # mariadb-install-db is the slowest step of the controller (seconds): run it while the
-        # nodes are being prepared.
-        install_db = spawn(
-            ["mariadb-install-db", "--no-defaults", f"--datadir={ctl}/mysql", "--user=mysql",
-             "--auth-root-authentication-method=socket", "--skip-test-db"],
-            log_path=ctl / "log" / "mariadb-install-db.log",
-        )
-
-    # -- per-node munge key dir owned by the image's munge user, and per-node upper dirs
-    muid, mgid = _image_ids(image, "munge")
-    nm = cd.secrets / "node-munge"
-    nm.mkdir(exist_ok=True)
-    os.chown(nm, muid, mgid)
-    os.chmod(nm, 0o700)
-    _write(nm / "munge.key", munge_key, 0o400, muid, mgid)
-    _write(cd.secrets / "known_hosts", known_hosts)
-    _write(cd.secrets / "ssh_config", ssh_config)
+    muid, mgid = node.image_ids(image, "munge")
+    node_munge = secrets.place_node_munge(cd, keys, muid, mgid)
     for name in state.nodes:
-        _prepare_node(cd, name)
+        node.prepare_node(cd, name)
 
     # -- network: one bridge, a netns + veth per host
-    hosts_ = state.netns_hosts()
     netns.create_network(
-        state.bridge, [(state.netns(h), state.host_veth(h)) for h in hosts_], cfg.profile
+        state.bridge, [(state.netns(h), state.host_veth(h)) for h in state.netns_hosts()], cfg.profile
     )
     tbf = " ".join(netns.tbf_args(cfg.profile))
-    (cd.root / "node-init.sh").write_text(NODE_INIT)
-    (cd.root / "ctl-init.sh").write_text(CONTROLLER_INIT)
-
+    for name_ in (scripts.NET_UP, scripts.NODE_INIT, scripts.CONTROLLER_INIT):
+        scripts.install(name_, cd.root / name_)
     common = {
+        "SHOAL_NET_UP": str(cd.root / scripts.NET_UP),
         "SHOAL_HOME": str(cd.home),
         "SHOAL_PFS": str(cd.pfs),
         "SHOAL_STORE": str(store),
@@ -308,12 +209,10 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     # -- storage = "sshfs": a storage host serves /pfs over the cluster network; controller and
     # nodes mount it with sshfs instead of binding SHOAL_PFS (shoal/cluster/storage.py).
     if cfg.storage == "sshfs":
-        from shoal.cluster import storage
-
         storage_env, mount_script = storage.prepare(cd, addr, store, tbf)
         state.storage_pid = spawn(
-            _in_new_ns(state.netns("storage"), ["/bin/sh", str(storage.StorageFiles.of(cd).init_script)]),
-            log_path=cd.logs / "storage.console", env=storage_env,
+            new_namespaces(state.netns("storage"), ["/bin/sh", str(storage.StorageFiles.of(cd).init_script)]),
+            log_path=cd.logs / "storage.console", env={**storage_env, "SHOAL_NET_UP": common["SHOAL_NET_UP"]},
         )
         cd.save(state)
         storage.wait_listening(state.storage_pid, cd.logs / "storage.console")
@@ -322,7 +221,7 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     # configured node when it comes up, so the order costs nothing.
     for i, name in enumerate(state.nodes, 1):
         nd = cd.node(name)
-        env = {
+        node.save_env(cd, name, {
             **common,
             "SHOAL_ROOT": str(nd / "root"),
             "SHOAL_LOWER": str(image),
@@ -333,142 +232,42 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
             "SHOAL_TMPFS": cfg.tmpfs_size,
             "SHOAL_MUNGE_UID": str(muid),
             "SHOAL_MUNGE_GID": str(mgid),
-            "SHOAL_ETC_MUNGE": str(nm),
-        }
-        (nd / "env.json").write_text(json.dumps(env, indent=1, sort_keys=True))
-        state.node_pids[name] = _start_node(cd, state, name)
+            "SHOAL_ETC_MUNGE": str(node_munge),
+        })
+        state.node_pids[name] = node.start_node(cd, state, name)
         state.node_images[name] = state.layer1_hash
-    if cfg.accounting:
-        if wait(install_db, timeout=120) != 0:
-            raise ClusterError(
-                "mariadb-install-db failed for the accounting database",
-                f"see {ctl}/log/mariadb-install-db.log",
-            )
-    else:
-        _write(ctl / "mysql-init.sql", "", 0o600)
-    ctl_env = {**common, "SHOAL_IP": addr.controller, "SHOAL_CTL": str(ctl)}
-    state.controller_pid = spawn(
-        _in_new_ns(state.netns("ctl"), ["/bin/sh", str(cd.root / "ctl-init.sh")]),
-        log_path=cd.logs / "ctl.console", env=ctl_env,
-    )
+    if install_db is not None:
+        controller.wait_install_db(cd, install_db)
+    env = controller.controller_env(common, cd, addr.controller, cfg.accounting)
+    state.controller_pid = controller.start_controller(cd, state, env)
     cd.save(state)
 
 
-def _prepare_node(cd: ClusterDir, name: str) -> None:
-    """A fresh per-node upper layer holding only the node's placed files (keys, hosts)."""
-    nd = cd.node(name)
-    for sub in ("upper", "work"):
-        if (nd / sub).exists():
-            shutil.rmtree(nd / sub)
-    up_ = nd / "upper"
-    for sub in ("work", "root", "upper/.oldroot", "upper/pfs", "upper/etc/slurm", "upper/var/log/slurm"):
-        (nd / sub).mkdir(parents=True, exist_ok=True)
-    sec = cd.secrets
-    host_pub = (sec / "ssh_host_ed25519_key.pub").read_text().split()[:2]
-    _write(up_ / "etc/ssh/ssh_host_ed25519_key", (sec / "ssh_host_ed25519_key").read_bytes(), 0o600)
-    _write(up_ / "etc/ssh/ssh_host_ed25519_key.pub", " ".join(host_pub) + "\n")
-    _write(up_ / "etc/ssh/ssh_known_hosts", (sec / "known_hosts").read_text())
-    _write(up_ / "etc/hosts", (cd.ctl / "etc" / "hosts").read_text())
-    _write(up_ / "etc/hostname", name + "\n")
-    # fusermount3 and mount(8) read /etc/mtab, which image builds may leave out.
-    (up_ / "etc/mtab").symlink_to("../proc/self/mounts")
-    _write(up_ / "root/.ssh/authorized_keys", (sec / "id_ed25519.pub").read_text(), 0o600)
-    _write(up_ / "root/.ssh/id_ed25519", (sec / "id_ed25519").read_bytes(), 0o600)
-    _write(up_ / "root/.ssh/config", (sec / "ssh_config").read_text())
-    os.chmod(up_ / "root/.ssh", 0o700)
-    os.chmod(up_ / "root", 0o700)
+def _write_slurm_config(cfg: ClusterConfig, cd: ClusterDir, addr: Addressing, db_password: str) -> None:
+    """/etc/slurm of every host (read-only on the nodes): configs, Prolog/Epilog, the node agent."""
+    write_file(cd.etc_slurm / "slurm.conf", render_slurm_conf(cfg, addr, str(cd.ctl)))
+    write_file(cd.etc_slurm / "slurmdbd.conf", render_slurmdbd_conf(str(cd.ctl), db_password), 0o600)
+    scripts.install(scripts.PROLOG, cd.etc_slurm / "prolog.sh", 0o755)
+    scripts.install(scripts.EPILOG, cd.etc_slurm / "epilog.sh", 0o755)
+    # The node agent bundle (stdlib-only zipapp) for the Prolog/Epilog privileged hook.
+    write_bundle(cd.etc_slurm / "shoal-nodeagent.py")
+    if cfg.state_service:
+        from shoal.cluster import statebackend
+
+        # Where each node's supervisord event listener sends its events (shoal/state).
+        write_file(cd.etc_slurm / "shoal-state.conf", statebackend.listener_conf(addr.controller))
 
 
-def _start_node(cd: ClusterDir, state: ClusterState, name: str, lower: Path | None = None) -> int:
-    """Start node `name`'s container from its saved environment (optionally on a new image)."""
-    env = json.loads((cd.node(name) / "env.json").read_text())
-    if lower is not None:
-        env["SHOAL_LOWER"] = str(lower)
-        (cd.node(name) / "env.json").write_text(json.dumps(env, indent=1, sort_keys=True))
-    return spawn(
-        _in_new_ns(state.netns(name), ["/bin/sh", str(cd.root / "node-init.sh")]),
-        log_path=cd.logs / f"{name}.console", env=env,
-    )
-
-
-def _with_user(text: str, kind: str) -> str:
-    """Host passwd/group as the controller sees it: uid/gid 1000 is the cluster user `shoal`.
-
-    The nodes' image defines shoal:1000; the login node must map 1000 to the same name (Slurm
-    and sacct show names), so a host entry with id 1000 under another name is replaced here.
-    """
-    def ours(ln: str) -> bool:
-        f = ln.split(":")
-        return f[0] == "shoal" or (len(f) > 2 and f[2] == str(SHOAL_UID))
-
-    keep = [ln for ln in text.splitlines() if ln and not ours(ln)]
-    if kind == "passwd":
-        keep.append(f"shoal:x:{SHOAL_UID}:{SHOAL_UID}:shoal cluster user:/home/shoal:/bin/bash")
-    else:
-        keep.append(f"shoal:x:{SHOAL_UID}:")
-    return "\n".join(keep) + "\n"
-
-
-def _in_new_ns(ns: str, argv: list[str]) -> list[str]:
-    # nsenter (not `ip netns exec`, which remounts /sys and hides cgroups from slurmd), then new
-    # mount/uts/pid/ipc namespaces; --kill-child ties the container's PID 1 to this process.
-    return [
-        "nsenter", f"--net={netns.NETNS_DIR / ns}", "--",
-        "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child",
-        "--propagation", "private", "--", *argv,
-    ]
-
-
-# ------------------------------------------------------------------------------- enter / exec
-
-
-def pid1(state: ClusterState, host: str) -> int:
-    """Host pid of the PID 1 (supervisord) of `host` ('ctl' or a node name)."""
-    outer = state.controller_pid if host == "ctl" else state.node_pids.get(host, 0)
-    if not outer:
-        raise ClusterError(f"no node {host!r} in cluster {state.name!r}", f"nodes: {', '.join(state.nodes)}")
-    try:
-        children = Path(f"/proc/{outer}/task/{outer}/children").read_text().split()
-    except OSError:
-        children = []
-    if not children:
-        raise ClusterError(
-            f"{host} of cluster {state.name!r} is not running",
-            f"restart the cluster: `shoal cluster down --name {state.name}` then `up`",
-        )
-    return int(children[0])
-
-
-def enter_prefix(state: ClusterState, host: str = "ctl") -> list[str]:
-    """argv prefix that runs a command inside the namespaces of the controller or a node."""
-    target = pid1(state, host)
-    return [
-        "nsenter", f"--target={target}", "--mount", "--uts", "--net", "--ipc", "--pid", "--",
-        "/usr/bin/env", "-", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "HOME=/root", "USER=root", "LOGNAME=root", "LANG=C.UTF-8",
-    ]
-
-
-def _ctl_prefix(state: ClusterState) -> list[str]:
-    return enter_prefix(state, "ctl")
-
-
-def slurm_prefix(name: str) -> list[str]:
-    """argv prefix for Slurm client commands of cluster `name` (used by dist and study)."""
-    return enter_prefix(ClusterDir(name).load(), "ctl")
+# ------------------------------------------------------------------------------- wait
 
 
 def node_states(state: ClusterState) -> dict[str, str]:
-    """Slurm's view: node name -> state (idle, alloc, down*, ...)."""
-    out = run(_ctl_prefix(state) + ["sinfo", "-h", "-N", "-o", "%N %t"], timeout=30, check=False)
-    states: dict[str, str] = {}
-    if out.returncode != 0:
-        return states
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            states[parts[0]] = parts[1]
-    return states
+    """Slurm's view: node name -> compact state (idle, alloc, down*, ...); {} when slurmctld
+    does not answer (yet)."""
+    try:
+        return slurm_client(state).node_states()
+    except ShoalError:
+        return {}
 
 
 def _wait_idle(cd: ClusterDir, state: ClusterState, timeout: float) -> None:
@@ -476,7 +275,7 @@ def _wait_idle(cd: ClusterDir, state: ClusterState, timeout: float) -> None:
     delay = 0.2
     seen: dict[str, str] = {}
     while time.monotonic() < deadline:
-        dead = [h for h in state.all_hosts() if not running(state, h)]
+        dead = [h for h in state.all_hosts() if not node.running(state, h)]
         if dead:
             log = cd.logs / f"{dead[0]}.console"
             tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
@@ -495,13 +294,6 @@ def _wait_idle(cd: ClusterDir, state: ClusterState, timeout: float) -> None:
         f"nodes not idle after {timeout:.0f} s: {bad or 'slurmctld did not answer'}",
         f"see the logs: `shoal cluster logs --name {state.name}`",
     )
-
-
-def running(state: ClusterState, host: str) -> bool:
-    """Is the container of `host` ('ctl' or a node) alive?"""
-    pid = state.controller_pid if host == "ctl" else state.node_pids.get(host, 0)
-    reap()
-    return pid > 0 and netns.is_alive(pid)
 
 
 # --------------------------------------------------------------------------------------- down

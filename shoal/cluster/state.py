@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoal import names
 from shoal.errors import ClusterError
 from shoal.paths import clusters_root
 
@@ -61,8 +62,9 @@ class ClusterDir:
     """Paths inside one cluster's state directory."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
-        self.root = clusters_root() / name
+        # the one gate between a name from the user and a directory shoal may delete
+        self.name = names.cluster_name(name)
+        self.root = clusters_root() / self.name
 
     @property
     def state_file(self) -> Path:
@@ -127,6 +129,8 @@ def list_states() -> list[ClusterState]:
     if not root.is_dir():
         return out
     for d in sorted(root.iterdir()):
+        if not names.is_cluster_name(d.name):
+            continue  # not ours (shoal never creates such a directory)
         cd = ClusterDir(d.name)
         if cd.exists():
             try:

@@ -25,7 +25,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from shoal.cluster import manager, netns, upgrade
+from shoal.cluster import netns
+from shoal.cluster import node as nodectl
+from shoal.cluster.enter import enter_prefix, pid1
 from shoal.cluster.slurmconf import Addressing
 from shoal.cluster.state import ClusterDir, ClusterState
 from shoal.cluster.status import supervisor_of
@@ -56,14 +58,14 @@ def pid_file(name: str) -> Path:
     return ClusterDir(name).root / "state.pid"
 
 
-def listener_conf(state: ClusterState) -> str:
+def listener_conf(controller_ip: str) -> str:
     """/etc/slurm/shoal-state.conf as the nodes' listeners read it."""
-    return f"# shoal state service of cluster {state.name}\nurl = http://{Addressing(state.index).controller}:{DEFAULT_PORT}\n"
+    return f"# shoal state service of this cluster\nurl = http://{controller_ip}:{DEFAULT_PORT}\n"
 
 
 def munge_socket(state: ClusterState) -> str:
     """The controller's munged (cluster key), reached through its PID 1's root."""
-    return f"/proc/{manager.pid1(state, 'ctl')}/root/run/munge/munge.socket.2"
+    return f"/proc/{pid1(state, 'ctl')}/root/run/munge/munge.socket.2"
 
 
 @contextlib.contextmanager
@@ -139,7 +141,7 @@ class VirtualBackend:
                                 report(node, True, images[node])
                         continue
                     try:
-                        pid = manager.pid1(st, node)
+                        pid = pid1(st, node)
                         fd = os.pidfd_open(pid)
                     except (ClusterError, OSError):
                         report(node, False, "")
@@ -178,25 +180,25 @@ class VirtualBackend:
     def power_on(self, node: str, image: str) -> None:
         with _state_lock(self.cd):
             st = self._state()
-            if manager.running(st, node):
+            if nodectl.running(st, node):
                 return
             lower = Path(image) if image else None
-            upgrade.stop_node(st, node, grace=2.0)  # leftovers of the dead container
-            manager._prepare_node(self.cd, node)
-            st.node_pids[node] = manager._start_node(self.cd, st, node, lower=lower)
+            nodectl.stop_node(st, node, grace=2.0)  # leftovers of the dead container
+            nodectl.prepare_node(self.cd, node)
+            st.node_pids[node] = nodectl.start_node(self.cd, st, node, lower=lower)
             if image:
                 st.node_images[node] = Path(image).name
             self.cd.save(st)
 
     def power_off(self, node: str) -> None:
-        upgrade.stop_node(self._state(), node)
+        nodectl.stop_node(self._state(), node)
 
     def swap(self, node: str, image: str) -> None:
-        upgrade.stop_node(self._state(), node)
+        nodectl.stop_node(self._state(), node)
         with _state_lock(self.cd):
             st = self._state()
-            manager._prepare_node(self.cd, node)
-            st.node_pids[node] = manager._start_node(self.cd, st, node, lower=Path(image))
+            nodectl.prepare_node(self.cd, node)
+            st.node_pids[node] = nodectl.start_node(self.cd, st, node, lower=Path(image))
             st.node_images[node] = Path(image).name
             self.cd.save(st)
 
@@ -207,7 +209,7 @@ class VirtualBackend:
 def service_setup(name: str, ecfg: EngineConfig) -> tuple[VirtualBackend, SlurmClient, ServiceConfig]:
     """What `shoal state serve --cluster NAME` runs with."""
     st = ClusterDir(name).load()
-    client = SlurmClient(manager.enter_prefix(st, "ctl"), timeout=30)
+    client = SlurmClient(enter_prefix(st, "ctl"), timeout=30)
     scfg = ServiceConfig(
         db=db_path(name),
         socket=socket_path(name),

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.cluster import manager, netns
+from shoal.cluster.enter import pid1
+from shoal.cluster.node import running as host_running
 from shoal.cluster.state import ClusterDir, ClusterState
 from shoal.cluster.supervisor import Program, Supervisor
 from shoal.errors import ClusterError
@@ -23,7 +25,7 @@ class NodeStatus:
 
 
 def supervisor_of(state: ClusterState, node: str) -> Supervisor:
-    pid = manager.pid1(state, node)
+    pid = pid1(state, node)
     return Supervisor(f"/proc/{pid}/root/run/supervisor.sock", node)
 
 
@@ -46,10 +48,10 @@ def rss_of_netns(ns: str) -> tuple[int, int]:
 
 def cluster_status(name: str) -> tuple[ClusterState, list[NodeStatus]]:
     state = ClusterDir(name).load()
-    slurm = manager.node_states(state) if manager.running(state, "ctl") else {}
+    slurm = manager.node_states(state) if host_running(state, "ctl") else {}
     out: list[NodeStatus] = []
     for node in state.nodes:
-        running = manager.running(state, node)
+        running = host_running(state, node)
         ns = NodeStatus(node, slurm.get(node, "?"), running)
         if running:
             try:

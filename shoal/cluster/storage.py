@@ -8,7 +8,8 @@ pfs directory with the image store bound at pfs/store. The controller and every 
 /pfs with sshfs from their init scripts, so every byte read from /pfs crosses the storage host's
 link and the reader's link, as on NFS or Lustre (no kernel NFS or 9p on these machines).
 
-This module owns: the storage host's init script and sshd_config, the sshfs mount script the
+This module owns: the storage host's sshd_config (its init script is
+shoal/cluster/files/storage-init.sh), the sshfs mount script the
 controller and nodes run, and the files they need (keys, known_hosts) in the cluster's state dir.
 The manager (shoal/cluster/manager.py) creates the netns and spawns the storage host.
 """
@@ -22,8 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoal.cluster import scripts
 from shoal.cluster.netns import is_alive
-from shoal.cluster.scripts import NET_UP
 from shoal.cluster.slurmconf import Addressing
 from shoal.cluster.state import ClusterDir
 from shoal.errors import ClusterError, DependencyError
@@ -37,26 +38,6 @@ SSH_PORT = 22
 # kind of machine, where ssh/sshd share two cores with everything else of the cluster.
 CIPHER = "aes128-gcm@openssh.com"
 LISTEN_TIMEOUT = 15.0
-
-STORAGE_INIT = r"""#!/bin/sh
-# PID 1 of the storage host until it execs sshd (shoal/cluster/storage.py).
-# Runs on the host's root filesystem in its own mount namespace: the export tree below is
-# built here, so the host sees none of these mounts.
-set -eu
-""" + NET_UP + r"""hostname storage
-mount -t proc proc /proc
-mount -t tmpfs -o size=16m,mode=0755 tmpfs /run
-mkdir -p /run/sshd
-# sshd's ChrootDirectory must be root-owned and not writable by others all the way down,
-# which the 1777 pfs directory is not: chroot into a small root-owned tmpfs holding it.
-E="$SHOAL_EXPORT"
-mount -t tmpfs -o size=1m,mode=0755 tmpfs "$E"
-mkdir "$E/pfs"
-mount --bind "$SHOAL_PFS" "$E/pfs"
-mount --bind "$SHOAL_STORE" "$E/pfs/store"
-exec /usr/sbin/sshd -D -e -f "$SHOAL_SSHD_CONFIG"
-"""
-
 
 @dataclass(frozen=True)
 class StorageFiles:
@@ -222,7 +203,7 @@ def prepare(cd: ClusterDir, addr: Addressing, store: Path, tbf: str) -> tuple[di
     _write(files.authorized_keys, render_authorized_keys(client_pub, addr.subnet), 0o600)
     _write(files.known_hosts, f"{addr.storage} {host_pub}\n", 0o644)
     _write(files.sshd_config, render_sshd_config(addr.storage, files), 0o600)
-    _write(files.init_script, STORAGE_INIT, 0o755)
+    scripts.install(scripts.STORAGE_INIT, files.init_script, 0o755)
     _write(files.mount_script, render_mount_script(addr.storage, files), 0o755)
     env = {
         "SHOAL_IP": addr.storage,

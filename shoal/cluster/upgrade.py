@@ -9,17 +9,15 @@ running jobs throughout. This is what an admin does on a real site with a node-i
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal.cluster import manager, netns
+from shoal.cluster import manager, node
+from shoal.cluster.enter import slurm_client
 from shoal.cluster.state import ClusterDir, ClusterState
 from shoal.errors import ClusterError, ShoalError
-from shoal.runner import run
-from shoal.slurm.client import SlurmClient
 
 
 @dataclass(frozen=True)
@@ -31,13 +29,12 @@ class NodeUpgrade:
     swap_seconds: float
 
 
-def _slurm_state(state: ClusterState, node: str) -> str:
-    return manager.node_states(state).get(node, "")
+def _slurm_state(state: ClusterState, host: str) -> str:
+    return manager.node_states(state).get(host, "")
 
 
-def _scontrol(state: ClusterState, node: str, *settings: str) -> None:
-    run([*manager.enter_prefix(state, "ctl"), "scontrol", "update", f"NodeName={node}", *settings],
-        timeout=30, what=f"scontrol update {node}")
+def _scontrol(state: ClusterState, name: str, *settings: str) -> None:
+    slurm_client(state).update_node(name, *settings)
 
 
 def _wait(pred: Callable[[], bool], timeout: float, what: str, hint: str) -> float:
@@ -51,56 +48,45 @@ def _wait(pred: Callable[[], bool], timeout: float, what: str, hint: str) -> flo
     return time.monotonic() - t0
 
 
-def stop_node(state: ClusterState, node: str, grace: float = 10.0) -> None:
-    """Stop one node's container: TERM its supervisord, then sweep its network namespace."""
-    with contextlib.suppress(ClusterError):
-        netns.kill_all([manager.pid1(state, node)], grace=grace)
-    ino = netns.netns_inode(state.netns(node))
-    if ino is not None:
-        netns.kill_all(netns.pids_in_netns({ino}), grace=2.0)
-
-
-def slurmd_start_time(state: ClusterState, node: str) -> str:
-    client = SlurmClient(manager.enter_prefix(state, "ctl"), timeout=30)
+def slurmd_start_time(state: ClusterState, name: str) -> str:
     try:
-        nodes = client.show_nodes()
+        nodes = slurm_client(state).show_nodes()
     except ShoalError:
         return ""
-    return next((n.raw.get("SlurmdStartTime", "") for n in nodes if n.name == node), "")
+    return next((n.raw.get("SlurmdStartTime", "") for n in nodes if n.name == name), "")
 
 
 def _swap_one(
-    cd: ClusterDir, state: ClusterState, node: str, image: Path, image_hash: str, drain_timeout: float
+    cd: ClusterDir, state: ClusterState, host: str, image: Path, image_hash: str, drain_timeout: float
 ) -> NodeUpgrade:
-    name = state.name
-    old = state.node_images.get(node, state.layer1_hash)
-    logs_hint = f"see `shoal cluster logs --name {name} --node {node}`"
+    old = state.node_images.get(host, state.layer1_hash)
+    logs_hint = f"see `shoal cluster logs --name {state.name} --node {host}`"
 
     def drained() -> bool:
-        return _slurm_state(state, node) in ("drain", "drained")
+        return _slurm_state(state, host) in ("drain", "drained")
 
-    _scontrol(state, node, "State=DRAIN", "Reason=shoal-rolling-upgrade")
-    drain_s = _wait(drained, drain_timeout, f"draining {node} (its jobs finishing)",
+    _scontrol(state, host, "State=DRAIN", "Reason=shoal-rolling-upgrade")
+    drain_s = _wait(drained, drain_timeout, f"draining {host} (its jobs finishing)",
                     "wait for the jobs on the node, or raise --drain-timeout")
     t0 = time.monotonic()
-    started = slurmd_start_time(state, node)
+    started = slurmd_start_time(state, host)
 
     def registered() -> bool:
         # The new slurmd has registered when the controller shows a new slurmd start time.
-        return slurmd_start_time(state, node) not in ("", started)
+        return slurmd_start_time(state, host) not in ("", started)
 
     def in_service() -> bool:
-        return _slurm_state(state, node) in ("idle", "mix", "alloc")
+        return _slurm_state(state, host) in ("idle", "mix", "alloc")
 
-    stop_node(state, node)
-    manager._prepare_node(cd, node)
-    state.node_pids[node] = manager._start_node(cd, state, node, lower=image)
-    state.node_images[node] = image_hash
+    node.stop_node(state, host)
+    node.prepare_node(cd, host)
+    state.node_pids[host] = node.start_node(cd, state, host, lower=image)
+    state.node_images[host] = image_hash
     cd.save(state)
-    _wait(registered, 120, f"{node} re-registering after the swap", logs_hint)
-    _scontrol(state, node, "State=RESUME")
-    _wait(in_service, 60, f"{node} returning to service", logs_hint)
-    return NodeUpgrade(node, old, image_hash, drain_s, time.monotonic() - t0)
+    _wait(registered, 120, f"{host} re-registering after the swap", logs_hint)
+    _scontrol(state, host, "State=RESUME")
+    _wait(in_service, 60, f"{host} returning to service", logs_hint)
+    return NodeUpgrade(host, old, image_hash, drain_s, time.monotonic() - t0)
 
 
 def upgrade(
@@ -122,8 +108,8 @@ def upgrade(
         if n not in state.nodes:
             raise ClusterError(f"no node {n!r} in cluster {name!r}", f"nodes: {', '.join(state.nodes)}")
     done: list[NodeUpgrade] = []
-    for node in todo:
-        done.append(_swap_one(cd, state, node, image, image_hash, drain_timeout))
+    for host in todo:
+        done.append(_swap_one(cd, state, host, image, image_hash, drain_timeout))
         if on_node is not None:
             on_node(done[-1])
     state.layer1_image = str(image)

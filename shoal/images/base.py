@@ -8,19 +8,18 @@ into place, so a crash never leaves a half-built base that looks finished.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from shoal import paths
 from shoal.errors import CommandError, ImageError
+from shoal.fsutil import locked, remove_tree, require_space
+from shoal.images.progress import step
 from shoal.runner import run
 
 SUITE = "bookworm"
@@ -118,18 +117,6 @@ def base_path() -> Path:
     return base_root() / base_hash(read_mirrors())
 
 
-@contextlib.contextmanager
-def locked(lock_file: Path) -> Iterator[None]:
-    """Exclusive lock so two shoal processes never build the same thing at once."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def empty_dev(root: Path) -> None:
     """Remove everything under root/dev.
 
@@ -188,13 +175,9 @@ def ensure_base() -> Path:
             return final
         tmp = root / f".tmp-{final.name}-{os.getpid()}"
         _remove_stale(root)
-        from shoal.images.build import require_space
-
         require_space(root, BASE_SPACE)
         tmp.mkdir(parents=True)
         try:
-            from shoal.images.progress import step
-
             with step(f"debootstrap {VARIANT} {SUITE} (about 45 s)"):
                 try:
                     run(
@@ -220,20 +203,3 @@ def _remove_stale(root: Path) -> None:
     """Temp trees of crashed earlier runs (we hold the lock, so none is in use)."""
     for entry in root.glob(".tmp-*"):
         remove_tree(entry)
-
-
-def remove_tree(tree: Path) -> None:
-    """rmtree that first unmounts what a killed debootstrap left mounted (proc, sys) inside."""
-    umount_under(tree)
-    shutil.rmtree(tree, ignore_errors=True)
-
-
-def umount_under(tree: Path) -> None:
-    prefix = str(tree.resolve()) + "/"
-    try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return
-    points = [ln.split()[1] for ln in lines if len(ln.split()) > 1]
-    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
-        run(["umount", "-l", point], check=False, timeout=60)

@@ -21,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal import paths
+from shoal import names, paths
 from shoal.errors import CommandError, ImageError
-from shoal.images.base import ensure_base, locked
+from shoal.fsutil import locked, require_space
+from shoal.images.base import ensure_base
 from shoal.images.progress import step
 from shoal.runner import run
 
@@ -58,8 +59,8 @@ def markers_dir() -> Path:
 
 
 def image_dir(name: str) -> Path:
-    """Where ch-image keeps the unpacked image NAME (its storage name mangles '/' and ':')."""
-    return storage() / "img" / name.replace("/", "%").replace(":", "+")
+    """Where ch-image keeps the unpacked image NAME."""
+    return storage() / "img" / names.image_name(name)
 
 
 def ch_env() -> dict[str, str]:
@@ -113,13 +114,14 @@ def _file_sha(p: Path) -> str:
 
 def read_marker(name: str) -> dict[str, object] | None:
     try:
-        data = json.loads((markers_dir() / f"{name}.json").read_text())
+        data = json.loads((markers_dir() / f"{names.image_name(name)}.json").read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def _write_marker(name: str, data: dict[str, object]) -> None:
+def write_marker(name: str, data: dict[str, object]) -> None:
+    names.image_name(name)
     d = markers_dir()
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".{name}.json.tmp"
@@ -128,7 +130,7 @@ def _write_marker(name: str, data: dict[str, object]) -> None:
 
 
 def drop_marker(name: str) -> None:
-    (markers_dir() / f"{name}.json").unlink(missing_ok=True)
+    (markers_dir() / f"{names.image_name(name)}.json").unlink(missing_ok=True)
 
 
 def ensure_base_imported() -> str:
@@ -157,7 +159,7 @@ def ensure_base_imported() -> str:
                     f"importing the base into ch-image failed: {exc.message}",
                     f"check free space under {storage()}",
                 ) from exc
-        _write_marker(
+        write_marker(
             BASE_IMAGE,
             {"inputs_hash": base_hash, "built": time.time(), "seconds": time.monotonic() - start},
         )
@@ -238,7 +240,7 @@ def build_image(
         if post is not None:
             post(target)
         seconds = time.monotonic() - start
-        _write_marker(
+        write_marker(
             name,
             {"inputs_hash": want, "base_hash": base_hash, "built": time.time(), "seconds": seconds},
         )
@@ -258,19 +260,6 @@ def delete_image(name: str) -> None:
             shutil.rmtree(target, ignore_errors=True)
 
 
-def require_space(where: Path, need: int) -> None:
-    """Fail early, naming the place and the amount, instead of dying half-way with ENOSPC."""
-    probe = where
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if free < need:
-        raise ImageError(
-            f"no space left under {probe}: an image build needs about {need >> 20} MB, {free >> 20} MB free",
-            "free space there or set SHOAL_CACHE to a larger file system",
-        )
-
-
 def _remove_partial(name: str) -> None:
     """A failed build leaves a half-built tree in storage; it is never used, so free the space."""
     target = image_dir(name)
@@ -281,22 +270,3 @@ def _remove_partial(name: str) -> None:
 def _tail(text: str, lines: int = 8, width: int = 1200) -> str:
     kept = [ln.rstrip() for ln in text.strip().splitlines() if ln.strip()][-lines:]
     return " | ".join(kept)[-width:]
-
-
-def dir_size(root: Path) -> int:
-    """Bytes of regular files under root (hard links counted once), symlinks not followed."""
-    total = 0
-    seen: set[tuple[int, int]] = set()
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
-            try:
-                st = os.lstat(os.path.join(dirpath, f))
-            except OSError:
-                continue
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    continue
-                seen.add(key)
-            total += st.st_size
-    return total

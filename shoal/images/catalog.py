@@ -1,20 +1,23 @@
 """The built-in images shoal knows how to build, by name.
 
-``layer1`` (the compute-node image, layer1/) plus every ``images/NAME/`` of the repository that
-holds a Dockerfile. All are built on the same cached Debian 12 base by ``build_named``.
+Every ``shoal/images/recipes/NAME/`` that holds a Dockerfile: ``layer1`` (the compute-node image)
+and the workload images (mpihello, lammps, pynamic). They ship inside the package, so an installed
+shoal (not only a checkout) can build them. All are built on the same cached Debian 12 base by
+``build_named``.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal import paths
+from shoal import names, paths
 from shoal.errors import ImageError
 from shoal.images.build import BuiltImage, build_image, image_dir, read_marker
+from shoal.images.layer1 import ensure_layer1
+from shoal.images.store import add_to_store, load_manifest, manifest_path
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+NAME_RE = names.IMAGE_NAME_RE
 
 
 @dataclass(frozen=True)
@@ -24,19 +27,12 @@ class Recipe:
     context: Path
 
 
-def images_dir() -> Path:
-    return paths.REPO_ROOT / "images"
-
-
 def known_images() -> dict[str, Recipe]:
     found: dict[str, Recipe] = {}
-    layer1 = paths.REPO_ROOT / "layer1"
-    if (layer1 / "Dockerfile").is_file():
-        found["layer1"] = Recipe("layer1", layer1 / "Dockerfile", layer1)
-    root = images_dir()
+    root = paths.recipes_dir()
     if root.is_dir():
         for d in sorted(root.iterdir()):
-            if (d / "Dockerfile").is_file() and NAME_RE.match(d.name):
+            if (d / "Dockerfile").is_file() and names.is_image_name(d.name):
                 found[d.name] = Recipe(d.name, d / "Dockerfile", d)
     return found
 
@@ -47,25 +43,19 @@ def recipe(name: str) -> Recipe:
         listed = ", ".join(sorted(known)) or "(none)"
         raise ImageError(
             f"unknown image '{name}'; known images: {listed}",
-            f"add {images_dir()}/{name}/Dockerfile to define it",
+            f"add {paths.recipes_dir()}/{name}/Dockerfile to define it",
         )
     return known[name]
 
 
 def validate_name(name: str) -> None:
-    if not NAME_RE.match(name):
-        raise ImageError(
-            f"bad image name '{name}'",
-            "use lower-case letters, digits, '.', '_' and '-' (at most 63 characters)",
-        )
+    names.image_name(name)
 
 
 def build_named(name: str, rebuild: bool = False) -> BuiltImage:
     """Build a built-in image by name (layer1 gets its post-processing)."""
     r = recipe(name)
     if name == "layer1":
-        from shoal.images.layer1 import ensure_layer1
-
         img = ensure_layer1(rebuild=rebuild)
         return BuiltImage(name, img.path, img.hash, img.cached, img.seconds)
     return build_image(name, r.dockerfile, r.context, rebuild=rebuild)
@@ -93,9 +83,6 @@ def resolve(name: str) -> BuiltImage:
 def ensure_in_store(name: str) -> str:
     """Image NAME built (cached) and exported into the store, unless the store already holds
     this very build (same inputs hash). Returns the name."""
-    from shoal.errors import ImageError
-    from shoal.images.store import add_to_store, load_manifest, manifest_path
-
     built = resolve(name)
     if manifest_path(name).is_file():
         try:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from shoal import paths
 from shoal.errors import ImageError
-from shoal.images.base import locked
-from shoal.images.build import build_image, dir_size, drop_marker, ensure_base_imported, inputs_hash
+from shoal.fsutil import dir_size, locked
+from shoal.images.build import build_image, drop_marker, ensure_base_imported, inputs_hash
 from shoal.runner import run
 
 NAME = "layer1"
@@ -55,7 +55,7 @@ class Layer1Image:
 
 
 def layer1_context() -> Path:
-    return paths.REPO_ROOT / "layer1"
+    return paths.recipes_dir() / NAME
 
 
 def trees_root() -> Path:
@@ -167,9 +167,10 @@ def post_process(tree: Path) -> None:
         chown_tree(tree / home, uid, gid)
     for leftover in ("etc/munge/munge.key",):
         if (tree / leftover).exists():
-            raise ImageError(f"layer1 contains a secret: /{leftover}", "fix layer1/Dockerfile")
+            raise ImageError(f"layer1 contains a secret: /{leftover}",
+                             "fix shoal/images/recipes/layer1/Dockerfile")
     if list((tree / "etc" / "ssh").glob("ssh_host_*")):
-        raise ImageError("layer1 contains ssh host keys", "fix layer1/Dockerfile")
+        raise ImageError("layer1 contains ssh host keys", "fix shoal/images/recipes/layer1/Dockerfile")
     check_slurm_matches_host(tree)
 
 
@@ -187,9 +188,9 @@ def check_slurm_matches_host(tree: Path) -> None:
     host = slurm_version(Path("/var/lib/dpkg"))
     image = slurm_version(tree / "var" / "lib" / "dpkg")
     if image is None:
-        raise ImageError("slurmd is not installed in layer1", "check layer1/Dockerfile")
+        raise ImageError("slurmd is not installed in layer1", "check shoal/images/recipes/layer1/Dockerfile")
     if host is not None and host != image:
         raise ImageError(
             f"Slurm version mismatch: host {host}, layer1 {image}",
-            "upgrade the host's Slurm packages or pin the version in layer1/Dockerfile",
+            "upgrade the host's Slurm packages or pin the version in shoal/images/recipes/layer1/Dockerfile",
         )

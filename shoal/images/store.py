@@ -26,9 +26,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from shoal import paths
+from shoal import names, paths
 from shoal.errors import CommandError, ImageError
-from shoal.images.base import locked
+from shoal.fsutil import dir_size, locked
 from shoal.images.progress import step
 from shoal.images.treedigest import file_sha256, tree_digest
 from shoal.runner import run
@@ -124,7 +124,9 @@ def _typed(data: dict[str, Any], key: str, typ: type) -> Any:
 
 
 def entry_dir(name: str) -> Path:
-    return paths.store_root() / name
+    # every store path of an entry (its directory, .lock-, .tmp-, .rm- siblings) derives from a
+    # name checked here first
+    return paths.store_root() / names.image_name(name)
 
 
 def manifest_path(name: str) -> Path:
@@ -213,8 +215,6 @@ def export_file(tree: Path, fmt: ExportFormat, out: Path) -> None:
 
 
 def _tree_bytes_estimate(tree: Path) -> int:
-    from shoal.images.build import dir_size
-
     return dir_size(tree)
 
 
@@ -266,6 +266,7 @@ def add_to_store(
     extra: dict[str, Any] | None = None,
 ) -> Manifest:
     """Export tree into the store as NAME (replacing an older entry) and return the manifest."""
+    names.image_name(name)
     root = paths.store_root()
     root.mkdir(parents=True, exist_ok=True)
     with locked(root / f".lock-{name}"):
@@ -350,8 +351,8 @@ def _remove_stale(root: Path, name: str) -> None:
 
 
 def remove(name: str) -> None:
-    root = paths.store_root()
     final = entry_dir(name)
+    root = paths.store_root()
     if not (final / MANIFEST).is_file():
         load_manifest(name)  # raises the "not in the store" error listing what is
     with locked(root / f".lock-{name}"):

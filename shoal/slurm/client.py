@@ -301,6 +301,19 @@ class SlurmClient:
             seen.setdefault(node.name, node)
         return list(seen.values())
 
+    def node_states(self) -> dict[str, str]:
+        """Node name -> sinfo's compact state (idle, alloc, mix, drain, drng, down*, ...).
+
+        The compact form keeps what a caller waiting for a node needs in one word: "idle" means
+        no jobs and no flag such as DRAIN or NOT_RESPONDING (the "*" suffix)."""
+        out = self._run(["sinfo", "-h", "-N", "-o", "%N %t"], what="sinfo").stdout
+        return parse_sinfo_states(out)
+
+    def update_node(self, name: str, *settings: str) -> None:
+        """scontrol update NodeName=NAME SETTING... (State=DRAIN Reason=..., State=RESUME)."""
+        self._run(["scontrol", "update", f"NodeName={name}", *settings],
+                  what=f"scontrol update {name}")
+
     def show_nodes(self) -> list[Node]:
         """Nodes as `scontrol show node -o` reports them (22.05 scontrol has no --json)."""
         out = self._run(["scontrol", "show", "node", "-o"], what="scontrol show node").stdout
@@ -411,6 +424,16 @@ def parse_sinfo_node(raw: Mapping[str, Any]) -> Node:
         reason=str(raw.get("reason") or ""),
         version=str(raw.get("slurmd_version") or ""),
     )
+
+
+def parse_sinfo_states(text: str) -> dict[str, str]:
+    """`sinfo -h -N -o "%N %t"` output into node name -> compact state."""
+    states: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            states[parts[0]] = parts[1]
+    return states
 
 
 # A key starts a new field when it follows a space and is made of word characters then "=";

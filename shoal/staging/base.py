@@ -1,7 +1,7 @@
 """The interface every distribution method implements, its registry, and node-side helpers.
 
 STANDARD LIBRARY ONLY (plus shoal.errors and shoal.runner, themselves stdlib-only): this module runs
-on the nodes inside the node agent bundle (see shoal.staging.bundle).
+on the nodes inside the node agent bundle (see shoal.bundle).
 
 A method is one module in shoal/staging/methods/ holding one ``Method`` subclass decorated with
 ``@register("name")``. Its node side is ``check`` (fail up front: privilege, space, files),
@@ -386,3 +386,22 @@ class Sampler:
             self._stop = True
             t.join()
             self.peak = max(self.peak, used_bytes(self.path))
+
+
+# ---- the agent's per-image state file (method, baseline counters, the staged record) ----------
+
+
+def load_state(ctx: Context) -> dict[str, Any] | None:
+    try:
+        with open(ctx.state_file) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def save_state(ctx: Context, state: dict[str, Any]) -> None:
+    tmp = f"{ctx.state_file}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, ctx.state_file)

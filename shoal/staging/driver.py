@@ -11,7 +11,7 @@ cleaned up first. Every Slurm command is bounded by a timeout.
 command with ``srun ch-run STAGED -- CMD``, clean up, release the allocation.
 
 Where Slurm is: ``Site`` holds the argv prefix for Slurm commands (empty on a real site; for a
-virtual cluster the controller's namespaces, from shoal.cluster.manager.slurm_prefix) and where
+virtual cluster the controller's namespaces, from shoal.cluster.enter.slurm_prefix) and where
 the image store is for this process, for the nodes and for the Slurm client commands.
 """
 
@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from shoal import paths
+from shoal.bundle import publish
 from shoal.errors import DistError, SlurmError
 from shoal.runner import run
 from shoal.slurm.client import Job, JobState, SlurmClient
 from shoal.staging.base import REQUESTS_DIR, Context, Method, get_method
-from shoal.staging.bundle import publish
 from shoal.staging.jobstep import parse_records as parse_records  # the records format, for callers
 from shoal.staging.jobstep import run_agent
 
@@ -61,7 +61,7 @@ def site_for(cluster: str | None) -> Site:
     if cluster is None:
         return Site((), store, str(store), str(store))
     try:
-        from shoal.cluster.manager import slurm_prefix
+        from shoal.cluster.enter import slurm_prefix
     except ImportError as exc:  # pragma: no cover - the lead's module is part of shoal
         raise DistError("this shoal has no virtual cluster support", None) from exc
     prefix = slurm_prefix(cluster)

@@ -44,7 +44,9 @@ from typing import Any
 
 from shoal.errors import CommandTimeout, DistError, ShoalError
 from shoal.runner import run
-from shoal.staging.base import Context, get_method, proc_io
+from shoal.slurm.hostlist import expand
+from shoal.staging.base import Context, get_method, load_state, proc_io
+from shoal.staging.record import base_record, fail, node_name
 
 STEP_MIN_TIMEOUT = 30.0
 CLEANUP_TIMEOUT = 120.0
@@ -83,12 +85,6 @@ def get_workload(name: str) -> Workload:
     except KeyError:
         raise DistError(f"unknown workload {name!r}",
                         f"known workloads: {', '.join(sorted(WORKLOADS))}") from None
-
-
-def node_name() -> str:
-    import socket
-
-    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def last_json(text: str) -> dict[str, Any] | None:
@@ -160,8 +156,6 @@ def user_env() -> dict[str, str] | None:
 
 def do_workload(ctx: Context, name: str, timeout: float) -> dict[str, Any]:
     """Run workload NAME in the image staged for this job on this node; time it here."""
-    from shoal.staging.nodeagent import base_record, fail, load_state
-
     state = load_state(ctx) or {}
     rec = base_record("workload", ctx, state.get("method"))
     rec["workload"] = name
@@ -346,8 +340,6 @@ def do_job(*, agent: str, store: str, method_name: str, image: str, workload: st
            timeout: float = DEFAULT_JOB_TIMEOUT, fanout: int = 8, compress: bool = False,
            out: Any = None) -> int:
     """The whole run of one experiment repetition from the batch script (see module doc)."""
-    from shoal.slurm.hostlist import expand
-
     out = out or sys.stdout
     job = os.environ.get("SLURM_JOB_ID", "")
     nodes = expand(os.environ.get("SLURM_JOB_NODELIST"))

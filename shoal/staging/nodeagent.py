@@ -1,7 +1,7 @@
 """The node agent: stages, verifies and cleans up an image on one node; one JSON line per call.
 
 STANDARD LIBRARY ONLY. Nodes have no venv: the driver ships this module, shoal.staging.base, the
-method modules and shoal.images.treedigest as one zipapp (shoal.staging.bundle) to shared storage and
+method modules and shoal.images.treedigest as one zipapp (shoal.bundle) to shared storage and
 runs ``python3 /pfs/store/.shoal/agent-<hash>.pyz SUBCOMMAND ...`` with one task per node.
 
 Subcommands (``--job`` defaults to $SLURM_JOB_ID, ``--store`` to /pfs/store):
@@ -40,11 +40,8 @@ import argparse
 import contextlib
 import json
 import os
-import re
-import socket
 import sys
 import time
-import traceback
 from typing import Any
 
 
@@ -55,7 +52,7 @@ def _lone_file() -> None:
     subcommand reports the problem as its record.
     """
     sub = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
-    msg = ("shoal node agent: run the bundle (shoal.staging.bundle.write_bundle), not a lone copy "
+    msg = ("shoal node agent: run the bundle (shoal.bundle.write_bundle), not a lone copy "
            "of nodeagent.py: the method modules are missing")
     if sub in ("prolog", "epilog", ""):
         sys.stderr.write(msg + "\n")
@@ -65,60 +62,35 @@ def _lone_file() -> None:
 
 
 try:
+    from shoal import names
     from shoal.errors import DistError, ShoalError
     from shoal.staging.base import (
         DEFAULT_STORE,
-        FORMAT,
         REQUESTS_DIR,
         STAGE_ROOT,
         Context,
         Method,
         Sampler,
         get_method,
+        load_state,
         loop_backing,
         method_names,
         mounts_under,
         net_rx_bytes,
         proc_io,
         remove_tree,
+        save_state,
         unmount,
         used_bytes,
     )
+    from shoal.staging.jobstep import do_job, do_workload
+    from shoal.staging.record import base_record, emit, fail
 except ImportError:
     if __name__ == "__main__":
         _lone_file()
     raise
 
 SYSTEM_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def node_name() -> str:
-    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-
-
-def emit(record: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
-    sys.stdout.flush()
-
-
-def base_record(phase: str, ctx: Context, method: str | None) -> dict[str, Any]:
-    return {
-        "format": FORMAT, "phase": phase, "node": node_name(), "job": ctx.job, "image": ctx.image,
-        "method": method, "ok": False, "error": None, "hint": None,
-    }
-
-
-def fail(rec: dict[str, Any], exc: BaseException) -> dict[str, Any]:
-    rec["ok"] = False
-    if isinstance(exc, ShoalError):
-        rec["error"], rec["hint"] = exc.message, exc.hint
-        rec["error_type"] = type(exc).__name__
-    else:
-        rec["error"] = f"{type(exc).__name__}: {exc}"
-        rec["error_type"] = type(exc).__name__
-        rec["traceback"] = traceback.format_exc(limit=5)
-    return rec
 
 
 def image_digest(ctx: Context) -> str | None:
@@ -129,22 +101,6 @@ def image_digest(ctx: Context) -> str | None:
 
 
 # ---- state -------------------------------------------------------------------------------------
-
-
-def load_state(ctx: Context) -> dict[str, Any] | None:
-    try:
-        with open(ctx.state_file) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def save_state(ctx: Context, state: dict[str, Any]) -> None:
-    tmp = f"{ctx.state_file}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-    os.replace(tmp, ctx.state_file)
 
 
 def baseline(ctx: Context) -> dict[str, Any]:
@@ -376,7 +332,7 @@ def read_request(store: str, job: str, job_uid: int | None) -> dict[str, Any] | 
         req = json.load(f)
     if not isinstance(req, dict) or str(req.get("job")) != job:
         raise DistError(f"{path} is not a request for job {job}", None)
-    if not isinstance(req.get("image"), str) or not _IMAGE_RE.match(req["image"]):
+    if not isinstance(req.get("image"), str) or not names.is_image_name(req["image"]):
         raise DistError(f"{path}: bad image name {req.get('image')!r}", None)
     return req
 
@@ -449,8 +405,6 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("methods")
     args = ap.parse_args(argv)
     if args.cmd == "job":
-        from shoal.staging.jobstep import do_job
-
         # the steps it starts on the nodes run this same bundle
         return do_job(agent=os.path.abspath(sys.argv[0]), store=args.store,
                       method_name=args.method, image=args.image, workload=args.workload,
@@ -480,8 +434,6 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "verify":
         rec = do_verify(ctx)
     elif args.cmd == "workload":
-        from shoal.staging.jobstep import do_workload
-
         rec = do_workload(ctx, args.workload, args.timeout)
     else:
         rec = do_cleanup(ctx, args.image)

@@ -196,15 +196,26 @@ class StudyDB:
         if not create and not self.path.exists():
             raise StudyError(f"no study database at {self.path}",
                              "give the results directory of a `shoal study run`")
+        existed = self.path.exists()
+        if existed and self.path.stat().st_size == 0:
+            # SQLite would take it for a new, empty database and write a fresh schema into it:
+            # results would silently vanish (a crash or a full disk truncated the real one)
+            raise StudyError(f"{self.path} is empty (0 bytes), not a study database",
+                             "restore it from a copy, or remove it to start the study afresh")
         try:
             if create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             self.conn.execute("PRAGMA foreign_keys = ON")
             self.conn.execute("PRAGMA journal_mode = WAL")
+            if existed:
+                self._check_pages()
             self._migrate()
         except (sqlite3.Error, OSError) as exc:
-            raise StudyError(f"cannot open study database {self.path}: {exc}") from None
+            with contextlib.suppress(AttributeError, sqlite3.Error):
+                self.conn.close()
+            raise StudyError(f"cannot open study database {self.path}: {exc}",
+                             "restore it from a copy, or use another results directory") from None
 
     @classmethod
     def in_dir(cls, out_dir: str | Path, *, create: bool = True) -> StudyDB:
@@ -213,8 +224,22 @@ class StudyDB:
     def __enter__(self) -> StudyDB:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
         self.close()
+        if isinstance(exc, sqlite3.DatabaseError):
+            # damage quick_check did not see at open (or that appeared since): one line, not a
+            # traceback from the middle of a query
+            raise StudyError(f"study database {self.path} is damaged: {exc}",
+                             "restore it from a copy, or use another results directory") from None
+
+    def _check_pages(self) -> None:
+        # quick_check reads every page (cheap for a study's database): damaged pages are named
+        # here instead of failing some query in the middle of a report
+        problems = [str(r[0]) for r in self.conn.execute("PRAGMA quick_check(3)").fetchall()]
+        if problems != ["ok"]:
+            raise StudyError(f"study database {self.path} is damaged: {'; '.join(problems)}"[:400],
+                             "restore it from a copy, or use another results directory")
 
     def close(self) -> None:
         self.conn.close()

@@ -2,7 +2,7 @@
 
 The script (``render_script``) is a header of #SBATCH lines plus ``job_body``. The body runs on
 the first node of the allocation, where there is no venv: it calls the node agent bundle
-(shoal.staging.bundle, published in the image store) with plain python3, whose ``job`` subcommand
+(shoal.bundle, published in the image store) with plain python3, whose ``job`` subcommand
 (shoal.staging.jobstep) stages the image with the run's method on every node (srun, one task per
 node, plus sbcast for broadcast methods), runs the workload in it, cleans up, and prints ONE JSON
 line per node (a per-node record) into the job's output file. The harness reads every line of that
@@ -58,7 +58,7 @@ class JobContext:
     # Where job output files go, as the nodes see it (shared with the harness, e.g. under /pfs
     # for a virtual cluster); also the job's working directory.
     logs_dir: str
-    # The node agent bundle as the nodes see it (shoal.staging.bundle.publish puts it in the store)
+    # The node agent bundle as the nodes see it (shoal.bundle.publish puts it in the store)
     agent: str = f"{CLUSTER_STORE_PATH}/.shoal/agent.pyz"
     python: str = "python3"
     store_dir: str = CLUSTER_STORE_PATH

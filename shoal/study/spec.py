@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
+import math
 import re
 import tomllib
 from collections.abc import Collection, Mapping
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoal import limits, names
 from shoal.errors import ConfigError
 
 # The methods shoal.staging will register; passed in explicitly once that registry exists.
@@ -116,10 +119,16 @@ def load_spec(
     """Read and validate the spec at PATH (see the module docstring for the format)."""
     p = Path(path)
     try:
-        text = p.read_text()
+        data = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read study spec {p}: {exc.strerror}",
                           "give the path of a .toml file, e.g. examples/quick.toml") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text (byte {data[exc.start]:#04x})",
+                          "TOML files are UTF-8; save the spec as UTF-8") from None
     return parse_spec(text, str(p), methods=methods, workloads=workloads, images=images,
                       networks=networks)
 
@@ -147,12 +156,15 @@ def parse_spec(
         v.known_keys(name, tbl)
 
     name = v.string(study, "study.name", required=True)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        v.fail("study.name", name, "use letters, digits, '.', '_' and '-' only")
-    reps = v.integer(study, "study.repetitions", minimum=1)
+    if names.STUDY_NAME_RE.fullmatch(name) is None:  # it becomes results/NAME
+        v.fail("study.name", name, names.STUDY_NAME_HINT)
+    reps = v.integer(study, "study.repetitions", minimum=1, maximum=limits.MAX_REPETITIONS)
     timeout = v.duration(study, "study.timeout")
-    concurrency = v.integer(study, "study.concurrency", minimum=1)
+    concurrency = v.integer(study, "study.concurrency", minimum=1, maximum=limits.MAX_CONCURRENCY)
     partition = v.opt_string(study, "study.partition")
+    if partition is not None and _PARTITION_RE.fullmatch(partition) is None:  # an #SBATCH line
+        v.fail("study.partition", partition, "use letters, digits, '.', '_' and '-' only "
+               "(at most 64 characters)")
     description = v.opt_string(study, "study.description") or ""
     privileged = v.string(study, "study.privileged")
     if privileged not in PRIVILEGED_MODES:
@@ -162,7 +174,9 @@ def parse_spec(
     if kind not in CLUSTER_KINDS:
         v.fail("cluster.kind", kind, f"must be one of {', '.join(CLUSTER_KINDS)}")
     cname = v.string(cluster, "cluster.name")
-    cnodes = v.opt_integer(cluster, "cluster.nodes", minimum=1)
+    if kind == "virtual" and not names.is_cluster_name(cname):  # a state directory's name
+        v.fail("cluster.name", cname, "not a valid virtual cluster name", names.CLUSTER_NAME_HINT)
+    cnodes = v.opt_integer(cluster, "cluster.nodes", minimum=1, maximum=limits.MAX_NODES)
     network = v.opt_string(cluster, "cluster.network")
     store = v.opt_string(cluster, "cluster.store")
     storage = v.opt_string(cluster, "cluster.storage")
@@ -179,6 +193,9 @@ def parse_spec(
         v.fail("cluster.nodes", None, "a virtual cluster needs a node count")
 
     imgs = v.names(matrix, "matrix.images", images)
+    for img in imgs:  # store entry names
+        if not names.is_image_name(img):
+            v.fail("matrix.images", img, "not a valid image name", names.IMAGE_NAME_HINT)
     meths = v.names(matrix, "matrix.methods", methods)
     wls = v.names(matrix, "matrix.workloads", workloads)
     counts = v.int_list(matrix, "matrix.node_counts")
@@ -193,6 +210,19 @@ def parse_spec(
     }
     zips = v.zip_groups(matrix, lists)
     excludes = v.exclude_rules(matrix, lists)
+    # experiments x repetitions before exclusions (zipped factors count once): expand() and the
+    # run list are built in memory, so the bound comes first
+    zipped = {f for g in zips for f in g}
+    total = reps
+    for f, vals in lists.items():
+        if f not in zipped:
+            total *= len(vals)
+    for g in zips:
+        total *= len(lists[g[0]])
+    if total > limits.MAX_RUNS:
+        v.fail("study.repetitions", reps,
+               f"{total} runs (matrix x repetitions); at most {limits.MAX_RUNS} are allowed",
+               "fewer repetitions or a smaller matrix (zip or exclude factors)")
 
     return StudySpec(
         name=name,
@@ -292,30 +322,38 @@ class _Validator:
             self.fail(key, val, "must be a non-empty string")
         return str(val)
 
-    def integer(self, tbl: Mapping[str, Any], key: str, minimum: int = 0) -> int:
+    def integer(self, tbl: Mapping[str, Any], key: str, minimum: int = 0,
+                maximum: int | None = None) -> int:
         val = self._raw(tbl, key)
         if val is None:
             self.fail(key, None, "required")
-        return self._int(key, val, minimum)
+        return self._int(key, val, minimum, maximum)
 
-    def opt_integer(self, tbl: Mapping[str, Any], key: str, minimum: int = 0) -> int | None:
+    def opt_integer(self, tbl: Mapping[str, Any], key: str, minimum: int = 0,
+                    maximum: int | None = None) -> int | None:
         val = self._raw(tbl, key)
-        return None if val is None else self._int(key, val, minimum)
+        return None if val is None else self._int(key, val, minimum, maximum)
 
-    def _int(self, key: str, val: Any, minimum: int) -> int:
+    def _int(self, key: str, val: Any, minimum: int, maximum: int | None = None) -> int:
         if isinstance(val, bool) or not isinstance(val, int):
             self.fail(key, val, "must be an integer")
+        span = f"use {minimum} to {maximum}" if maximum is not None else None
         if val < minimum:
-            self.fail(key, val, f"must be at least {minimum}")
+            self.fail(key, val, f"must be at least {minimum}", span)
+        if maximum is not None and val > maximum:
+            self.fail(key, val, f"must be at most {maximum}", span)
         return int(val)
 
     def duration(self, tbl: Mapping[str, Any], key: str) -> float:
         val = self._raw(tbl, key)
         secs = parse_duration(val)
-        if secs is None or secs <= 0:
+        if secs is None or not math.isfinite(secs) or secs <= 0:
             self.fail(key, val, "must be a positive duration: seconds or a string like '90s', "
                       "'10m', '1h30m'")
         assert secs is not None
+        if secs > limits.MAX_TIMEOUT_S:
+            self.fail(key, val, f"{secs:.0f} s is more than the longest job allowed "
+                      f"({limits.MAX_TIMEOUT_S / 3600:.0f} h)")
         return secs
 
     def names(self, tbl: Mapping[str, Any], key: str,
@@ -325,6 +363,8 @@ class _Validator:
             self.fail(key, None, "required: a list of names")
         if not isinstance(val, list) or not val:
             self.fail(key, val, "must be a non-empty list of names")
+        if len(val) > limits.MAX_LIST:
+            self.fail(key, val, f"{len(val)} entries, at most {limits.MAX_LIST} are allowed")
         out: list[str] = []
         for item in val:
             if not isinstance(item, str) or not item.strip():
@@ -344,7 +384,7 @@ class _Validator:
             self.fail(key, val, "must be a non-empty list of integers")
         out: list[int] = []
         for item in val:
-            n = self._int(key, item, 1)
+            n = self._int(key, item, 1, limits.MAX_NODES)
             if n in out:
                 self.fail(key, n, "listed twice")
             out.append(n)
@@ -396,11 +436,12 @@ class _Validator:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    return repr(value)
+    # one line, bounded: control characters escaped as TOML (and JSON) would write them
+    text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
+_PARTITION_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _TABLE = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\" ]+?)\s*\]\]?\s*(#.*)?$")
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'')
 

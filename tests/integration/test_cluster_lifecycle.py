@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.cluster import manager, netns
+from shoal.cluster import enter, manager, netns
 from shoal.cluster.config import ClusterConfig
 from shoal.cluster.state import ClusterDir
 from shoal.errors import ClusterError
@@ -138,7 +138,7 @@ def test_two_clusters_run_at_once_on_distinct_subnets(small_cluster: str) -> Non
         assert a.index != b.index and a.bridge != b.bridge
         for st in (a, b):
             out = subprocess.run(
-                [*manager.enter_prefix(st, "ctl"), "srun", "-N1", "sh", "-c", "hostname -I"],
+                [*enter.enter_prefix(st, "ctl"), "srun", "-N1", "sh", "-c", "hostname -I"],
                 capture_output=True, text=True, timeout=60, check=True,
             ).stdout
             assert out.startswith(f"10.250.{st.index}.")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.cluster import manager
+from shoal.cluster import enter, manager
 from shoal.cluster.config import ClusterConfig
 from shoal.cluster.state import ClusterDir
 from shoal.cluster.upgrade import upgrade
@@ -43,18 +43,18 @@ def two_node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
 def test_rolling_upgrade_keeps_other_nodes_working(two_node_cluster: Path) -> None:
     new = two_node_cluster
     st = ClusterDir(NAME).load()
-    ctl = manager.enter_prefix(st, "ctl")
+    ctl = enter.enter_prefix(st, "ctl")
     # A job running on node1 during the upgrade of node2 must finish normally.
     job = subprocess.run([*ctl, "sbatch", "--parsable", "-w", "node1", "-o", "/pfs/upg-%j.out",
                           "--wrap", "sleep 8; echo survived"],
                          capture_output=True, text=True, check=True).stdout.strip()
-    old_pid = manager.pid1(st, "node2")
+    old_pid = enter.pid1(st, "node2")
     done = upgrade(NAME, new, "release2", nodes=["node2"])
     assert [d.node for d in done] == ["node2"]
     st = ClusterDir(NAME).load()
-    assert manager.pid1(st, "node2") != old_pid
+    assert enter.pid1(st, "node2") != old_pid
     assert st.node_images["node2"] == "release2"
-    node2 = manager.enter_prefix(st, "node2")
+    node2 = enter.enter_prefix(st, "node2")
     rel = subprocess.run([*node2, "cat", "/etc/shoal-release"], capture_output=True, text=True)
     assert rel.stdout.strip() == "layer1 test release 2"
     out = subprocess.run([*ctl, "srun", "-N2", "hostname"], capture_output=True, text=True,

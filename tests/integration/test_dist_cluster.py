@@ -53,10 +53,10 @@ def cluster_name(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def on_node(name: str, node: str, *cmd: str) -> str:
-    from shoal.cluster import manager
+    from shoal.cluster import enter
     from shoal.cluster.state import ClusterDir
 
-    prefix = manager.enter_prefix(ClusterDir(name).load(), node)
+    prefix = enter.enter_prefix(ClusterDir(name).load(), node)
     return run([*prefix, *cmd], timeout=60, check=False).stdout
 
 
@@ -103,14 +103,14 @@ def test_node_dies_mid_staging(cluster_name: str) -> None:
     """slurmd of one node stops during staging: the command names it and cleans up the others."""
     import threading
 
-    from shoal.cluster import manager
+    from shoal.cluster import enter
     from shoal.cluster.state import ClusterDir
 
     site = driver.site_for(cluster_name)
     alloc = driver.allocate(site, 4, time_limit="10")
     victim = alloc.nodes[-1]
     state = ClusterDir(cluster_name).load()
-    supervisorctl = [*manager.enter_prefix(state, victim), "supervisorctl", "-c",
+    supervisorctl = [*enter.enter_prefix(state, victim), "supervisorctl", "-c",
                      "/etc/supervisor/supervisord.conf"]
 
     def kill_later() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.cluster import manager
+from shoal.cluster import controller, manager
 from shoal.cluster.config import ClusterConfig, load, validate
 from shoal.cluster.slurmconf import Addressing, hostlist, render_hosts, render_slurm_conf
 from shoal.errors import ClusterError, ConfigError
@@ -90,5 +90,5 @@ def test_capacity_check_names_what_fits(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_passwd_maps_uid_1000_to_shoal() -> None:
     text = "root:x:0:0::/root:/bin/sh\nother:x:1000:1000::/home/other:/bin/sh\n"
-    out = manager._with_user(text, "passwd")
+    out = controller.with_user(text, "passwd")
     assert "other:" not in out and "shoal:x:1000:1000:" in out and out.startswith("root:")

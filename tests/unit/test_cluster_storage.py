@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from shoal.cluster import config as ccfg
-from shoal.cluster import storage
+from shoal.cluster import scripts, storage
 from shoal.cluster.slurmconf import Addressing
 from shoal.cluster.state import ClusterDir, ClusterState
 from shoal.errors import ConfigError
@@ -138,9 +138,10 @@ def test_mount_script_is_valid_sh_and_takes_the_mountpoint(tmp_path: Path) -> No
 
 def test_storage_init_script_is_valid_sh(tmp_path: Path) -> None:
     script = tmp_path / "s.sh"
-    script.write_text(storage.STORAGE_INIT)
+    text = scripts.text(scripts.STORAGE_INIT)
+    script.write_text(text)
     subprocess.run(["sh", "-n", str(script)], check=True)
-    assert "exec /usr/sbin/sshd -D" in storage.STORAGE_INIT
+    assert "exec /usr/sbin/sshd -D" in text
 
 
 def test_listening_reads_the_netns_socket_table() -> None:

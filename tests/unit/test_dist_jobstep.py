@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from shoal.bundle import bundle_bytes
 from shoal.staging import jobstep
-from shoal.staging.bundle import bundle_bytes
 from shoal.study.jobscript import RECORD_KEYS, parse_output
 
 STAGE = {"node": "n1", "ok": True, "seconds": 1.5, "wall_start": 100.0, "wall_end": 101.5,

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from shoal.bundle import write_bundle
 from shoal.errors import DistError, PrivilegeError
 from shoal.staging import base
-from shoal.staging.bundle import write_bundle
 
 PYTHON = "/usr/bin/python3"
 JOB = "4242"

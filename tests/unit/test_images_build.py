@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shoal import paths
-from shoal.errors import CommandError, ImageError
+from shoal.errors import CommandError, ConfigError, ImageError
 from shoal.images import base, build, catalog
 from shoal.runner import Completed, Runner, use_runner
 
@@ -143,18 +143,16 @@ def test_failing_step_without_steps() -> None:
 
 
 def test_unknown_image_lists_the_known_ones(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    for n in ("mpihello", "lammps"):
-        (repo / "images" / n).mkdir(parents=True)
-        (repo / "images" / n / "Dockerfile").write_text("FROM shoal-base\n")
-    (repo / "images" / "nodockerfile").mkdir()
-    (repo / "layer1").mkdir()
-    (repo / "layer1" / "Dockerfile").write_text("FROM shoal-base\n")
-    monkeypatch.setattr(paths, "REPO_ROOT", repo)
+    recipes = tmp_path / "recipes"
+    for n in ("mpihello", "lammps", "layer1"):
+        (recipes / n).mkdir(parents=True)
+        (recipes / n / "Dockerfile").write_text("FROM shoal-base\n")
+    (recipes / "nodockerfile").mkdir()
+    monkeypatch.setattr(paths, "recipes_dir", lambda: recipes)
     assert sorted(catalog.known_images()) == ["lammps", "layer1", "mpihello"]
     with pytest.raises(ImageError, match="known images: lammps, layer1, mpihello"):
         catalog.recipe("nosuch")
-    with pytest.raises(ImageError, match="bad image name"):
+    with pytest.raises(ConfigError, match="not a valid image name"):
         catalog.validate_name("../etc")
 
 

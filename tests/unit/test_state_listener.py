@@ -1,4 +1,4 @@
-"""The node-side supervisord event listener (layer1/shoal-state-listener.py): Python 3.6 syntax,
+"""The node-side supervisord event listener (recipes/layer1/shoal-state-listener.py): Python 3.6 syntax,
 stdlib only, speaks supervisord's eventlistener protocol, and posts munge-authenticated events."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-LISTENER = REPO / "layer1" / "shoal-state-listener.py"
+LISTENER = REPO / "shoal" / "images" / "recipes" / "layer1" / "shoal-state-listener.py"
 STDLIB = set(sys.stdlib_module_names)
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from shoal.paths import REPO_ROOT
+from shoal.paths import recipes_dir
 
-PYN = REPO_ROOT / "images" / "pynamic"
+PYN = recipes_dir() / "pynamic"
 # the Debian interpreter: its headers (python3-dev) are what the image builds against
 PYTHON = "/usr/bin/python3"
 

@@ -5,6 +5,10 @@ the node agent imports (MODULES) with empty package ``__init__`` files, so nothi
 (click, rich, the driver) is imported on a node. ``python3 BUNDLE SUBCOMMAND ...`` runs
 ``shoal.staging.nodeagent.main``; the file name does not matter (Python recognises the zip), so the
 same bundle can be installed as /etc/slurm/shoal-nodeagent.py for the Prolog and Epilog.
+
+A foundation module (it imports no other part of shoal, only reads their files): the cluster
+installs the bundle for the Prolog at `up`, and the staging driver and the study publish it in the
+store, without the cluster package importing the staging package above it.
 """
 
 from __future__ import annotations
@@ -16,14 +20,16 @@ import zipfile
 from pathlib import Path
 
 from shoal.errors import ShoalError
-from shoal.paths import REPO_ROOT
+from shoal.paths import PACKAGE_PARENT
 
 MODULES = (
     "shoal/errors.py",
+    "shoal/names.py",
     "shoal/runner.py",
     "shoal/staging/base.py",
     "shoal/staging/nodeagent.py",
     "shoal/staging/jobstep.py",
+    "shoal/staging/record.py",
     "shoal/staging/methods/__init__.py",
     "shoal/staging/methods/untar.py",
     "shoal/staging/methods/sbcast.py",
@@ -61,13 +67,13 @@ def bundle_bytes() -> bytes:
         for pkg in PACKAGES:
             add(f"{pkg}/__init__.py", b"")
         for rel in MODULES:
-            src = REPO_ROOT / rel
+            src = PACKAGE_PARENT / rel
             # a module missing here would surface on the nodes as an ImportError in the middle of
             # a job: refuse to build a bundle that cannot run
             if not src.is_file():
                 raise ShoalError(
                     f"node bundle: module {rel} is missing",
-                    hint="a module was renamed or removed: update MODULES in shoal/staging/bundle.py",
+                    hint="a module was renamed or removed: update MODULES in shoal/bundle.py",
                 )
             add(rel, src.read_bytes())
     return buf.getvalue()

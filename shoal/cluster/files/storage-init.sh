@@ -1,0 +1,20 @@
+#!/bin/sh
+# PID 1 of the storage host (storage = "sshfs") until it execs sshd (shoal/cluster/storage.py).
+# Runs on the host's root filesystem in its own mount namespace: the export tree below is
+# built here, so the host sees none of these mounts. Environment: SHOAL_NET_UP, SHOAL_IP,
+# SHOAL_TBF, SHOAL_EXPORT (chroot of sshd), SHOAL_PFS, SHOAL_STORE, SHOAL_SSHD_CONFIG.
+set -eu
+# shellcheck source-path=SCRIPTDIR source=net-up.sh
+. "$SHOAL_NET_UP"
+hostname storage
+mount -t proc proc /proc
+mount -t tmpfs -o size=16m,mode=0755 tmpfs /run
+mkdir -p /run/sshd
+# sshd's ChrootDirectory must be root-owned and not writable by others all the way down,
+# which the 1777 pfs directory is not: chroot into a small root-owned tmpfs holding it.
+E="$SHOAL_EXPORT"
+mount -t tmpfs -o size=1m,mode=0755 tmpfs "$E"
+mkdir "$E/pfs"
+mount --bind "$SHOAL_PFS" "$E/pfs"
+mount --bind "$SHOAL_STORE" "$E/pfs/store"
+exec /usr/sbin/sshd -D -e -f "$SHOAL_SSHD_CONFIG"

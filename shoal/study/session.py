@@ -1,0 +1,207 @@
+"""Running a study spec end to end: the orchestration behind `shoal study run` and the demo.
+
+Load and validate the spec, expand the matrix, connect to the spec's cluster (a virtual cluster
+made by `shoal cluster up`, or an existing site reached through its Slurm clients), put every image
+into the store, publish the node agent bundle, then hand the experiments to the StudyRunner. The
+CLI only parses its options, calls ``run_study`` and prints the outcome.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+from pathlib import Path
+
+from rich.console import Console
+
+from shoal import paths
+from shoal.errors import StudyError
+from shoal.slurm.client import SlurmClient
+from shoal.study.db import DB_NAME, StudyDB
+from shoal.study.jobscript import JobContext
+from shoal.study.matrix import expand
+from shoal.study.runner import StudyRunner, Summary, collect_environment, dry_run
+from shoal.study.spec import StudySpec, load_spec
+
+
+@dataclasses.dataclass
+class ClusterLink:
+    """How this process reaches the spec's cluster and where the jobs' files are."""
+
+    client: SlurmClient
+    ctx: JobContext
+    host_logs: Path
+    network_params: dict[str, object]
+    store_local: Path  # the image store as this process sees it
+    extra_env: dict[str, object] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    """What `run_study` did: the results directory, this call's summary and the database's counts
+    (both None for a dry run)."""
+
+    study_name: str
+    out_dir: Path
+    summary: Summary | None = None
+    counts: dict[str, int] | None = None
+
+
+def method_names() -> tuple[str, ...]:
+    """Names of the registered distribution methods (what a spec may ask for)."""
+    from shoal.staging.base import method_names as registered
+
+    return tuple(registered())
+
+
+def spec_kind(spec_path: Path) -> str:
+    """The spec's cluster kind ("virtual" or "existing"), read before full validation."""
+    try:
+        doc = tomllib.loads(spec_path.read_text())
+    except (OSError, ValueError):  # unreadable, not UTF-8, not TOML
+        return "virtual"  # load_spec reports the real problem
+    cluster = doc.get("cluster")
+    return str(cluster.get("kind", "virtual")) if isinstance(cluster, dict) else "virtual"
+
+
+def load_run_spec(spec_path: Path, cluster_name: str | None = None) -> StudySpec:
+    """The validated spec (methods and, for a virtual cluster, network profiles checked)."""
+    from shoal.cluster.config import NETWORK_PROFILES
+
+    networks = set(NETWORK_PROFILES) if spec_kind(spec_path) == "virtual" else None
+    spec = load_spec(spec_path, methods=method_names(), networks=networks)
+    if cluster_name:
+        spec = dataclasses.replace(spec, cluster=dataclasses.replace(spec.cluster, name=cluster_name))
+    return spec
+
+
+def link_cluster(spec: StudySpec, out: Path, *, connect: bool) -> ClusterLink:
+    """The Slurm client and job paths for the spec's cluster. With connect=False (dry run) the
+    cluster is not asked anything."""
+    if spec.cluster.kind == "existing":
+        # a site: the results directory and the store must be on file systems the nodes share,
+        # at the same paths as here
+        store = Path(spec.cluster.store or paths.store_root())
+        logs = out.resolve() / "logs"
+        ctx = JobContext(logs_dir=str(logs), agent=f"{store}/.shoal/agent.pyz",
+                         store_dir=str(store), partition=spec.partition,
+                         time_limit_s=spec.timeout)
+        return ClusterLink(SlurmClient(), ctx, logs, {}, store)
+    from shoal.cluster.enter import slurm_prefix
+    from shoal.cluster.state import ClusterDir
+
+    cdir = ClusterDir(spec.cluster.name)
+    # nodes see the cluster's pfs directory as /pfs; one log directory per results directory
+    tag = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
+    rel = f"shoal-study/{spec.name}-{tag}"
+    ctx = JobContext(logs_dir=f"/pfs/{rel}", agent=f"{paths.CLUSTER_STORE_PATH}/.shoal/agent.pyz",
+                     store_dir=paths.CLUSTER_STORE_PATH, partition=spec.partition,
+                     time_limit_s=spec.timeout)
+    if not connect:
+        return ClusterLink(SlurmClient(), ctx, cdir.pfs / rel, {}, paths.store_root())
+    if not cdir.exists() or cdir.load().phase != "up":
+        raise StudyError(
+            f"virtual cluster {spec.cluster.name!r} is not up",
+            f"shoal cluster up --name {spec.cluster.name} --nodes {spec.cluster.nodes}"
+            + (f" --network {spec.cluster.network}" if spec.cluster.network else ""))
+    state = cdir.load()
+    if spec.cluster.nodes is not None and len(state.nodes) < spec.cluster.nodes:
+        raise StudyError(
+            f"cluster {state.name!r} has {len(state.nodes)} nodes, the spec asks for "
+            f"{spec.cluster.nodes}",
+            f"shoal cluster down --name {state.name}; shoal cluster up --name {state.name} "
+            f"--nodes {spec.cluster.nodes}")
+    have = str(state.network.get("name"))
+    if spec.cluster.network is not None and have != spec.cluster.network:
+        raise StudyError(
+            f"cluster {state.name!r} runs network profile {have!r}, the spec asks for "
+            f"{spec.cluster.network!r}",
+            f"boot it with `shoal cluster up --name {state.name} --network "
+            f"{spec.cluster.network}` (results would otherwise be labelled wrongly)")
+    storage = state.storage
+    if spec.cluster.storage is not None and storage != spec.cluster.storage:
+        raise StudyError(
+            f"cluster {state.name!r} shares /pfs by {storage!r}, the spec asks for "
+            f"{spec.cluster.storage!r}",
+            f"boot it with `shoal cluster up --name {state.name} --storage "
+            f"{spec.cluster.storage}`")
+    client = SlurmClient(prefix=slurm_prefix(spec.cluster.name))
+    cfg = state.config
+    extra: dict[str, object] = {
+        "cluster_nodes": len(state.nodes),
+        **{k: cfg.get(k) for k in ("cpus_per_node", "memory_mb_per_node", "tmpfs_size")},
+        "shared_storage": storage,
+    }
+    return ClusterLink(client, ctx, cdir.pfs / rel, dict(state.network), paths.store_root(), extra)
+
+
+def prepare_images(spec: StudySpec, store: Path, console: Console) -> dict[str, str]:
+    """Every image of the spec in the store (built and exported for a virtual cluster, only
+    checked on an existing one); returns image -> tree digest."""
+    from shoal.images.catalog import ensure_in_store
+
+    digests: dict[str, str] = {}
+    for name in spec.images:
+        manifest = store / name / "manifest.json"
+        if spec.cluster.kind == "virtual":
+            with console.status(f"image {name}: building/exporting into the store if needed"):
+                ensure_in_store(name)
+        elif not manifest.is_file():
+            raise StudyError(f"image {name!r} is not in the store {store}",
+                             f"export it there first: shoal image export {name}")
+        try:
+            d = json.loads(manifest.read_text()).get("tree_digest")
+        except (OSError, ValueError) as exc:
+            raise StudyError(f"cannot read {manifest}: {exc}", "re-export the image") from None
+        if isinstance(d, str):
+            digests[name] = d
+    return digests
+
+
+def prolog_store(spec: StudySpec, store: Path) -> Path | None:
+    """Where privileged staging requests go (the Prolog path), or None when steps may be root."""
+    if spec.privileged == "prolog" or (spec.privileged == "auto" and os.geteuid() != 0):
+        return store
+    return None
+
+
+def run_study(spec_path: Path, out: Path | None, cluster_name: str | None = None,
+              dry: bool = False, rerun_failed: bool = False,
+              console: Console | None = None) -> RunOutcome:
+    """`shoal study run`: run (or resume) the study in spec_path; see the module doc."""
+    from shoal.bundle import publish
+
+    console = console or Console(highlight=False)
+    spec = load_run_spec(spec_path, cluster_name)
+    exps = expand(spec)
+    out_dir = out or Path("results") / spec.name
+    link = link_cluster(spec, out_dir, connect=not dry)
+    if dry:
+        db = StudyDB.in_dir(out_dir, create=False) if (out_dir / DB_NAME).exists() else None
+        try:
+            dry_run(spec, exps, db, link.ctx, out_dir, console, rerun_failed)
+        finally:
+            if db is not None:
+                db.close()
+        return RunOutcome(spec.name, out_dir)
+    digests = prepare_images(spec, link.store_local, console)
+    # the bundle's name carries its hash: jobs of an older shoal keep running their own copy
+    agent = f"{link.ctx.store_dir}/.shoal/{publish(link.store_local)}"
+    ctx = dataclasses.replace(link.ctx, agent=agent)
+    with StudyDB.in_dir(out_dir) as db:
+        runner = StudyRunner(spec, exps, db, link.client, out_dir, ctx,
+                             host_logs=link.host_logs, console=console,
+                             rerun_failed=rerun_failed,
+                             prolog_requests=prolog_store(spec, link.store_local))
+        env = collect_environment(link.client, spec, network_params=link.network_params,
+                                  image_digests=digests)
+        env = dataclasses.replace(
+            env, extra={**link.extra_env, "agent": agent, "privileged": spec.privileged},
+            # what the cluster runs, not only what the spec asked for
+            network_profile=str(link.network_params.get("name") or spec.cluster.network))
+        summary = runner.execute(env)
+        counts = db.state_counts()
+    return RunOutcome(spec.name, out_dir, summary, counts)

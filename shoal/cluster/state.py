@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,9 @@ class ClusterDir:
                 f"remove it with `shoal cluster down --name {self.name}`",
             ) from exc
         data.pop("version", None)
-        return ClusterState(**data)
+        # Fields a newer shoal added (another checkout's cluster) are not ours to interpret.
+        known = {f.name for f in fields(ClusterState)}
+        return ClusterState(**{k: v for k, v in data.items() if k in known})
 
     def save(self, state: ClusterState) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -180,8 +180,11 @@ class VirtualBackend:
     def power_on(self, node: str, image: str) -> None:
         with _state_lock(self.cd):
             st = self._state()
-            if nodectl.running(st, node):
-                return
+            # Its PID 1, not the outer unshare, decides: that one lingers for a moment after
+            # the PID 1 died (it reaps it), and the engine asks right after seeing the death.
+            with contextlib.suppress(ClusterError):
+                if netns.is_alive(pid1(st, node)):
+                    return  # started by someone else meanwhile
             lower = Path(image) if image else None
             nodectl.stop_node(st, node, grace=2.0)  # leftovers of the dead container
             nodectl.prepare_node(self.cd, node)

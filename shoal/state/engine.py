@@ -50,7 +50,7 @@ class RequestError(ShoalError):
 class EngineConfig:
     heartbeat_timeout: float = 30.0  # a node silent this long is UNRESPONSIVE (0: never)
     slurm_poll: float = 5.0  # Slurm's view is re-read this often (and right after each update)
-    tick: float = 0.5  # deadlines and BACKOFF grace are checked this often
+    tick: float = 0.5  # deadlines and the transient-state grace are checked this often
     flush_delay: float = 0.01  # updates arriving within this window go in one scontrol batch
     resend_after: float = 10.0  # an update Slurm has not taken is sent again after this long
     required_programs: tuple[str, ...] = REQUIRED_PROGRAMS
@@ -166,7 +166,17 @@ class Engine:
                 d.programs_since[prog] = now
             d.programs[prog] = str(state)
             d.programs_at = now
-            self.emit(name, "process", {"program": prog, "state": state, "from": ev.get("from", "")})
+            at = ev.get("time")
+            self.emit(
+                name,
+                "process",
+                {
+                    "program": prog,
+                    "state": state,
+                    "from": ev.get("from", ""),
+                    "at": at if isinstance(at, (int, float)) else None,
+                },
+            )
         elif kind in ("heartbeat", "hello"):
             progs = ev.get("programs", {})
             if not isinstance(progs, dict) or not all(

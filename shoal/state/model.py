@@ -34,13 +34,16 @@ class Health(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
-# supervisord program states (supervisor.states.ProcessStates) that mean "not running and not
-# about to be": BACKOFF counts only after it has lasted BACKOFF_GRACE seconds.
-FAILED_PROGRAM_STATES = frozenset({"FATAL", "EXITED", "STOPPED", "UNKNOWN"})
+# supervisord program states (supervisor.states.ProcessStates). FATAL is final: supervisord gave up.
+# The others that are not RUNNING are what a routine restart or a crash that autorestart repairs
+# passes through; marking the node DOWN then would kill its running jobs for nothing, so they
+# count only once they have lasted TRANSIENT_GRACE seconds.
+FAILED_PROGRAM_STATES = frozenset({"FATAL"})
+TRANSIENT_PROGRAM_STATES = frozenset({"STOPPED", "STOPPING", "EXITED", "BACKOFF", "UNKNOWN"})
 PROGRAM_STATES = frozenset(
     {"STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN"}
 )
-BACKOFF_GRACE = 10.0
+TRANSIENT_GRACE = 10.0
 REQUIRED_PROGRAMS = ("slurmd", "munged")
 POWER_STATES = ("on", "off")
 
@@ -156,8 +159,8 @@ def health(
         st = d.programs.get(prog)
         if st in FAILED_PROGRAM_STATES:
             return Health.DEGRADED, f"{prog} {st}"
-        if st == "BACKOFF" and now - d.programs_since.get(prog, now) >= BACKOFF_GRACE:
-            return Health.DEGRADED, f"{prog} BACKOFF"
+        if st in TRANSIENT_PROGRAM_STATES and now - d.programs_since.get(prog, now) >= TRANSIENT_GRACE:
+            return Health.DEGRADED, f"{prog} {st}"
     if d.alive is None and not d.heartbeat:
         return Health.UNKNOWN, "not seen yet"
     return Health.OK, ""

@@ -19,7 +19,13 @@ from typing import Any, Protocol
 
 from shoal.state.backend import Backend
 from shoal.state.bridge import REASON_PREFIX, SlurmState, Update
-from shoal.state.model import FAILED_PROGRAM_STATES, REQUIRED_PROGRAMS, NodeRecord, Phase
+from shoal.state.model import (
+    FAILED_PROGRAM_STATES,
+    REQUIRED_PROGRAMS,
+    TRANSIENT_PROGRAM_STATES,
+    NodeRecord,
+    Phase,
+)
 
 
 class Ops(Protocol):
@@ -175,7 +181,9 @@ def _drain_ctx(rec: NodeRecord) -> dict[str, Any]:
 
 def _restart_ctx(rec: NodeRecord) -> dict[str, Any]:
     d = rec.discovered
-    progs = [p for p in REQUIRED_PROGRAMS if d.programs.get(p) in {*FAILED_PROGRAM_STATES, "BACKOFF"}]
+    progs = [
+        p for p in REQUIRED_PROGRAMS if d.programs.get(p) in FAILED_PROGRAM_STATES | TRANSIENT_PROGRAM_STATES
+    ]
     return _now_ctx(rec, programs=progs)
 
 

@@ -120,24 +120,30 @@ class Sender(object):
             conn.close()
 
     def run(self):
+        # Events go out in the order they happened: a batch that could not be sent is sent
+        # again before anything newer (a stale snapshot must never overwrite a newer state).
+        pending = []
         delay = 0.2
         while True:
-            events = [self.q.get()]
-            while len(events) < 100:
+            if not pending:
+                pending.append(self.q.get())
+            while len(pending) < 100:
                 try:
-                    events.append(self.q.get_nowait())
+                    pending.append(self.q.get_nowait())
                 except queue.Empty:
                     break
+            batch = pending[:100]
             try:
-                self.post(events)
-                self.sent += len(events)
+                self.post(batch)
+                self.sent += len(batch)
+                del pending[:len(batch)]
                 delay = 0.2
             except Exception as exc:  # network down, service restarting, munged not up yet
                 log("cannot reach %s (%s); retrying in %.1f s" % (self.url, exc, delay))
-                # Keep state changes, drop heartbeats: the next heartbeat carries everything.
-                keep = [e for e in events if e.get("kind") != "heartbeat"][-MAX_QUEUED // 2:]
-                for e in keep:
-                    self.put(e)
+                # Older heartbeats are superseded by the newest one: keep it, in its place.
+                beats = [i for i, e in enumerate(pending) if e.get("kind") == "heartbeat"]
+                drop = set(beats[:-1])
+                pending = [e for i, e in enumerate(pending) if i not in drop][-MAX_QUEUED:]
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

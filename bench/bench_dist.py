@@ -55,7 +55,7 @@ from shoal.cluster.config import NETWORK_PROFILES, ClusterConfig
 from shoal.errors import ShoalError
 from shoal.runner import run
 from shoal.staging import driver
-from shoal.staging.base import get_method, method_names
+from shoal.staging.registry import get_method, method_names
 
 NAME = "bd"
 NETWORK = "eth10g"

@@ -30,6 +30,7 @@ MODULES = (
     "shoal/staging/nodeagent.py",
     "shoal/staging/jobstep.py",
     "shoal/staging/record.py",
+    "shoal/staging/registry.py",
     "shoal/staging/methods/__init__.py",
     "shoal/staging/methods/untar.py",
     "shoal/staging/methods/sbcast.py",
@@ -37,6 +38,8 @@ MODULES = (
     "shoal/staging/methods/sbcast_squashfs.py",
     "shoal/staging/methods/squashfuse.py",
     "shoal/staging/methods/shared_dir.py",
+    "shoal/staging/bcast.py",
+    "shoal/staging/methods/bcast.py",
     "shoal/images/treedigest.py",
     "shoal/slurm/hostlist.py",
     # read as data by the `workload` step and copied into the container's view of /tmp

@@ -15,9 +15,11 @@ from shoal.cluster import config as ccfg
 from shoal.cluster import manager
 from shoal.cluster.enter import enter_prefix, pid1
 from shoal.cluster.state import ClusterDir, list_states
+from shoal.cluster.topology import PLAN_MAX_NODES, Addressing, hostlist
 from shoal.errors import ClusterError
 
 console = Console(highlight=False)
+MiB = 1 << 20
 
 
 @click.group()
@@ -42,14 +44,16 @@ def up(nodes: int | None, name: str | None, network: str | None, tmpfs_size: str
     with console.status(f"booting cluster {cfg.name!r} with {cfg.nodes} nodes ..."):
         res = manager.up(cfg)
     st = res.state
-    table = Table(title=f"cluster {st.name} (10.250.{st.index}.0/24, bridge {st.bridge})")
+    addr = Addressing(st.index)
+    table = Table(title=f"cluster {st.name} ({addr.subnet}, bridge {', '.join(st.bridge_plan.bridges)})")
     for col in ("host", "address", "role"):
         table.add_column(col)
-    table.add_row("ctl", f"10.250.{st.index}.2", "slurmctld, slurmdbd, mariadb, munged; login")
+    table.add_row("ctl", addr.controller, "slurmctld, slurmdbd, mariadb, munged; login")
     if st.storage == "sshfs":
-        table.add_row("storage", f"10.250.{st.index}.3", "sshd (SFTP): /pfs for all hosts over sshfs")
-    for i, n in enumerate(st.nodes, 1):
-        table.add_row(n, f"10.250.{st.index}.{9 + i}", "slurmd, munged, sshd, rsyslogd")
+        table.add_row("storage", addr.storage, "sshd (SFTP): /pfs for all hosts over sshfs")
+    # one row per address block (hostlist form), not one per node: clusters reach 1000s of nodes
+    for first, last, addrs in addr.node_blocks(len(st.nodes)):
+        table.add_row(hostlist(st.nodes[first - 1:last]), addrs, "slurmd, munged, sshd, rsyslogd")
     console.print(table)
     prof = cfg.profile
     console.print(f"network profile: {prof.name} ({prof.description})")
@@ -76,7 +80,7 @@ def list_() -> None:
     for col in ("name", "nodes", "subnet", "network", "phase", "boot s"):
         table.add_column(col)
     for st in list_states():
-        table.add_row(st.name, str(len(st.nodes)), f"10.250.{st.index}.0/24", st.network["name"],
+        table.add_row(st.name, str(len(st.nodes)), Addressing(st.index).subnet, st.network["name"],
                       st.phase, f"{st.boot_seconds:.1f}")
     console.print(table)
 
@@ -99,6 +103,8 @@ def status(name: str, as_json: bool) -> None:
                     "slurm_state": n.slurm_state,
                     "running": n.running,
                     "rss_bytes": n.rss_bytes,
+                    "pss_bytes": n.pss_bytes,
+                    "uss_bytes": n.uss_bytes,
                     "processes": n.processes,
                     "layer1": st.node_images.get(n.name, st.layer1_hash),
                     "programs": {p.name: p.state for p in n.programs},
@@ -109,15 +115,41 @@ def status(name: str, as_json: bool) -> None:
         click.echo(json.dumps(doc, indent=1))
         return
     table = Table(title=f"cluster {st.name}")
-    for col in ("node", "slurm", "programs", "RSS MB", "layer1"):
+    for col in ("node", "slurm", "programs", "PSS MiB", "RSS MiB", "layer1"):
         table.add_column(col)
     for n in nodes:
         progs = " ".join(
             f"{p.name}:{'[green]' if p.state == 'RUNNING' else '[red]'}{p.state}[/]" for p in n.programs
         )
         table.add_row(n.name, n.slurm_state, progs or ("-" if n.running else "[red]not running[/]"),
-                      f"{n.rss_bytes / 1e6:.1f}", st.node_images.get(n.name, st.layer1_hash)[:12])
+                      f"{n.pss_bytes / MiB:.1f}", f"{n.rss_bytes / MiB:.1f}",
+                      st.node_images.get(n.name, st.layer1_hash)[:12])
     console.print(table)
+    idle = [n.pss_bytes / MiB for n in nodes if n.running and n.slurm_state == "idle"]
+    if idle:
+        from shoal.cluster.capacity import median
+
+        console.print(f"PSS per idle node: median {median(idle):.1f} MiB, max {max(idle):.1f} MiB "
+                      f"({len(idle)} idle of {len(nodes)}); all nodes "
+                      f"{sum(n.pss_bytes for n in nodes) / 2**30:.2f} GiB")
+
+
+@cluster.command("capacity")
+@click.option("--nodes", type=int, default=None, help="Also say whether this many nodes fit.")
+def capacity_(nodes: int | None) -> None:
+    """How many idle nodes fit in this machine's free memory now (from measured PSS per node)."""
+    from shoal.cluster import capacity
+
+    cap = capacity.capacity()
+    console.print(f"memory available: {cap.available_mb / 1024:.1f} GiB, of which a cluster may use "
+                  f"{cap.usable_mb / 1024:.1f} GiB")
+    console.print(f"cost per idle node: {cap.cost.source()}; USS {cap.cost.uss_mb:.1f} MiB, "
+                  f"+ {capacity.KERNEL_MB_PER_NODE:.0f} MiB kernel; controller {cap.controller_mb:.0f} MiB")
+    console.print(f"[bold]at most {cap.max_nodes()} nodes fit now[/] "
+                  f"(config bound {ccfg.MAX_NODES}; address plan {PLAN_MAX_NODES})")
+    if nodes is not None:
+        capacity.check_nodes(nodes)
+        console.print(f"{nodes} nodes fit: about {cap.need_mb(nodes) / 1024:.1f} GiB")
 
 
 @cluster.command(context_settings={"ignore_unknown_options": True})

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from shoal.errors import DistError
 from shoal.staging import driver
-from shoal.staging.base import method_names
+from shoal.staging.registry import method_names
 
 console = Console(highlight=False)
 
@@ -66,14 +66,16 @@ _method_option = click.option("--method", "-m", type=click.Choice(method_names()
 @click.option("--job", help="allocation to use (default: $SLURM_JOB_ID)")
 @click.option("--nodes", "-N", type=int,
               help="no allocation: allocate N nodes, stage, clean up, release (a measurement)")
-@click.option("--fanout", type=int, default=driver.DEFAULT_FANOUT, show_default=True,
-              help="sbcast fan-out")
+@click.option("--fanout", type=click.IntRange(1, 64),
+              help="children per node of a broadcast: sbcast (default 8), bcast (default 1: chain)")
+@click.option("--chunk", type=click.IntRange(4096, 64 << 20), default=driver.BCAST_CHUNK,
+              show_default=True, help="bcast: bytes per chunk")
 @click.option("--compress", is_flag=True, help="sbcast --compress")
 @click.option("--timeout", type=float, default=driver.DEFAULT_TIMEOUT, show_default=True,
               help="seconds each step may take")
 def dist(image: str | None, method: str | None, verify: bool, do_cleanup: bool,
          json_out: Path | None, cluster: str | None, job: str | None, nodes: int | None,
-         fanout: int, compress: bool, timeout: float) -> None:
+         fanout: int | None, chunk: int, compress: bool, timeout: float) -> None:
     """Stage IMAGE on every node of the current allocation (or clean up with --cleanup)."""
     site = driver.site_for(cluster)
     alloc = driver.current_allocation(site, job)
@@ -94,7 +96,7 @@ def dist(image: str | None, method: str | None, verify: bool, do_cleanup: bool,
         owned = True
     try:
         result = driver.distribute(site, alloc, method, image, verify=verify, fanout=fanout,
-                                   compress=compress, timeout=timeout)
+                                   compress=compress, timeout=timeout, chunk=chunk)
         console.print(dist_table(result))
         _write_json(result, json_out)
         driver.raise_if_failed(result)
@@ -117,13 +119,16 @@ def dist(image: str | None, method: str | None, verify: bool, do_cleanup: bool,
               help="append the per-node staging records to this file")
 @click.option("--time", "time_limit", default="60", show_default=True,
               help="time limit of the allocation shoal creates")
-@click.option("--fanout", type=int, default=driver.DEFAULT_FANOUT, show_default=True)
+@click.option("--fanout", type=click.IntRange(1, 64),
+              help="children per node of a broadcast: sbcast (default 8), bcast (default 1: chain)")
+@click.option("--chunk", type=click.IntRange(4096, 64 << 20), default=driver.BCAST_CHUNK,
+              show_default=True, help="bcast: bytes per chunk")
 @click.option("--compress", is_flag=True, help="sbcast --compress")
 @click.option("--timeout", type=float, default=driver.DEFAULT_TIMEOUT, show_default=True)
 @click.argument("command", nargs=-1, required=True)
 def run_cmd(image: str, method: str | None, nodes: int | None, cluster: str | None,
             ntasks_per_node: int, srun_args: tuple[str, ...], verify: bool,
-            json_out: Path | None, time_limit: str, fanout: int, compress: bool,
+            json_out: Path | None, time_limit: str, fanout: int | None, chunk: int, compress: bool,
             timeout: float, command: tuple[str, ...]) -> None:
     """Stage IMAGE with a method and run COMMAND in it on every node (srun + ch-run)."""
     if method is None:
@@ -137,7 +142,7 @@ def run_cmd(image: str, method: str | None, nodes: int | None, cluster: str | No
     ran = driver.run_in_image(
         site, image, method, command, nodes=nodes, ntasks_per_node=ntasks_per_node,
         srun_args=srun_args, time_limit=time_limit, verify=verify, fanout=fanout,
-        compress=compress, timeout=timeout, on_staged=staged,
+        compress=compress, timeout=timeout, on_staged=staged, chunk=chunk,
     )
     if json_out is not None:
         with open(json_out, "a") as f:

@@ -92,9 +92,15 @@ def status(out_dir: Path) -> None:
 
 @study.command()
 @click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
-def report(out_dir: Path) -> None:
+@click.option("--site", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="SITE.toml: add the section 'At your scale' with the model's predictions.")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="model.json to use with --site (default: fit one from DIR).")
+def report(out_dir: Path, site: Path | None, model_path: Path | None) -> None:
     """Write DIR/report.md and DIR/report.html (with plots) and print the answers."""
-    print_report(write_report(out_dir), out_dir)
+    if model_path is not None and site is None:
+        raise click.UsageError("--model needs --site")
+    print_report(write_report(out_dir, site=site, model=model_path), out_dir)
 
 
 def print_report(rep: Report, out_dir: Path) -> None:

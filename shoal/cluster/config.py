@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal import limits, names
+from shoal.cluster import topology
 from shoal.errors import ConfigError
 
 NAME_RE = names.CLUSTER_NAME_RE
@@ -84,7 +85,7 @@ class ClusterConfig:
         return NETWORK_PROFILES[self.network]
 
     def node_names(self) -> list[str]:
-        return [f"node{i}" for i in range(1, self.nodes + 1)]
+        return topology.node_names(self.nodes)
 
 
 _KEYS: dict[str, type] = {

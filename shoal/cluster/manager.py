@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from shoal.bundle import write_bundle
-from shoal.cluster import controller, netns, node, scripts, secrets, storage
-from shoal.cluster.config import NODE_MEMORY_BUDGET_MB, ClusterConfig
+from shoal.cluster import capacity, controller, netns, node, scripts, secrets, storage
+from shoal.cluster.config import ClusterConfig
 from shoal.cluster.enter import new_namespaces, pid1, slurm_client
 from shoal.cluster.slurmconf import (
     Addressing,
@@ -60,22 +60,9 @@ def check_prerequisites() -> None:
         )
 
 
-def _mem_available_mb() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) // 1024
-    return 0
-
-
-def check_capacity(cfg: ClusterConfig) -> None:
-    need = cfg.nodes * NODE_MEMORY_BUDGET_MB + 512
-    have = _mem_available_mb()
-    if need > have * 0.8:
-        most = max(0, int((have * 0.8 - 512) // NODE_MEMORY_BUDGET_MB))
-        raise ClusterError(
-            f"{cfg.nodes} nodes need about {need} MB but only {have} MB of memory is available",
-            f"use --nodes {most} or fewer on this machine",
-        )
+def check_capacity(cfg: ClusterConfig, layer1: str | None = None) -> None:
+    """Refuse a cluster this machine's memory cannot hold (measured cost per node: capacity.py)."""
+    capacity.check_nodes(cfg.nodes, layer1)
 
 
 # ----------------------------------------------------------------------------------------- up
@@ -117,9 +104,10 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
         layer1_hash=image.hash,
         created=time.time(),
     )
-    if Path(f"/sys/class/net/{state.bridge}").exists():
+    clash = [br for br in state.bridge_plan.bridges if Path(f"/sys/class/net/{br}").exists()]
+    if clash:
         raise ClusterError(
-            f"bridge {state.bridge} already exists on this host",
+            f"bridge {clash[0]} already exists on this host",
             f"a crashed cluster may have left it: `shoal cluster down --name {cfg.name}`",
         )
     cd.save(state)  # from here on, `down` can remove everything
@@ -137,7 +125,21 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
     state.phase = "up"
     state.boot_seconds = time.monotonic() - t0
     cd.save(state)
+    with contextlib.suppress(OSError):
+        record_node_cost(state)
     return UpResult(state, state.boot_seconds, image.size_bytes)
+
+
+def record_node_cost(state: ClusterState, sample: int = capacity.SAMPLE_NODES) -> None:
+    """Measure PSS on up to `sample` nodes spread over the cluster; keep it for capacity checks."""
+    step = max(1, len(state.nodes) // sample)
+    picked = state.nodes[::step][:sample]
+    inodes = {n: netns.netns_inode(state.netns(n)) for n in picked}
+    by_ns = capacity.processes_by_netns(i for i in inodes.values() if i is not None)
+    mems = [capacity.memory_of(by_ns.get(i, [])) for i in inodes.values() if i is not None]
+    cost = capacity.cost_from(mems, len(state.nodes), state.layer1_hash)
+    if cost is not None:
+        capacity.record(cost)
 
 
 @contextlib.contextmanager
@@ -190,10 +192,9 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     for name in state.nodes:
         node.prepare_node(cd, name)
 
-    # -- network: one bridge, a netns + veth per host
-    netns.create_network(
-        state.bridge, [(state.netns(h), state.host_veth(h)) for h in state.netns_hosts()], cfg.profile
-    )
+    # -- network: the bridges (one per NODES_PER_BRIDGE nodes), a netns + veth per host
+    links = [(state.netns(h), state.host_veth(h), state.bridge_of(h)) for h in state.netns_hosts()]
+    netns.create_network(state.bridge_plan, links, cfg.profile)
     tbf = " ".join(netns.tbf_args(cfg.profile))
     for name_ in (scripts.NET_UP, scripts.NODE_INIT, scripts.CONTROLLER_INIT):
         scripts.install(name_, cd.root / name_)
@@ -327,8 +328,8 @@ def down(name: str, keep_state: bool = False) -> list[str]:
             break
         netns.kill_all(left, grace=2.0)
     reap()
-    netns.delete_network(state.bridge, namespaces)
-    remaining = netns.leftovers(state.bridge, namespaces)
+    netns.delete_network(state.bridge_plan, namespaces)
+    remaining = netns.leftovers(state.bridge_plan, namespaces)
     remaining += [f"pid {p}" for p in netns.pids_in_netns(inodes)]
     if not remaining:
         if keep_state:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from shoal.cluster.config import NetworkProfile
+from shoal.cluster.topology import BridgePlan
 from shoal.runner import run
 
 NETNS_DIR = Path("/run/netns")
@@ -32,19 +33,28 @@ def tbf_args(profile: NetworkProfile) -> list[str]:
     ]
 
 
-def create_network(bridge: str, links: list[tuple[str, str]], profile: NetworkProfile) -> None:
-    """Create bridge + (netns, host veth) pairs; the namespace end of each veth is named eth0."""
-    ip_lines = [f"link add {bridge} type bridge", f"link set {bridge} up"]
-    for ns, veth in links:
+def create_network(plan: BridgePlan, links: list[tuple[str, str, str]], profile: NetworkProfile) -> None:
+    """Create the bridges, the trunks between them and one (netns, host veth, bridge) link per
+    host; the namespace end of each veth is named eth0 (shoal/cluster/topology.py: the layout)."""
+    ip_lines: list[str] = []
+    for br in plan.bridges:
+        ip_lines += [f"link add {br} type bridge", f"link set {br} up"]
+    for a, b, br in plan.trunks:
+        ip_lines += [
+            f"link add {a} type veth peer name {b}",
+            f"link set {a} master {plan.bridges[0]} up",
+            f"link set {b} master {br} up",
+        ]
+    for ns, veth, br in links:
         ip_lines += [
             f"netns add {ns}",
             f"link add {veth} type veth peer name eth0 netns {ns}",
-            f"link set {veth} master {bridge} up",
+            f"link set {veth} master {br} up",
         ]
     run(["ip", "-batch", "-"], input="\n".join(ip_lines) + "\n", what="creating the cluster network")
     tbf = tbf_args(profile)
     if tbf:
-        tc_lines = [" ".join(["qdisc", "add", "dev", veth, "root", "tbf", *tbf]) for _, veth in links]
+        tc_lines = [" ".join(["qdisc", "add", "dev", veth, "root", "tbf", *tbf]) for _, veth, _ in links]
         run(["tc", "-batch", "-"], input="\n".join(tc_lines) + "\n", what="shaping the cluster links")
 
 
@@ -98,21 +108,23 @@ def is_alive(pid: int) -> bool:
     return True
 
 
-def delete_network(bridge: str, namespaces: list[str]) -> None:
-    """Remove namespaces (their veth pairs go with them), then the bridge. Idempotent."""
+def delete_network(plan: BridgePlan, namespaces: list[str]) -> None:
+    """Remove namespaces (their veth pairs go with them), trunks, then the bridges. Idempotent."""
     present = [ns for ns in namespaces if (NETNS_DIR / ns).exists()]
-    if present:
-        run(
-            ["ip", "-batch", "-"],
-            input="".join(f"netns del {ns}\n" for ns in present),
-            check=False,
-        )
-    if Path(f"/sys/class/net/{bridge}").exists():
-        run(["ip", "link", "del", bridge], check=False)
+    lines = [f"netns del {ns}" for ns in present]
+    lines += [f"link del {a}" for a, _, _ in plan.trunks if _link_exists(a)]
+    lines += [f"link del {br}" for br in plan.bridges if _link_exists(br)]
+    if lines:
+        # -force: one missing object must not stop the removal of the others
+        run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", check=False)
 
 
-def leftovers(bridge: str, namespaces: list[str]) -> list[str]:
+def _link_exists(name: str) -> bool:
+    return Path(f"/sys/class/net/{name}").exists()
+
+
+def leftovers(plan: BridgePlan, namespaces: list[str]) -> list[str]:
     out = [f"netns {ns}" for ns in namespaces if (NETNS_DIR / ns).exists()]
-    if Path(f"/sys/class/net/{bridge}").exists():
-        out.append(f"bridge {bridge}")
+    out += [f"veth {a}" for a, _, _ in plan.trunks if _link_exists(a)]
+    out += [f"bridge {br}" for br in plan.bridges if _link_exists(br)]
     return out

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal.cluster.state import ClusterDir
+from shoal.cluster.topology import Addressing
 from shoal.fsutil import write_file
 from shoal.runner import run
 
@@ -47,7 +48,7 @@ def create(cd: ClusterDir, name: str, index: int) -> ClusterSecrets:
         munge_key=secrets.token_bytes(1024),
         client_key=(cd.secrets / CLIENT_KEY).read_bytes(),
         client_pub=(cd.secrets / f"{CLIENT_KEY}.pub").read_text(),
-        known_hosts=f"ctl,node*,10.250.{index}.* {' '.join(host_pub)}\n",
+        known_hosts=f"ctl,node*,{Addressing(index).pattern} {' '.join(host_pub)}\n",
         db_password=secrets.token_hex(12),
     )
     # what every node start places into the node's fresh upper layer

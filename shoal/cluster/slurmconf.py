@@ -2,44 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from shoal.cluster.config import ClusterConfig
+from shoal.cluster.topology import Addressing, hostlist
+
+__all__ = ["Addressing", "hostlist", "render_hosts", "render_slurm_conf", "render_slurmdbd_conf"]
 
 CONTROLLER_HOST = "ctl"
 STORAGE_HOST = "storage"
-
-
-@dataclass(frozen=True)
-class Addressing:
-    """IPv4 plan of one cluster: 10.250.<index>.0/24; .2 controller, .3 storage, .10+ nodes."""
-
-    index: int
-
-    @property
-    def subnet(self) -> str:
-        return f"10.250.{self.index}.0/24"
-
-    @property
-    def controller(self) -> str:
-        return f"10.250.{self.index}.2"
-
-    @property
-    def storage(self) -> str:
-        return f"10.250.{self.index}.3"
-
-    def node(self, i: int) -> str:
-        """Address of node i (1-based)."""
-        if not 1 <= i <= 240:
-            raise ValueError(f"node index {i} out of range")
-        return f"10.250.{self.index}.{9 + i}"
-
-
-def hostlist(names: list[str]) -> str:
-    """node1..nodeN as Slurm's compact form node[1-N] (names must be contiguous)."""
-    if len(names) == 1:
-        return names[0]
-    return f"node[1-{len(names)}]"
 
 
 def render_slurm_conf(cfg: ClusterConfig, addr: Addressing, ctl_dir: str) -> str:
@@ -94,9 +63,12 @@ def render_slurm_conf(cfg: ClusterConfig, addr: Addressing, ctl_dir: str) -> str
     else:
         lines += ["AccountingStorageType=accounting_storage/none"]
     lines += list(cfg.extra_slurm_conf)
-    for i, name in enumerate(cfg.node_names(), 1):
+    # Hostlist form: one line per run of nodes whose addresses share the third octet, so 1024
+    # nodes are 5 lines (slurmctld and every slurmd parse this file at start).
+    names = cfg.node_names()
+    for first, last, addrs in addr.node_blocks(cfg.nodes):
         lines.append(
-            f"NodeName={name} NodeAddr={addr.node(i)} CPUs={cfg.cpus_per_node} "
+            f"NodeName={hostlist(names[first - 1:last])} NodeAddr={addrs} CPUs={cfg.cpus_per_node} "
             f"RealMemory={cfg.memory_mb_per_node} State=UNKNOWN"
         )
     lines.append(

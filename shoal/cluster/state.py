@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from shoal import names
+from shoal.cluster import topology
 from shoal.errors import ClusterError
 from shoal.paths import clusters_root
 
@@ -41,7 +43,17 @@ class ClusterState:
     # -- names of kernel objects, derived from name/index so cleanup needs nothing else --
     @property
     def bridge(self) -> str:
-        return f"shb-{self.name}"
+        """The first (or only) bridge: controller, storage and nodes 1-NODES_PER_BRIDGE."""
+        return topology.bridge_name(self.name, self.index, 0)
+
+    @property
+    def bridge_plan(self) -> topology.BridgePlan:
+        return topology.BridgePlan.of(self.name, self.index, len(self.nodes))
+
+    def bridge_of(self, host: str) -> str:
+        """The bridge `host` is plugged into (controller and storage: the first one)."""
+        j = 0 if host in ("ctl", "storage") else topology.bridge_of_node(topology.node_number(host))
+        return topology.bridge_name(self.name, self.index, j)
 
     def netns(self, host: str) -> str:
         return f"shoal-{self.name}-{host}"
@@ -143,16 +155,25 @@ def list_states() -> list[ClusterState]:
 
 
 def free_index(taken: set[int]) -> int:
-    """Lowest free subnet index (10.250.<index>.0/24) not used by another cluster or the host."""
-    host_nets = _host_subnets()
-    for i in range(1, 250):
-        if i not in taken and f"10.250.{i}." not in host_nets:
+    """Lowest cluster index used neither by another cluster nor, as 10.<index>.0.0/16, by the host.
+
+    The index names the cluster's subnet (shoal.cluster.topology), its veths and extra bridges.
+    """
+    host_tens = _host_ten_nets()
+    for i in range(1, topology.MAX_INDEX + 1):
+        if i not in taken and i not in host_tens:
             return i
-    raise ClusterError("no free subnet in 10.250.0.0/16 for another cluster", "take a cluster down first")
+    raise ClusterError(
+        f"no free cluster index (10.1-{topology.MAX_INDEX}.0.0/16) for another cluster",
+        "take a cluster down first",
+    )
 
 
-def _host_subnets() -> str:
+def _host_ten_nets() -> set[int]:
+    """Second octets of the 10.x.y.z addresses and routes the host itself has."""
     try:
-        return Path("/proc/net/fib_trie").read_text()
+        text = Path("/proc/net/fib_trie").read_text()
     except OSError:
-        return ""
+        return set()
+    ten = re.compile(r"(?<![0-9.])10\.([0-9]{1,3})\.[0-9]{1,3}\.[0-9]{1,3}")
+    return {int(m.group(1)) for m in ten.finditer(text)}

@@ -1,17 +1,27 @@
-"""What `shoal cluster status` reports: Slurm's view, each node's supervisord programs, memory."""
+"""What `shoal cluster status` reports: Slurm's view, each node's supervisord programs, memory.
+
+Built for hundreds of nodes: one pass over /proc finds every node's processes, and the
+supervisord XML-RPC calls (one per node, through its socket in the node's /run) run in a thread
+pool, so the time is one process scan plus a few RPC round trips, not one scan per node.
+Memory is PSS (shared pages split among the processes that map them): what a node really costs.
+Idle nodes' PSS is kept as the measurement the capacity check uses (shoal/cluster/capacity.py).
+"""
 
 from __future__ import annotations
 
-import os
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from shoal.cluster import manager, netns
+from shoal.cluster import capacity, manager, netns
 from shoal.cluster.enter import pid1
 from shoal.cluster.node import running as host_running
 from shoal.cluster.state import ClusterDir, ClusterState
 from shoal.cluster.supervisor import Program, Supervisor
 from shoal.errors import ClusterError
+
+# supervisord answers in its one thread; more workers than this only queue on 2 cores
+RPC_WORKERS = 16
 
 
 @dataclass
@@ -21,43 +31,62 @@ class NodeStatus:
     running: bool
     programs: list[Program] = field(default_factory=list)
     rss_bytes: int = 0
+    pss_bytes: int = 0  # what the node costs: shared pages split among their users
+    uss_bytes: int = 0  # private pages only
     processes: int = 0
 
 
-def supervisor_of(state: ClusterState, node: str) -> Supervisor:
+def supervisor_of(state: ClusterState, node: str, timeout: float = 10.0) -> Supervisor:
     pid = pid1(state, node)
-    return Supervisor(f"/proc/{pid}/root/run/supervisor.sock", node)
+    return Supervisor(f"/proc/{pid}/root/run/supervisor.sock", node, timeout=timeout)
+
+
+def memory_of_netns(ns: str) -> capacity.NodeMemory:
+    """PSS/USS/RSS and count of the processes in one network namespace (the node's unshare
+    wrapper is outside its pid namespace but inside its netns, so it counts too)."""
+    ino = netns.netns_inode(ns)
+    if ino is None:
+        return capacity.NodeMemory()
+    return capacity.memory_of(capacity.processes_by_netns([ino]).get(ino, []))
 
 
 def rss_of_netns(ns: str) -> tuple[int, int]:
     """Total RSS (bytes) and count of the processes in one network namespace."""
-    ino = netns.netns_inode(ns)
-    if ino is None:
-        return 0, 0
-    total = 0
-    pids = netns.pids_in_netns({ino})
-    page = os.sysconf("SC_PAGE_SIZE")
-    for pid in pids:
-        try:
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
-        except (OSError, IndexError, ValueError):
-            continue
-    # nsenter/unshare wrappers of the node are outside its pid namespace but inside its netns.
-    return total, len(pids)
+    mem = memory_of_netns(ns)
+    return mem.rss, mem.processes
 
 
-def cluster_status(name: str) -> tuple[ClusterState, list[NodeStatus]]:
+def _programs(state: ClusterState, node: str) -> list[Program]:
+    try:
+        return supervisor_of(state, node, timeout=5.0).programs()
+    except ClusterError:
+        return []
+
+
+def cluster_status(name: str, record: bool = True) -> tuple[ClusterState, list[NodeStatus]]:
     state = ClusterDir(name).load()
     slurm = manager.node_states(state) if host_running(state, "ctl") else {}
+    up = [n for n in state.nodes if host_running(state, n)]
+    inodes = {n: netns.netns_inode(state.netns(n)) for n in up}
+    by_ns = capacity.processes_by_netns(i for i in inodes.values() if i is not None)
+    with ThreadPoolExecutor(max_workers=RPC_WORKERS) as pool:
+        programs = dict(zip(up, pool.map(lambda n: _programs(state, n), up), strict=True))
     out: list[NodeStatus] = []
+    idle: list[capacity.NodeMemory] = []
     for node in state.nodes:
-        running = host_running(state, node)
-        ns = NodeStatus(node, slurm.get(node, "?"), running)
-        if running:
-            try:
-                ns.programs = supervisor_of(state, node).programs()
-            except ClusterError:
-                ns.programs = []
-            ns.rss_bytes, ns.processes = rss_of_netns(state.netns(node))
+        ns = NodeStatus(node, slurm.get(node, "?"), node in programs)
+        if ns.running:
+            ns.programs = programs[node]
+            ino = inodes.get(node)
+            mem = capacity.memory_of(by_ns.get(ino, []) if ino is not None else [])
+            ns.rss_bytes, ns.pss_bytes, ns.uss_bytes, ns.processes = mem.rss, mem.pss, mem.uss, mem.processes
+            if ns.slurm_state == "idle":
+                idle.append(mem)
         out.append(ns)
+    if record and state.phase == "up":
+        # idle nodes only: a busy node's memory is its jobs', not what the node costs
+        cost = capacity.cost_from(idle, len(state.nodes), state.layer1_hash)
+        if cost is not None:
+            with contextlib.suppress(OSError):
+                capacity.record(cost)
     return state, out

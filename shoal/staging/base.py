@@ -162,27 +162,6 @@ def register(name: str) -> Callable[[M], M]:
     return deco
 
 
-def method_names() -> list[str]:
-    load_methods()
-    return sorted(REGISTRY)
-
-
-def get_method(name: str) -> Method:
-    load_methods()
-    try:
-        return REGISTRY[name]()
-    except KeyError:
-        raise DistError(
-            f"unknown distribution method {name!r}",
-            f"known methods: {', '.join(sorted(REGISTRY))}",
-        ) from None
-
-
-def load_methods() -> None:
-    # importing the package registers every method module in it
-    import shoal.staging.methods  # noqa: F401
-
-
 # ---- node-side helpers -------------------------------------------------------------------------
 
 
@@ -259,6 +238,30 @@ def net_rx_bytes() -> int:
         if fields:
             total += int(fields[0])
     return total
+
+
+def net_tx_bytes() -> int:
+    """Bytes sent on every interface but lo, in this process's network namespace."""
+    total = 0
+    try:
+        with open("/proc/net/dev") as f:
+            lines = f.readlines()[2:]
+    except OSError:
+        return 0
+    for line in lines:
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if name.strip() != "lo" and len(fields) > 8:
+            total += int(fields[8])
+    return total
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its waited-for children."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def proc_io() -> dict[str, int]:

@@ -30,9 +30,20 @@ from shoal.bundle import publish
 from shoal.errors import DistError, SlurmError
 from shoal.runner import run
 from shoal.slurm.client import Job, JobState, SlurmClient
-from shoal.staging.base import REQUESTS_DIR, Context, Method, get_method
+from shoal.staging.base import REQUESTS_DIR, Context, Method
+from shoal.staging.jobstep import (
+    BCAST_CHUNK as BCAST_CHUNK,  # the default, for callers
+)
+from shoal.staging.jobstep import (
+    BCAST_FANOUT,
+    BCAST_GRACE,
+    bcast_args,
+    bcast_env,
+    bcast_failures,
+    run_agent,
+)
 from shoal.staging.jobstep import parse_records as parse_records  # the records format, for callers
-from shoal.staging.jobstep import run_agent
+from shoal.staging.registry import get_method
 
 DEFAULT_TIMEOUT = 600.0
 SUBMIT_TIMEOUT = 60.0
@@ -197,10 +208,19 @@ def srun_argv(site: Site, alloc: Allocation, nodes: Sequence[str], *cmd: str) ->
 
 
 def agent_step(site: Site, alloc: Allocation, nodes: Sequence[str], agent: str, *args: str,
-               timeout: float) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+               timeout: float, env: dict[str, str] | None = None
+               ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Run the agent once per node; return (records by node, failures by node)."""
-    argv = srun_argv(site, alloc, nodes, "python3", agent, "--store", site.store_nodes, *args)
-    records, failed, _ = run_agent(argv, list(nodes), timeout, f"node agent {args[0]}")
+    # --label: records longer than srun's 1 KiB messages can be put together again (unlabel)
+    argv = srun_argv(site, alloc, nodes, "--label", "python3", agent, "--store",
+                     site.store_nodes, *args)
+    if env and site.prefix:
+        # the virtual cluster's prefix starts the command with a clean environment (`env -`):
+        # hand the variables to srun through `env`; srun passes them on to every task
+        n = len(site.prefix)
+        argv = [*argv[:n], "env", *[f"{k}={v}" for k, v in env.items()], *argv[n:]]
+        env = None
+    records, failed, _ = run_agent(argv, list(nodes), timeout, f"node agent {args[0]}", env=env)
     return records, failed
 
 
@@ -242,25 +262,55 @@ def distribute(
     image: str,
     *,
     verify: bool = False,
-    fanout: int = DEFAULT_FANOUT,
+    fanout: int | None = None,
     compress: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
+    chunk: int = BCAST_CHUNK,
+    rate: float = 0.0,
 ) -> DistResult:
-    """Stage IMAGE with METHOD on every node of ALLOC; clean up everywhere if a node fails."""
+    """Stage IMAGE with METHOD on every node of ALLOC; clean up everywhere if a node fails.
+
+    fanout: sbcast's (default 8) or bcast's (default 1, a chain); chunk and rate: bcast's chunk
+    size and a pacing of the root's reads (bytes/s, 0 = none; tests use it to catch a broadcast
+    in the middle).
+    """
     method = get_method(method_name)
     check_image(site, image)
-    agent = f"{site.store_nodes}/.shoal/{publish(site.store_local)}"
     nodes = list(alloc.nodes)
+    if site.cluster is not None:
+        # a virtual cluster's nodes keep their copies in this one machine's memory
+        from shoal.cluster.state import ClusterDir
+        from shoal.staging.fit import check_node_local_copies
+
+        tmpfs = ClusterDir(site.cluster).load().config.get("tmpfs_size")
+        check_node_local_copies(method.name, image, len(nodes), site.store_local,
+                                tmpfs if isinstance(tmpfs, str) else None)
+    agent = f"{site.store_nodes}/.shoal/{publish(site.store_local)}"
     common = ("--job", alloc.job, "--image", image)
     t0 = time.monotonic()
     collective_s: float | None = None
     failed: dict[str, str] = {}
     records: dict[str, dict[str, Any]] = {}
+    extra: dict[str, Any] = {}
     if method.collective:
         records, failed = agent_step(site, alloc, nodes, agent, "check", *common, "--method",
                                      method.name, timeout=timeout)
-        if not failed:
-            collective_s = _collective(site, alloc, method, image, fanout, compress, timeout)
+        if not failed and method.collective == "bcast":
+            t_b = time.monotonic()
+            brecs, failed = agent_step(
+                site, alloc, nodes, agent,
+                *bcast_args(alloc.job, image, method.name, nodes,
+                            fanout=fanout or BCAST_FANOUT, chunk=chunk,
+                            timeout=max(10.0, timeout - BCAST_GRACE), rate=rate),
+                timeout=timeout, env=bcast_env())
+            collective_s = time.monotonic() - t_b
+            failed = bcast_failures(brecs, failed)
+            extra["bcast"] = brecs
+            if failed:
+                records = {n: brecs.get(n) or records.get(n) or {"node": n} for n in nodes}
+        elif not failed:
+            collective_s = _collective(site, alloc, method, image, fanout or DEFAULT_FANOUT,
+                                       compress, timeout)
     if not failed:
         records, failed = agent_step(site, alloc, nodes, agent, "stage", *common, "--method",
                                      method.name, timeout=timeout)
@@ -272,9 +322,11 @@ def distribute(
         failed.update({n: f"verify: {why}" for n, why in vfailed.items()})
     seconds = time.monotonic() - t0
     result = DistResult(alloc.job, method.name, image, nodes, records, failed, seconds,
-                        collective_s)
+                        collective_s, extra)
     if failed:
-        # clean the nodes that answer; a dead node is the Epilog's (or its reboot's) business
+        # clean the nodes that answer; a dead node is the Epilog's (or its reboot's) business.
+        # A broadcast whose agent was killed on a node left a partial copy there: every node
+        # that answered `check` is cleaned.
         alive = [n for n in nodes if n in records] or nodes
         cleanup(site, alloc, image, nodes=alive, timeout=timeout, raise_on_left=False)
     return result
@@ -341,10 +393,11 @@ def run_in_image(
     srun_args: Sequence[str] = (),
     time_limit: str = "60",
     verify: bool = False,
-    fanout: int = DEFAULT_FANOUT,
+    fanout: int | None = None,
     compress: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
     on_staged: Callable[[DistResult], None] | None = None,
+    chunk: int = BCAST_CHUNK,
 ) -> RunResult:
     """`shoal run`: allocate or reuse, stage, srun ch-run STAGED -- CMD on every node, clean up."""
     method = get_method(method_name)
@@ -363,7 +416,7 @@ def run_in_image(
     staged_ok = False
     try:
         result = distribute(site, alloc, method.name, image, verify=verify, fanout=fanout,
-                            compress=compress, timeout=timeout)
+                            compress=compress, timeout=timeout, chunk=chunk)
         if on_staged is not None:
             on_staged(result)
         raise_if_failed(result)

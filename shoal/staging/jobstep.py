@@ -37,6 +37,7 @@ import contextlib
 import json
 import os
 import pkgutil
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -45,8 +46,9 @@ from typing import Any
 from shoal.errors import CommandTimeout, DistError, ShoalError
 from shoal.runner import run
 from shoal.slurm.hostlist import expand
-from shoal.staging.base import Context, get_method, load_state, proc_io
+from shoal.staging.base import Context, load_state, proc_io
 from shoal.staging.record import base_record, fail, node_name
+from shoal.staging.registry import get_method
 
 STEP_MIN_TIMEOUT = 30.0
 CLEANUP_TIMEOUT = 120.0
@@ -104,10 +106,41 @@ def tail(text: str, n: int = 2) -> str:
     return " | ".join(lines[-n:])[-300:]
 
 
-def parse_records(text: str) -> dict[str, dict[str, Any]]:
-    """The agent's JSON records in srun output, by node (other lines are noise)."""
-    out: dict[str, dict[str, Any]] = {}
+# srun relays a task's output in messages of at most this many bytes; with --label every message
+# becomes its own labelled line, so a longer line arrives cut into pieces of exactly this size
+SRUN_IO_MSG = 1024
+_LABEL = re.compile(r"^\s*(\d+): ?(.*)$")
+
+
+def unlabel(text: str) -> list[str]:
+    """Lines of `srun --label` output with the labels removed and cut lines joined again.
+
+    Without --label, lines longer than SRUN_IO_MSG from different tasks interleave beyond repair
+    (agent records of ~1 KB did); with it, consecutive pieces of one task are rejoined while a
+    piece has the full message size. Lines without a label are kept as they are.
+    """
+    out: list[str] = []
+    open_line: dict[str, int] = {}  # task -> index in out of its line still being continued
     for line in text.splitlines():
+        m = _LABEL.match(line)
+        if m is None:
+            out.append(line)
+            continue
+        task, piece = m.group(1).lstrip("0") or "0", m.group(2)
+        if task in open_line:
+            out[open_line[task]] += piece
+        else:
+            out.append(piece)
+            open_line[task] = len(out) - 1
+        if len(piece.encode()) < SRUN_IO_MSG:
+            del open_line[task]
+    return out
+
+
+def parse_records(text: str) -> dict[str, dict[str, Any]]:
+    """The agent's JSON records in srun output (plain or --label), by node (others: noise)."""
+    out: dict[str, dict[str, Any]] = {}
+    for line in unlabel(text):
         line = line.strip()
         if not line.startswith("{"):
             continue
@@ -120,13 +153,14 @@ def parse_records(text: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run_agent(argv: list[str], nodes: list[str], timeout: float, what: str, label: str = ""
+def run_agent(argv: list[str], nodes: list[str], timeout: float, what: str, label: str = "",
+              env: dict[str, str] | None = None
               ) -> tuple[dict[str, dict[str, Any]], dict[str, str], str]:
     """Run one srun step of the agent (one task per node); (records by node, failures by node,
     why srun itself failed or ""). Failure texts start with `label`."""
     stdout, why = "", ""
     try:
-        done = run(argv, timeout=timeout, check=False, what=what)
+        done = run(argv, timeout=timeout, check=False, what=what, env=env)
         stdout = done.stdout
         if done.returncode != 0:
             why = tail(done.stderr)
@@ -231,15 +265,59 @@ class Steps:
             argv.append(f"--export={export}")
         return [*argv, *cmd]
 
-    def agent_step(self, sub: str, *args: str, timeout: float | None = None
+    def agent_step(self, sub: str, *args: str, timeout: float | None = None,
+                   env: dict[str, str] | None = None
                    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """Run the agent's SUB on every node; (records by node, failures by node)."""
-        argv = self.srun("python3", self.agent, "--store", self.store, sub, *args)
+        # --label: records longer than srun's 1 KiB messages can be put together again
+        argv = self.srun("--label", "python3", self.agent, "--store", self.store, sub, *args)
         limit = timeout if timeout is not None else self.left()
-        records, failed, why = run_agent(argv, self.nodes, limit, f"node agent {sub}", f"{sub}: ")
+        records, failed, why = run_agent(argv, self.nodes, limit, f"node agent {sub}", f"{sub}: ",
+                                         env=env)
         if why:
             self.log.append(f"{sub}: {why}")
         return records, failed
+
+
+# ---- the bcast methods' collective step (shoal.staging.bcast), from here or from the driver ----
+
+BCAST_FANOUT = 1  # a chain: every link carries the image once, the best pipeline for full-duplex links
+BCAST_CHUNK = 512 * 1024
+BCAST_GRACE = 30.0  # srun's own limit is the agents' limit plus this (launch, output)
+
+
+def bcast_args(job: str, image: str, method: str, nodes: list[str], *, fanout: int, chunk: int,
+               timeout: float, rate: float = 0.0) -> list[str]:
+    """The agent's `bcast` arguments; the first node is the root (the one storage reader)."""
+    args = ["bcast", "--job", job, "--image", image, "--method", method, "--nodes",
+            ",".join(nodes), "--fanout", str(fanout), "--chunk", str(chunk),
+            "--timeout", f"{timeout:.0f}"]
+    if rate > 0:
+        args += ["--rate", f"{rate:g}"]
+    return args
+
+
+def bcast_env() -> dict[str, str]:
+    """A fresh secret per broadcast: the nodes authenticate each other with it (srun passes the
+    environment to every task; only the job's user and root can read it there)."""
+    import secrets
+
+    from shoal.staging.bcast import TOKEN_ENV
+
+    return {TOKEN_ENV: secrets.token_hex(32)}
+
+
+def bcast_failures(records: dict[str, dict[str, Any]], failed: dict[str, str]) -> dict[str, str]:
+    """Failures by node; a node that left no record (killed) is named with what its neighbours
+    saw of it (e.g. "node1 lost node2 after sending it 31457280 bytes: ...")."""
+    said: dict[str, list[str]] = {}
+    for node in sorted(records):
+        lost = records[node].get("lost")
+        if isinstance(lost, dict):
+            for name, why in lost.items():
+                said.setdefault(str(name), []).append(str(why))
+    return {n: (f"bcast: {'; '.join(said[n][:3])}" if n not in records and n in said else why)
+            for n, why in failed.items()}
 
 
 def _sbcast(steps: Steps, ctx: Context, kind: str, fanout: int, compress: bool) -> float:
@@ -318,6 +396,8 @@ def merge(node: str, *, method: str, image: str, workload: str, job: str, batch_
         "stage_seconds": _num(s.get("seconds")),
         "bytes_from_storage": storage,
         "bytes_net_rx": _int(s.get("net_rx_bytes")),
+        "bytes_net_tx": _int(s.get("net_tx_bytes")),
+        "stage_cpu_seconds": _num(s.get("cpu_seconds")),
         "peak_bytes": _int(s.get("local_bytes_peak")),
         "workload": workload, "workload_seconds": _num(w.get("seconds")),
         "fom": w.get("fom") if isinstance(w.get("fom"), dict) else {},
@@ -338,7 +418,7 @@ def merge(node: str, *, method: str, image: str, workload: str, job: str, batch_
 
 def do_job(*, agent: str, store: str, method_name: str, image: str, workload: str,
            timeout: float = DEFAULT_JOB_TIMEOUT, fanout: int = 8, compress: bool = False,
-           out: Any = None) -> int:
+           bcast_fanout: int = BCAST_FANOUT, chunk: int = BCAST_CHUNK, out: Any = None) -> int:
     """The whole run of one experiment repetition from the batch script (see module doc)."""
     out = out or sys.stdout
     job = os.environ.get("SLURM_JOB_ID", "")
@@ -364,16 +444,26 @@ def do_job(*, agent: str, store: str, method_name: str, image: str, workload: st
         scope = "job" if wl.kind == "mpi" else "node"
         ctx = Context(job, image, store)
         if method.collective:
-            if method.collective != "sbcast":
+            if method.collective not in ("sbcast", "bcast"):
                 raise DistError(f"method {method.name} asks for unknown collective "
                                 f"{method.collective!r}")
             _, errors = steps.agent_step("check", *common, "--method", method.name)
-            if not errors:
+            if not errors and method.collective == "sbcast":
                 try:
                     collective_s = _sbcast(steps, ctx, method.artifact, fanout, compress)
                     collective_bytes = os.path.getsize(ctx.artifact(method.artifact))
                 except ShoalError as exc:
                     errors = {n: f"sbcast: {exc.message}" for n in nodes}
+            elif not errors:
+                # the root's one read of shared storage is in its stage record (not counted here)
+                t0 = time.monotonic()
+                limit = steps.left()
+                brecs, errors = steps.agent_step(
+                    *bcast_args(job, image, method.name, nodes, fanout=bcast_fanout,
+                                chunk=chunk, timeout=max(10.0, limit - BCAST_GRACE)),
+                    timeout=limit, env=bcast_env())
+                collective_s = round(time.monotonic() - t0, 6)
+                errors = bcast_failures(brecs, errors)
         if not errors:
             stage, errors = steps.agent_step("stage", *common, "--method", method.name)
         job_stage_s = round(time.monotonic() - t_start, 6)

@@ -13,6 +13,8 @@ Subcommands (``--job`` defaults to $SLURM_JOB_ID, ``--store`` to /pfs/store):
     verify  --image I              tree digest of the staged image against the manifest's
     cleanup [--image I]            undo staging (all images of the job without --image); report
                                    anything left: mounts, loop devices, files
+    bcast   --method M --image I --nodes A,B,...   this node's part of a pipelined broadcast
+                                   (bcast methods' collective step: one srun over all nodes)
     workload --image I --workload W   run W in the staged image on this node (ch-run), timed
     job --method M --image I --workload W   one study run from its batch script: the steps above
                                    on every node, one record per node (shoal.staging.jobstep)
@@ -71,12 +73,12 @@ try:
         Context,
         Method,
         Sampler,
-        get_method,
+        cpu_seconds,
         load_state,
         loop_backing,
-        method_names,
         mounts_under,
         net_rx_bytes,
+        net_tx_bytes,
         proc_io,
         remove_tree,
         save_state,
@@ -84,7 +86,8 @@ try:
         used_bytes,
     )
     from shoal.staging.jobstep import do_job, do_workload
-    from shoal.staging.record import base_record, emit, fail
+    from shoal.staging.record import base_record, emit, fail, node_name
+    from shoal.staging.registry import get_method, method_names
 except ImportError:
     if __name__ == "__main__":
         _lone_file()
@@ -106,7 +109,7 @@ def image_digest(ctx: Context) -> str | None:
 def baseline(ctx: Context) -> dict[str, Any]:
     # w0: wall clock too, so records of different nodes can be laid on one time axis
     return {"t0": time.monotonic(), "w0": time.time(), "rx0": net_rx_bytes(),
-            "used0": used_bytes(ctx.job_dir)}
+            "tx0": net_tx_bytes(), "used0": used_bytes(ctx.job_dir)}
 
 
 def make_job_dir(ctx: Context) -> None:
@@ -139,6 +142,7 @@ def do_stage(ctx: Context, method: Method, by: str = "step") -> dict[str, Any]:
         prec["reported_by"] = "step"
         return prec
     io0 = proc_io()
+    cpu0 = cpu_seconds()
     try:
         if method.collective and state and "baseline" in state:
             # the collective copy ran between check and now: it belongs to staging
@@ -162,12 +166,16 @@ def do_stage(ctx: Context, method: Method, by: str = "step") -> dict[str, Any]:
             "seconds": round(end - base["t0"], 6),
             "storage_bytes_read": staged.storage_bytes_read,
             "net_rx_bytes": net_rx_bytes() - base["rx0"],
+            "net_tx_bytes": net_tx_bytes() - int(base.get("tx0") or 0),
             "local_bytes_peak": max(0, sampler.peak - base["used0"]),
             "io_read_bytes": io1.get("read_bytes", 0) - io0.get("read_bytes", 0),
             "io_rchar": io1.get("rchar", 0) - io0.get("rchar", 0),
             "staged_by": by,
         })
         rec.update(staged.extra)
+        # this step's CPU, plus what a collective step spent on this node (bcast's process)
+        rec["cpu_seconds"] = round(cpu_seconds() - cpu0 + float(
+            staged.extra.get("collective_cpu_seconds") or 0), 4)
         save_state(ctx, {"method": method.name, "baseline": base, "by": by,
                          "staged": staged.path, "extra": staged.extra, "record": rec})
     except Exception as exc:
@@ -318,6 +326,51 @@ def do_cleanup(ctx: Context, image: str | None) -> dict[str, Any]:
     return rec
 
 
+def do_bcast(ctx: Context, method: Method, nodes: list[str], *, fanout: int, chunk: int,
+             port: int, rate: float, timeout: float) -> dict[str, Any]:
+    """This node's part of the bcast methods' collective step (shoal.staging.bcast)."""
+    from shoal.staging import bcast
+    from shoal.staging.methods.bcast import artifact_sha256, record_path
+
+    rec = base_record("bcast", ctx, method.name)
+    try:
+        if method.collective != "bcast":
+            raise DistError(f"method {method.name} does not broadcast", "use bcast or bcast-squashfs")
+        if not os.path.isdir(ctx.job_dir):
+            raise DistError(f"{ctx.job_dir} missing: the broadcast runs after `check`",
+                            "run the agent's check step on every node first")
+        me = node_name()
+        if me not in nodes:
+            raise DistError(f"this node ({me}) is not in the broadcast's node list", None)
+        rank = nodes.index(me)
+        kind = method.artifact
+        if ctx.artifact_bytes(kind) <= 0:
+            raise DistError(f"the manifest of {ctx.image!r} has no size for "
+                            f"{ctx.artifact_name(kind)}", "re-export the image")
+        token = os.environ.get(bcast.TOKEN_ENV, "").encode()
+        step = os.environ.get("SLURM_STEP_ID", "0")
+        b = bcast.Broadcast(
+            nodes, rank, ctx.local_artifact(kind), ctx.artifact_bytes(kind),
+            artifact_sha256(ctx, kind), token, time.monotonic() + timeout,
+            src=ctx.artifact(kind) if rank == 0 else None, chunk=chunk, fanout=fanout,
+            port=port or bcast.default_port(ctx.job, step), rate=rate,
+            unpack_dir=ctx.staged_dir if kind == "tar" else None, keep_dest=kind != "tar")
+        out = b.run()
+        rec.update(out)
+        tmp = f"{record_path(ctx)}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(rec, f)
+        os.replace(tmp, record_path(ctx))
+        if not rec["ok"]:
+            # a partial tree is removed here; the node's cleanup removes the rest
+            method.cleanup(ctx)
+    except (bcast.BcastError, ShoalError) as exc:
+        fail(rec, exc if isinstance(exc, ShoalError) else DistError(str(exc)))
+    except Exception as exc:
+        fail(rec, exc)
+    return rec
+
+
 def read_request(store: str, job: str, job_uid: int | None) -> dict[str, Any] | None:
     """The job's staging request, if its owner left one (validated: this runs as root)."""
     path = os.path.join(store, REQUESTS_DIR, f"{job}.json")
@@ -393,6 +446,16 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--image", required=True)
     w.add_argument("--workload", required=True)
     w.add_argument("--timeout", type=float, default=600.0)
+    bc = sub.add_parser("bcast", help="this node's part of a pipelined broadcast (srun, all nodes)")
+    bc.add_argument("--job", default=os.environ.get("SLURM_JOB_ID"))
+    bc.add_argument("--image", required=True)
+    bc.add_argument("--method", required=True)
+    bc.add_argument("--nodes", required=True, help="comma-separated, the first one is the root")
+    bc.add_argument("--fanout", type=int, default=1, help="children per node (1: a chain)")
+    bc.add_argument("--chunk", type=int, default=512 * 1024, help="bytes per chunk")
+    bc.add_argument("--port", type=int, default=0, help="TCP port (default: from job and step)")
+    bc.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: pacing
+    bc.add_argument("--timeout", type=float, default=600.0)
     j = sub.add_parser("job", help="one study run from a batch script (shoal.staging.jobstep)")
     j.add_argument("--method", required=True)
     j.add_argument("--image", required=True)
@@ -400,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("--timeout", type=float, default=600.0, help="seconds for all steps")
     j.add_argument("--fanout", type=int, default=8, help="sbcast fan-out")
     j.add_argument("--compress", action="store_true", help="sbcast --compress")
+    j.add_argument("--bcast-fanout", type=int, default=1, help="bcast: children per node")
+    j.add_argument("--chunk", type=int, default=512 * 1024, help="bcast: bytes per chunk")
     sub.add_parser("prolog")
     sub.add_parser("epilog")
     sub.add_parser("methods")
@@ -408,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         # the steps it starts on the nodes run this same bundle
         return do_job(agent=os.path.abspath(sys.argv[0]), store=args.store,
                       method_name=args.method, image=args.image, workload=args.workload,
-                      timeout=args.timeout, fanout=args.fanout, compress=args.compress)
+                      timeout=args.timeout, fanout=args.fanout, compress=args.compress,
+                      bcast_fanout=args.bcast_fanout, chunk=args.chunk)
     if args.cmd in ("prolog", "epilog"):
         # slurmd starts the Prolog/Epilog with a bare environment: losetup, mount and umount
         # live in the sbin directories
@@ -431,6 +497,15 @@ def main(argv: list[str] | None = None) -> int:
             emit(fail(base_record(args.cmd, ctx, args.method), exc))
             return 1
         rec = do_check(ctx, method) if args.cmd == "check" else do_stage(ctx, method)
+    elif args.cmd == "bcast":
+        try:
+            method = get_method(args.method)
+        except DistError as exc:
+            emit(fail(base_record(args.cmd, ctx, args.method), exc))
+            return 1
+        rec = do_bcast(ctx, method, [n for n in args.nodes.split(",") if n],
+                       fanout=args.fanout, chunk=args.chunk, port=args.port, rate=args.rate,
+                       timeout=args.timeout)
     elif args.cmd == "verify":
         rec = do_verify(ctx)
     elif args.cmd == "workload":

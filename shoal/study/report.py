@@ -193,11 +193,46 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
             "\n</body></html>\n")
 
 
-def write_report(out_dir: str | Path, kinds: Mapping[str, str] = DEFAULT_METHOD_KINDS) -> Report:
+def scale_blocks(out: Path, site: Path, model: Path | None) -> list[Block]:
+    """The "At your scale" section (shoal.study.scale; docs/MODEL.md)."""
+    from shoal.study.scale import build
+
+    sec = build(out, site, model)
+    blocks: list[Block] = [
+        Heading(2, f"At your scale: {sec.site.name}"),
+        Para(f"Predicted by the cost model in `{sec.model_path.name}` (docs/MODEL.md) for "
+             f"{sec.site.nodes} nodes with {sec.site.cores_per_node:g} cores each, "
+             f"{sec.site.link_gbit:g} Gbit/s links and {sec.site.storage_gbyte:g} GB/s of "
+             "storage. Markers are this study's measured medians (on the emulator, where every "
+             "node shares the host's cores); lines are the site's predictions with their 90 % "
+             "bootstrap band. Assumed site values: "
+             + (", ".join(f"{k} = {a.value:g} (range {a.low:g}-{a.high:g})"
+                          for k, a in sec.site.assumed.items()) or "none") + "."),
+        Table(["workload", "nodes", "fastest (predicted)", "seconds"],
+              [[w, str(n), m, f"{t:.2f}"] for w, n, m, t in sec.winners]),
+    ]
+    if sec.crossovers:
+        blocks.append(Para("Crossovers: " + "; ".join(
+            f"{c.workload}: **{c.winner}** overtakes {c.loser} beyond {c.nodes - 1} nodes"
+            for c in sec.crossovers) + "."))
+    for key, changes in sec.sensitivity.items():
+        blocks.append(Para(f"Across the range of assumed `{key}`: " + (
+            "; ".join(changes[:8]) + (" ..." if len(changes) > 8 else "") if changes
+            else "no winner changes.")))
+    for workload, path in sec.plots.items():
+        blocks += [Heading(3, f"{workload} at {sec.site.name}"),
+                   Image(f"plots/{path.name}", f"{workload} at {sec.site.name}")]
+    return blocks
+
+
+def write_report(out_dir: str | Path, kinds: Mapping[str, str] = DEFAULT_METHOD_KINDS, *,
+                 site: Path | None = None, model: Path | None = None) -> Report:
     out = Path(out_dir)
     with StudyDB.in_dir(out, create=False) as db:
         blocks, answers, plots = build_blocks(db, out, kinds)
         study = db.study()
+    if site is not None:
+        blocks += scale_blocks(out, site, model)
     title = f"shoal study {study[1] if study else ''}".strip()
     md = out / "report.md"
     hp = out / "report.html"

@@ -308,7 +308,7 @@ class StudyRunner:
     def _via_prolog(self, key: RunKey) -> bool:
         if self.prolog_requests is None:
             return False
-        from shoal.staging.base import get_method
+        from shoal.staging.registry import get_method
 
         m = get_method(key.experiment.method)
         # a broadcast arrives after the Prolog ran: those methods need root in the job itself

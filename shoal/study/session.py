@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -22,7 +23,7 @@ from shoal.errors import StudyError
 from shoal.slurm.client import SlurmClient
 from shoal.study.db import DB_NAME, StudyDB
 from shoal.study.jobscript import JobContext
-from shoal.study.matrix import expand
+from shoal.study.matrix import Experiment, expand
 from shoal.study.runner import StudyRunner, Summary, collect_environment, dry_run
 from shoal.study.spec import StudySpec, load_spec
 
@@ -52,7 +53,7 @@ class RunOutcome:
 
 def method_names() -> tuple[str, ...]:
     """Names of the registered distribution methods (what a spec may ask for)."""
-    from shoal.staging.base import method_names as registered
+    from shoal.staging.registry import method_names as registered
 
     return tuple(registered())
 
@@ -168,6 +169,19 @@ def prolog_store(spec: StudySpec, store: Path) -> Path | None:
     return None
 
 
+def check_memory(exps: Sequence[Experiment], store: Path, tmpfs_size: object) -> None:
+    """Refuse, before anything is submitted, an experiment whose node-local copies (untar,
+    sbcast) cannot fit: every node of a virtual cluster keeps its copy in this machine's memory."""
+    from shoal.staging.fit import check_node_local_copies
+
+    biggest: dict[tuple[str, str], int] = {}
+    for e in exps:
+        biggest[(e.method, e.image)] = max(e.nodes, biggest.get((e.method, e.image), 0))
+    for (method, image), nodes in sorted(biggest.items()):
+        check_node_local_copies(method, image, nodes, store,
+                                tmpfs_size if isinstance(tmpfs_size, str) else None)
+
+
 def run_study(spec_path: Path, out: Path | None, cluster_name: str | None = None,
               dry: bool = False, rerun_failed: bool = False,
               console: Console | None = None) -> RunOutcome:
@@ -188,6 +202,8 @@ def run_study(spec_path: Path, out: Path | None, cluster_name: str | None = None
                 db.close()
         return RunOutcome(spec.name, out_dir)
     digests = prepare_images(spec, link.store_local, console)
+    if spec.cluster.kind == "virtual":
+        check_memory(exps, link.store_local, link.extra_env.get("tmpfs_size"))
     # the bundle's name carries its hash: jobs of an older shoal keep running their own copy
     agent = f"{link.ctx.store_dir}/.shoal/{publish(link.store_local)}"
     ctx = dataclasses.replace(link.ctx, agent=agent)

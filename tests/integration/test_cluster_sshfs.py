@@ -24,6 +24,7 @@ import pytest
 from shoal.cluster import manager
 from shoal.cluster.config import NETWORK_PROFILES
 from shoal.cluster.state import ClusterDir, ClusterState
+from shoal.cluster.topology import Addressing
 from shoal.paths import store_root
 from shoal.runner import run
 
@@ -47,7 +48,7 @@ def leftovers(state: ClusterState) -> list[str]:
         if Path(f"/sys/class/net/{dev}").exists():
             left.append(f"link {dev}")
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        if f"/clusters/{NAME}/" in line or f"10.250.{state.index}.3:" in line:
+        if f"/clusters/{NAME}/" in line or f"{Addressing(state.index).storage}:" in line:
             left.append(f"mount {line.split()[4]}")
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -90,7 +91,8 @@ def test_state_records_storage(cluster: ClusterState) -> None:
 def test_pfs_is_sshfs_from_the_storage_host(cluster: ClusterState, host: str | None) -> None:
     mounts = shoal_exec(host, "cat", "/proc/mounts").splitlines()
     pfs = [m.split() for m in mounts if m.split()[1] == "/pfs"]
-    assert pfs and pfs[-1][0] == f"root@10.250.{cluster.index}.3:/pfs" and pfs[-1][2] == "fuse.sshfs"
+    want = f"root@{Addressing(cluster.index).storage}:/pfs"
+    assert pfs and pfs[-1][0] == want and pfs[-1][2] == "fuse.sshfs"
     assert not [m for m in mounts if m.split()[1] == "/pfs/store"]  # the store comes with /pfs
     # /pfs/store is the host's image store, seen through the storage host's bind.
     assert shoal_exec(host, "ls", "-A", "/pfs/store").split() == sorted(os.listdir(store_root()))

@@ -21,7 +21,7 @@ import pytest
 from shoal import paths
 from shoal.runner import run
 from shoal.staging import driver
-from shoal.staging.base import method_names
+from shoal.staging.registry import method_names
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 IMAGE = "mpihello"
@@ -136,6 +136,60 @@ def test_node_dies_mid_staging(cluster_name: str) -> None:
     finally:
         killer.join()
         run([*supervisorctl, "start", "slurmd"], timeout=60, check=False)
+        driver.release(site, alloc.job)
+        for node in alloc.nodes:
+            on_node(cluster_name, node, "rm", "-rf", f"/tmp/shoal/{alloc.job}")
+
+
+def test_bcast_middle_node_killed(cluster_name: str) -> None:
+    """The agent of the chain's second node is killed mid-broadcast (SIGKILL): the lost node is
+    named, the nodes after it are re-fed from an earlier node, nothing hangs, and cleanup removes
+    every partial copy (the killed node's too)."""
+    import threading
+
+    site = driver.site_for(cluster_name)
+    alloc = driver.allocate(site, 4, time_limit="10")
+    victim = alloc.nodes[1]  # the chain is nodes[0] -> nodes[1] -> nodes[2] -> nodes[3]
+    part = f"/tmp/shoal/{alloc.job}/{IMAGE}.sqfs"
+    seen: list[driver.DistResult] = []
+
+    def stage() -> None:
+        # the root's reads paced to 10 MB/s: 70 MB take ~7 s, time enough to land the kill
+        seen.append(driver.distribute(site, alloc, "bcast-squashfs", IMAGE, timeout=90,
+                                      rate=10e6))
+
+    t = threading.Thread(target=stage)
+    try:
+        t0 = time.monotonic()
+        t.start()
+        killed = ""
+        while time.monotonic() - t0 < 60 and t.is_alive():
+            size = on_node(cluster_name, victim, "stat", "-c", "%s", part).strip()
+            if size.isdigit() and int(size) >= 15_000_000:
+                killed = on_node(cluster_name, victim, "sh", "-c",
+                                 # [b]: the pattern must not match this shell itself
+                                 f"p=$(pgrep -f '[b]cast --job {alloc.job} ');"
+                                 " kill -9 $p && echo $p")
+                break
+            time.sleep(0.1)
+        t.join(timeout=150)
+        assert not t.is_alive(), "the broadcast hung"
+        assert killed.strip(), "the agent was not found mid-broadcast"
+        assert time.monotonic() - t0 < 120
+        result = seen[0]
+        assert sorted(result.failed) == [victim], result.failed
+        # named by the nodes that saw it go (the one it fed, the one feeding it)
+        assert f"lost its feed from {victim}" in result.failed[victim] or \
+            f"lost {victim}" in result.failed[victim], result.failed
+        brecs = result.extra["bcast"]
+        after = alloc.nodes[2]
+        assert brecs[after]["ok"] and brecs[after]["fed_by"] == [victim, alloc.nodes[0]]
+        assert brecs[alloc.nodes[3]]["ok"] and brecs[alloc.nodes[3]]["fed_by"] == [after]
+        with pytest.raises(Exception, match=victim):
+            driver.raise_if_failed(result)
+        assert_clean(cluster_name, alloc.nodes)  # partial copies gone, the victim's too
+    finally:
+        t.join(timeout=150)
         driver.release(site, alloc.job)
         for node in alloc.nodes:
             on_node(cluster_name, node, "rm", "-rf", f"/tmp/shoal/{alloc.job}")

@@ -111,7 +111,7 @@ def test_sshd_config_is_sftp_only_key_only_chrooted(tmp_path: Path) -> None:
 
 def test_authorized_key_restricted_to_the_cluster_subnet() -> None:
     line = storage.render_authorized_keys("ssh-ed25519 AAAAC3 shoal-sfs\n", Addressing(7).subnet)
-    assert line == 'restrict,from="10.250.7.0/24" ssh-ed25519 AAAAC3 shoal-sfs\n'
+    assert line == 'restrict,from="10.7.0.0/16" ssh-ed25519 AAAAC3 shoal-sfs\n'
 
 
 def test_sshfs_options(tmp_path: Path) -> None:

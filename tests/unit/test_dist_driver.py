@@ -153,3 +153,20 @@ def test_current_allocation_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyP
         alloc = driver.current_allocation(site)
     assert alloc is not None and alloc.nodes == NODES and not alloc.owned
 
+
+
+def test_parse_records_joins_lines_srun_cut() -> None:
+    """`srun --label` relays 1 KiB messages; longer records arrive cut, interleaved by task."""
+    import json
+
+    from shoal.staging.jobstep import SRUN_IO_MSG, unlabel
+
+    recs = {n: json.dumps({"node": n, "ok": True, "pad": n * 1500}) for n in ("a", "b")}
+    pieces = {n: [r[i:i + SRUN_IO_MSG] for i in range(0, len(r), SRUN_IO_MSG)]
+              for n, r in recs.items()}
+    assert all(len(p) == 2 for p in pieces.values())
+    text = "\n".join([f" 0: {pieces['a'][0]}", f" 1: {pieces['b'][0]}", "srun: noise",
+                      f" 1: {pieces['b'][1]}", f" 0: {pieces['a'][1]}", "10: {\"x\": 1}"]) + "\n"
+    got = driver.parse_records(text)
+    assert {n: json.dumps(r) for n, r in got.items()} == recs
+    assert unlabel("plain line\n 3: short\n") == ["plain line", "short"]

@@ -20,7 +20,7 @@ import pytest
 
 from shoal.bundle import write_bundle
 from shoal.errors import DistError, PrivilegeError
-from shoal.staging import base
+from shoal.staging import base, registry
 
 PYTHON = "/usr/bin/python3"
 JOB = "4242"
@@ -28,7 +28,7 @@ IMAGE = "tiny"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts)")
 
-METHODS = base.method_names()
+METHODS = registry.method_names()
 
 
 def _mounts_under(prefix: Path) -> list[str]:
@@ -86,11 +86,19 @@ def agent_run(agent: Path, store: Path, stage_root: Path, *args: str,
     return rec
 
 
-def play_collective(method: str, store: Path, root: Path) -> None:
-    m = base.get_method(method)
+def play_collective(method: str, store: Path, root: Path, agent: Path) -> None:
+    m = registry.get_method(method)
     if m.collective == "sbcast":
         ctx = base.Context(JOB, IMAGE, str(store), {}, str(root))
         shutil.copy(ctx.artifact(m.artifact), ctx.local_artifact(m.artifact))
+    elif m.collective == "bcast":
+        # the real broadcast, on a one-node "step": the root reads the store and unpacks/keeps
+        env = {"PATH": os.environ["PATH"], "SLURMD_NODENAME": "solo",
+               "SHOAL_BCAST_TOKEN": "t" * 64}
+        rec = agent_run(agent, store, root, "bcast", "--job", JOB, "--image", IMAGE,
+                        "--method", method, "--nodes", "solo", env=env)
+        assert rec["ok"] and rec["sha256"] and rec["storage_bytes_read"] > 0, rec
+        assert rec["cpu_seconds"] >= 0 and rec["bytes"] == rec["storage_bytes_read"]
 
 
 def loops_on(path: str) -> list[str]:
@@ -105,7 +113,7 @@ def test_stage_verify_cleanup(method: str, store: Path, agent: Path, tmpfs: Path
     common = ("--job", JOB, "--image", IMAGE)
     rec = agent_run(agent, store, root, "check", *common, "--method", method)
     assert rec["ok"], rec
-    play_collective(method, store, root)
+    play_collective(method, store, root, agent)
     rec = agent_run(agent, store, root, "stage", *common, "--method", method)
     assert rec["ok"], rec
     assert rec["method"] == method and rec["job"] == JOB and rec["node"]
@@ -116,12 +124,12 @@ def test_stage_verify_cleanup(method: str, store: Path, agent: Path, tmpfs: Path
     staged = Path(rec["staged"])
     assert (staged / "etc" / "passwd").is_file()
     assert sum(1 for _ in (staged / "data").rglob("f*")) == 200
-    if method in ("untar", "sbcast"):
+    if method in ("untar", "sbcast", "bcast"):
         assert staged == root / JOB / IMAGE
         assert rec["local_bytes_peak"] >= manifest["bytes"]
     if method == "untar":
         assert rec["storage_bytes_read"] == manifest["sizes"][f"{IMAGE}.tar.gz"]
-    if method in ("squashfs-kernel", "squashfuse", "sbcast-squashfs"):
+    if method in ("squashfs-kernel", "squashfuse", "sbcast-squashfs", "bcast-squashfs"):
         assert os.path.ismount(staged)
     if method == "shared-dir":
         assert staged == store / IMAGE / "dir"
@@ -149,7 +157,7 @@ def test_stage_verify_cleanup(method: str, store: Path, agent: Path, tmpfs: Path
 def test_cleanup_is_idempotent(method: str, store: Path, agent: Path, tmpfs: Path) -> None:
     root = tmpfs / "shoal"
     rec = agent_run(agent, store, root, "stage", "--job", JOB, "--image", IMAGE,
-                    "--method", method) if not base.get_method(method).collective else None
+                    "--method", method) if not registry.get_method(method).collective else None
     if rec is not None:
         assert rec["ok"], rec
     for _ in range(2):
@@ -218,7 +226,7 @@ def test_privileged_methods_fail_up_front_unprivileged(store: Path, tmp_path: Pa
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     ctx = base.Context(JOB, IMAGE, str(store), {}, str(tmp_path / "shoal"))
     for name in METHODS:
-        m = base.get_method(name)
+        m = registry.get_method(name)
         if m.privileged:
             with pytest.raises(PrivilegeError, match="needs root"):
                 m.check(ctx)

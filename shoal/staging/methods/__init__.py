@@ -5,6 +5,7 @@ one more line in shoal.bundle.MODULES; every test parametrized over the registry
 """
 
 from shoal.staging.methods import (  # noqa: F401
+    bcast,
     sbcast,
     sbcast_squashfs,
     shared_dir,

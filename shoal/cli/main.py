@@ -30,22 +30,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     # Imported here so `shoal --help` stays fast and each subsystem owns its commands.
-<<<<<<< HEAD
-    from shoal.cli import cluster, dist, image, state, study
-=======
-    from shoal.cli import cluster, dist, image, model, study
->>>>>>> main
+    from shoal.cli import cluster, dist, image, model, state, study
 
     cli.add_command(cluster.cluster)
     cli.add_command(image.image)
     cli.add_command(dist.dist)
     cli.add_command(dist.run_cmd)
     cli.add_command(study.study)
-<<<<<<< HEAD
-    cli.add_command(state.state)
-=======
     cli.add_command(model.model)
->>>>>>> main
+    cli.add_command(state.state)
 
 
 def main(argv: list[str] | None = None) -> int:

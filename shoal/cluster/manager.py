@@ -14,6 +14,7 @@ in shoal/cluster/files/ (scripts.py). This module strings them together and owns
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -38,6 +39,8 @@ from shoal.errors import ClusterError, DependencyError, PrivilegeError, ShoalErr
 from shoal.fsutil import write_file
 from shoal.paths import store_root
 from shoal.runner import reap, spawn
+
+log = logging.getLogger("shoal.cluster")
 
 REQUIRED_PROGRAMS = [
     "ip", "tc", "nsenter", "unshare", "mount", "pivot_root", "supervisord", "slurmctld", "slurmdbd",
@@ -117,7 +120,13 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
         if cfg.state_service:
             from shoal.cluster import statebackend
 
-            statebackend.start_service(cfg.name)
+            try:
+                statebackend.start_service(cfg.name)
+            except ClusterError as exc:
+                if cfg.health_source == "state":
+                    raise  # it is Slurm's only health source: no cluster without it
+                # Slurm's own timeouts still watch the nodes: the cluster is usable without it.
+                log.warning("%s (%s)", exc.message, exc.hint)
     except BaseException:
         with contextlib.suppress(ShoalError, OSError):
             down(cfg.name)

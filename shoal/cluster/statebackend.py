@@ -38,7 +38,7 @@ from shoal.state.backend import BackendError, Report
 from shoal.state.engine import EngineConfig
 from shoal.state.service import DEFAULT_PORT, ServiceConfig
 
-START_TIMEOUT = 20.0
+START_TIMEOUT = 60.0  # a loaded 2-core machine takes seconds to import and bind
 RESCAN = 0.5  # seconds between looks for a node's new PID 1 (after a boot or swap)
 
 

@@ -24,9 +24,14 @@ $(BIN)/shoal: pyproject.toml
 SHELL_FILES = $(shell find shoal scripts -type f \( -name '*.sh' -o -exec sh -c \
 	'head -n1 "$$1" | grep -qE "^\#!/bin/(ba|da)?sh"' _ {} \; \) -print | sort)
 
+# The node side (what the agent bundle carries) must run on RHEL 8's Python 3.6.
+NODE_MODULES = $(shell $(BIN)/python -c 'from shoal.bundle import MODULES; print(" ".join(MODULES))')
+
 lint: venv
 	$(BIN)/ruff check
 	$(BIN)/mypy
+	$(BIN)/vermin --no-tips --violations -t=3.6- --feature union-types --eval-annotations \
+		$(NODE_MODULES)
 	shellcheck -x $(SHELL_FILES)
 
 unit: venv

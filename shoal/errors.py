@@ -16,10 +16,13 @@ Foreign exceptions (OSError, sqlite3.Error, tomllib.TOMLDecodeError) are transla
 enter our code; anything else reaching the top is a bug and shows a traceback.
 """
 
-from __future__ import annotations
-
 import shlex
 from collections.abc import Sequence
+
+
+def join_argv(argv: "Sequence[str]") -> "str":
+    """shlex.join (Python 3.8+) for the nodes' Python 3.6."""
+    return " ".join(shlex.quote(str(a)) for a in argv)
 
 
 class ShoalError(Exception):
@@ -27,12 +30,12 @@ class ShoalError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: "str", hint: "str | None" = None) -> "None":
         super().__init__(message)
         self.message = message
         self.hint = hint
 
-    def __str__(self) -> str:
+    def __str__(self) -> "str":
         return self.message
 
 
@@ -53,19 +56,19 @@ class CommandError(ShoalError):
 
     def __init__(
         self,
-        argv: Sequence[str],
-        returncode: int,
-        stdout: str,
-        stderr: str,
-        hint: str | None = None,
-        what: str | None = None,
-    ) -> None:
+        argv: "Sequence[str]",
+        returncode: "int",
+        stdout: "str",
+        stderr: "str",
+        hint: "str | None" = None,
+        what: "str | None" = None,
+    ) -> "None":
         self.argv = list(argv)
         self.returncode = returncode
         self.stdout = stdout
         self.stderr = stderr
         tail = _tail(stderr) or _tail(stdout)
-        label = what or shlex.join(self.argv)
+        label = what or join_argv(self.argv)
         msg = f"{label} failed (exit {returncode})"
         if tail:
             msg += f": {tail}"
@@ -73,9 +76,9 @@ class CommandError(ShoalError):
 
 
 class CommandTimeout(CommandError):
-    def __init__(self, argv: Sequence[str], timeout: float, stdout: str, stderr: str) -> None:
+    def __init__(self, argv: "Sequence[str]", timeout: "float", stdout: "str", stderr: "str") -> "None":
         super().__init__(argv, -9, stdout, stderr, hint="raise the timeout or check what it waits for")
-        self.message = f"{shlex.join(list(argv))} timed out after {timeout:g} s"
+        self.message = f"{join_argv(argv)} timed out after {timeout:g} s"
 
 
 class ClusterError(ShoalError):
@@ -98,7 +101,7 @@ class StudyError(ShoalError):
     pass
 
 
-def _tail(text: str, lines: int = 3, width: int = 400) -> str:
+def _tail(text: "str", lines: "int" = 3, width: "int" = 400) -> "str":
     """Last non-empty lines of a command's output, joined on one line."""
     kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip()][-lines:]
     joined = " | ".join(kept)

@@ -30,40 +30,40 @@ STUDY_NAME_HINT = "use letters, digits, '.', '_' and '-' only (at most 64 charac
 NODE_NAME_RE = re.compile(r"node[1-9][0-9]{0,3}")
 
 
-def _show(name: object) -> str:
+def _show(name: "object") -> "str":
     # repr shows a newline or other control character as an escape, so the message stays one line
     text = repr(name)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _check(name: object, pattern: "re.Pattern[str]", what: str, hint: str, where: str) -> str:
+def _check(name: "object", pattern: "re.Pattern[str]", what: "str", hint: "str", where: "str") -> "str":
     if not isinstance(name, str) or pattern.fullmatch(name) is None:
         prefix = where + ": " if where else ""
         raise ConfigError(f"{prefix}{_show(name)} is not a valid {what}", hint)
     return name
 
 
-def cluster_name(name: object, where: str = "") -> str:
+def cluster_name(name: "object", where: "str" = "") -> "str":
     """NAME if it is a valid virtual cluster name, else ConfigError (bad input: exit 2)."""
     return _check(name, CLUSTER_NAME_RE, "cluster name", CLUSTER_NAME_HINT, where)
 
 
-def image_name(name: object, where: str = "") -> str:
+def image_name(name: "object", where: "str" = "") -> "str":
     """NAME if it is a valid image name (store entry, ch-image tag), else ConfigError."""
     return _check(name, IMAGE_NAME_RE, "image name", IMAGE_NAME_HINT, where)
 
 
-def study_name(name: object, where: str = "") -> str:
+def study_name(name: "object", where: "str" = "") -> "str":
     return _check(name, STUDY_NAME_RE, "study name", STUDY_NAME_HINT, where)
 
 
-def node_name(name: object, where: str = "") -> str:
+def node_name(name: "object", where: "str" = "") -> "str":
     return _check(name, NODE_NAME_RE, "node name", "nodes are named node1, node2, ...", where)
 
 
-def is_cluster_name(name: str) -> bool:
+def is_cluster_name(name: "str") -> "bool":
     return CLUSTER_NAME_RE.fullmatch(name) is not None
 
 
-def is_image_name(name: str) -> bool:
+def is_image_name(name: "str") -> "bool":
     return IMAGE_NAME_RE.fullmatch(name) is not None

@@ -6,55 +6,53 @@ Slurm, Charliecloud, iproute2 and mount are reached only through here, so tests 
 (``use_runner``) for recorded output, and dry-run is a branch here, not a second code path.
 """
 
-from __future__ import annotations
-
 import contextlib
 import logging
 import os
-import shlex
 import signal
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from shoal.errors import CommandError, CommandTimeout, DependencyError
+from shoal.errors import CommandError, CommandTimeout, DependencyError, join_argv
 
 log = logging.getLogger("shoal.run")
 
 DEFAULT_TIMEOUT = 300.0
 
 
-@dataclass(frozen=True)
-class Completed:
-    argv: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
+class Completed(NamedTuple):
+    """A finished command (a NamedTuple, not a dataclass: this module runs on Python 3.6)."""
+
+    argv: "list[str]"
+    returncode: "int"
+    stdout: "str"
+    stderr: "str"
+    seconds: "float"
 
 
 class Runner:
     """Runs commands for real (or, with dry_run, only logs them and reports success)."""
 
-    def __init__(self, dry_run: bool = False) -> None:
+    def __init__(self, dry_run: "bool" = False) -> "None":
         self.dry_run = dry_run
 
     def run(
         self,
-        argv: Sequence[str],
+        argv: "Sequence[str]",
         *,
-        check: bool = True,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        input: str | bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None,
-        hint: str | None = None,
-        what: str | None = None,
-        capture: bool = True,
-    ) -> Completed:
+        check: "bool" = True,
+        timeout: "float | None" = DEFAULT_TIMEOUT,
+        input: "str | bytes | None" = None,
+        env: "Mapping[str, str] | None" = None,
+        cwd: "str | os.PathLike[str] | None" = None,
+        hint: "str | None" = None,
+        what: "str | None" = None,
+        capture: "bool" = True,
+    ) -> "Completed":
         args = [os.fspath(a) for a in argv]
-        log.debug("run: %s", shlex.join(args))
+        log.debug("run: %s", join_argv(args))
         if self.dry_run:
             return Completed(args, 0, "", "", 0.0)
         full_env = None
@@ -96,17 +94,17 @@ class Runner:
 
     def spawn(
         self,
-        argv: Sequence[str],
+        argv: "Sequence[str]",
         *,
-        log_path: str | os.PathLike[str],
-        env: Mapping[str, str] | None = None,
-    ) -> int:
+        log_path: "str | os.PathLike[str]",
+        env: "Mapping[str, str] | None" = None,
+    ) -> "int":
         """Start a long-running process detached in its own session; output goes to log_path.
 
         Returns its pid (0 in dry-run). The caller owns the process and must stop it by pid.
         """
         args = [os.fspath(a) for a in argv]
-        log.debug("spawn: %s", shlex.join(args))
+        log.debug("spawn: %s", join_argv(args))
         if self.dry_run:
             return 0
         full_env = dict(os.environ)
@@ -132,10 +130,10 @@ class Runner:
 
 
 # Popen objects of spawned daemons, kept so they are reaped (no zombies) when they exit.
-_children: list[subprocess.Popen[bytes]] = []
+_children: "list[subprocess.Popen[bytes]]" = []
 
 
-def wait(pid: int, timeout: float) -> int:
+def wait(pid: "int", timeout: "float") -> "int":
     """Exit code of spawned process `pid`, waiting up to `timeout` s (0 in dry-run; raises
     CommandTimeout and kills its process group when it takes longer)."""
     proc = next((p for p in _children if p.pid == pid), None)
@@ -151,18 +149,18 @@ def wait(pid: int, timeout: float) -> int:
     return code
 
 
-def reap() -> None:
+def reap() -> "None":
     """Collect exited spawned processes."""
     for p in list(_children):
         if p.poll() is not None:
             _children.remove(p)
 
 
-def _dec(b: bytes | None) -> str:
+def _dec(b: "bytes | None") -> "str":
     return b.decode(errors="replace") if b else ""
 
 
-def _kill_group(pid: int) -> None:
+def _kill_group(pid: "int") -> "None":
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
 
@@ -170,12 +168,12 @@ def _kill_group(pid: int) -> None:
 _current = Runner()
 
 
-def get_runner() -> Runner:
+def get_runner() -> "Runner":
     return _current
 
 
 @contextlib.contextmanager
-def use_runner(runner: Runner) -> Iterator[Runner]:
+def use_runner(runner: "Runner") -> "Iterator[Runner]":
     """Swap the process-wide runner (tests: recorded output; CLI: --dry-run)."""
     global _current
     old, _current = _current, runner
@@ -186,17 +184,17 @@ def use_runner(runner: Runner) -> Iterator[Runner]:
 
 
 def run(
-    argv: Sequence[str],
+    argv: "Sequence[str]",
     *,
-    check: bool = True,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    input: str | bytes | None = None,
-    env: Mapping[str, str] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-    hint: str | None = None,
-    what: str | None = None,
-    capture: bool = True,
-) -> Completed:
+    check: "bool" = True,
+    timeout: "float | None" = DEFAULT_TIMEOUT,
+    input: "str | bytes | None" = None,
+    env: "Mapping[str, str] | None" = None,
+    cwd: "str | os.PathLike[str] | None" = None,
+    hint: "str | None" = None,
+    what: "str | None" = None,
+    capture: "bool" = True,
+) -> "Completed":
     """Run argv with the current runner (see Runner.run)."""
     return _current.run(
         argv, check=check, timeout=timeout, input=input, env=env, cwd=cwd, hint=hint,
@@ -205,10 +203,10 @@ def run(
 
 
 def spawn(
-    argv: Sequence[str],
+    argv: "Sequence[str]",
     *,
-    log_path: str | os.PathLike[str],
-    env: Mapping[str, str] | None = None,
-) -> int:
+    log_path: "str | os.PathLike[str]",
+    env: "Mapping[str, str] | None" = None,
+) -> "int":
     """Start a daemon with the current runner (see Runner.spawn)."""
     return _current.spawn(argv, log_path=log_path, env=env)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from shoal.cli import jsonout
+from shoal.cli.options import LazyConsole, cluster_option, json_option, time_option
 from shoal.cluster import config as ccfg
 from shoal.cluster import manager
 from shoal.cluster.enter import enter_prefix, pid1
@@ -18,7 +18,8 @@ from shoal.cluster.state import ClusterDir, list_states
 from shoal.cluster.topology import PLAN_MAX_NODES, Addressing, hostlist
 from shoal.errors import ClusterError
 
-console = Console(highlight=False)
+console = LazyConsole()
+_cluster = cluster_option(required_default=True)
 MiB = 1 << 20
 
 
@@ -28,23 +29,36 @@ def cluster() -> None:
 
 
 @cluster.command()
-@click.option("--nodes", type=int, default=None, help="Number of compute nodes (default 4).")
-@click.option("--name", default=None, help="Cluster name (default 'shoal').")
+@click.option("--nodes", type=int, default=None, help="Number of compute nodes, 1-200 (default 4).")
+@cluster_option(required_default=False)
 @click.option("--network", default=None, help=f"Network profile: {', '.join(ccfg.NETWORK_PROFILES)}.")
 @click.option("--tmpfs-size", default=None, help="Size of each node's local /tmp (e.g. 2G).")
 @click.option("--storage", default=None,
               help=f"Shared /pfs: {', '.join(ccfg.STORAGE_MODES)} (default bind; sshfs crosses the network).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="Cluster settings (TOML).")
-def up(nodes: int | None, name: str | None, network: str | None, tmpfs_size: str | None,
-       storage: str | None, config_file: Path | None) -> None:
+@json_option
+def up(nodes: int | None, cluster: str | None, network: str | None, tmpfs_size: str | None,
+       storage: str | None, config_file: Path | None, as_json: bool) -> None:
     """Boot a cluster; returns when every node is IDLE in Slurm."""
-    cfg = ccfg.load(config_file, {"nodes": nodes, "name": name, "network": network,
+    cfg = ccfg.load(config_file, {"nodes": nodes, "name": cluster, "network": network,
                                   "tmpfs_size": tmpfs_size, "storage": storage})
     with console.status(f"booting cluster {cfg.name!r} with {cfg.nodes} nodes ..."):
         res = manager.up(cfg)
     st = res.state
     addr = Addressing(st.index)
+    if as_json:
+        hosts = [{"host": "ctl", "address": addr.controller,
+                  "role": "slurmctld, slurmdbd, mariadb, munged; login"}]
+        if st.storage == "sshfs":
+            hosts.append({"host": "storage", "address": addr.storage, "role": "sshd"})
+        hosts += [{"host": n, "address": addr.node(i),
+                   "role": "slurmd, munged, sshd, rsyslogd"} for i, n in enumerate(st.nodes, 1)]
+        jsonout.emit("cluster.up", {
+            "name": st.name, "subnet": addr.subnet, "bridge": ", ".join(st.bridge_plan.bridges),
+            "network": cfg.network, "storage": cfg.storage, "layer1_image": str(st.layer1_image),
+            "boot_seconds": res.boot_seconds, "hosts": hosts})
+        return
     table = Table(title=f"cluster {st.name} ({addr.subnet}, bridge {', '.join(st.bridge_plan.bridges)})")
     for col in ("host", "address", "role"):
         table.add_column(col)
@@ -63,19 +77,30 @@ def up(nodes: int | None, name: str | None, network: str | None, tmpfs_size: str
 
 
 @cluster.command()
-@click.option("--name", default="shoal", show_default=True)
+@_cluster
 @click.option("--keep-state", is_flag=True, help="Keep the state directory (logs) for inspection.")
-def down(name: str, keep_state: bool) -> None:
+@json_option
+def down(cluster: str, keep_state: bool, as_json: bool) -> None:
     """Remove everything of a cluster (also after a crash or kill -9)."""
-    left = manager.down(name, keep_state=keep_state)
+    left = manager.down(cluster, keep_state=keep_state)
     if left:
         raise ClusterError(f"could not remove: {', '.join(left)}", "run `shoal cluster down` again")
-    console.print(f"cluster {name!r} removed")
+    if as_json:
+        jsonout.emit("cluster.down", {"name": cluster, "removed": True})
+        return
+    console.print(f"cluster {cluster!r} removed")
 
 
 @cluster.command("list")
-def list_() -> None:
+@json_option
+def list_(as_json: bool) -> None:
     """List virtual clusters on this machine."""
+    if as_json:
+        jsonout.emit("cluster.list", {"clusters": [
+            {"name": st.name, "nodes": len(st.nodes), "subnet": f"10.250.{st.index}.0/24",
+             "network": str(st.network["name"]), "phase": st.phase,
+             "boot_seconds": float(st.boot_seconds)} for st in list_states()]})
+        return
     table = Table()
     for col in ("name", "nodes", "subnet", "network", "phase", "boot s"):
         table.add_column(col)
@@ -86,13 +111,13 @@ def list_() -> None:
 
 
 @cluster.command()
-@click.option("--name", default="shoal", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(name: str, as_json: bool) -> None:
+@_cluster
+@json_option
+def status(cluster: str, as_json: bool) -> None:
     """Nodes, Slurm state, supervisord programs and memory per node."""
     from shoal.cluster.status import cluster_status
 
-    st, nodes = cluster_status(name)
+    st, nodes = cluster_status(cluster)
     if as_json:
         doc = {
             "name": st.name,
@@ -112,7 +137,7 @@ def status(name: str, as_json: bool) -> None:
                 for n in nodes
             ],
         }
-        click.echo(json.dumps(doc, indent=1))
+        jsonout.emit("cluster.status", doc)
         return
     table = Table(title=f"cluster {st.name}")
     for col in ("node", "slurm", "programs", "PSS MiB", "RSS MiB", "layer1"):
@@ -153,26 +178,47 @@ def capacity_(nodes: int | None) -> None:
 
 
 @cluster.command(context_settings={"ignore_unknown_options": True})
-@click.option("--name", default="shoal", show_default=True)
+@_cluster
 @click.option("--node", default=None, help="Run inside this node's container (default: controller).")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec(name: str, node: str | None, cmd: tuple[str, ...]) -> None:
-    """Run CMD on the controller (login node) or inside a node, with Slurm's environment."""
-    st = ClusterDir(name).load()
-    argv = enter_prefix(st, node or "ctl") + list(cmd)
+def exec(cluster: str, node: str | None, cmd: tuple[str, ...]) -> None:
+    """Run CMD on the controller (login node) or inside a node, with Slurm's environment.
+
+    CMD starts in the caller's working directory, as srun and sbatch do, when that directory
+    exists there (the login node shares the host's file systems; a node has only /home and
+    /pfs); otherwise in / with a note on stderr."""
+    st = ClusterDir(cluster).load()
+    host = node or "ctl"
+    if node is not None and node not in st.nodes:
+        raise ClusterError(f"no node {node!r} in cluster {cluster!r}", f"nodes: {', '.join(st.nodes)}")
+    argv = enter_prefix(st, host) + list(cmd)
+    cwd = _cwd_inside(pid1(st, host))
+    if cwd is not None:
+        argv.insert(1, f"--wdns={cwd}")
+    else:
+        click.echo(f"note: {os.getcwd()} does not exist on {host}; starting in /", err=True)
     os.execvp(argv[0], argv)
 
 
+def _cwd_inside(pid: int) -> str | None:
+    """The caller's cwd if the same path is a directory in the mount namespace of PID."""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return None
+    return cwd if os.path.isdir(f"/proc/{pid}/root{cwd}") else None
+
+
 @cluster.command()
-@click.option("--name", default="shoal", show_default=True)
+@_cluster
 @click.option("--user", default="root", show_default=True)
 @click.argument("node")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
-def ssh(name: str, user: str, node: str, cmd: tuple[str, ...]) -> None:
+def ssh(cluster: str, user: str, node: str, cmd: tuple[str, ...]) -> None:
     """ssh from the controller to NODE (key auth), optionally running CMD."""
-    st = ClusterDir(name).load()
+    st = ClusterDir(cluster).load()
     if node not in st.nodes:
-        raise ClusterError(f"no node {node!r} in cluster {name!r}", f"nodes: {', '.join(st.nodes)}")
+        raise ClusterError(f"no node {node!r} in cluster {cluster!r}", f"nodes: {', '.join(st.nodes)}")
     prefix = enter_prefix(st, "ctl")
     if user != "root":
         prefix = prefix + ["runuser", "-u", user, "--", "env", f"HOME=/home/{user}", f"USER={user}"]
@@ -181,18 +227,18 @@ def ssh(name: str, user: str, node: str, cmd: tuple[str, ...]) -> None:
 
 
 @cluster.command()
-@click.option("--name", default="shoal", show_default=True)
+@_cluster
 @click.option("--node", default=None, help="Logs of this node (default: controller).")
 @click.option("--lines", "-n", default=40, show_default=True)
-def logs(name: str, node: str | None, lines: int) -> None:
+def logs(cluster: str, node: str | None, lines: int) -> None:
     """Tail the daemon logs of the controller or of a node."""
-    cd = ClusterDir(name)
+    cd = ClusterDir(cluster)
     st = cd.load()
     if node is None:
         files = sorted((cd.ctl / "log").glob("*.log")) + sorted((cd.ctl / "log").glob("*.err"))
     else:
         if node not in st.nodes:
-            raise ClusterError(f"no node {node!r} in cluster {name!r}", f"nodes: {', '.join(st.nodes)}")
+            raise ClusterError(f"no node {node!r} in cluster {cluster!r}", f"nodes: {', '.join(st.nodes)}")
         root = Path(f"/proc/{pid1(st, node)}/root")
         files = sorted((root / "var/log/supervisor").glob("*.log")) + [root / "var/log/slurm/slurmd.log"]
     for f in files:
@@ -204,15 +250,15 @@ def logs(name: str, node: str | None, lines: int) -> None:
 
 
 @cluster.command()
-@click.option("--name", default="shoal", show_default=True)
+@_cluster
 @click.argument("node")
 @click.argument("program")
 @click.argument("action", type=click.Choice(["start", "stop", "restart"]))
-def service(name: str, node: str, program: str, action: str) -> None:
+def service(cluster: str, node: str, program: str, action: str) -> None:
     """Start, stop or restart PROGRAM under NODE's supervisord (XML-RPC)."""
     from shoal.cluster.status import supervisor_of
 
-    st = ClusterDir(name).load()
+    st = ClusterDir(cluster).load()
     sup = supervisor_of(st, node)
     getattr(sup, action)(program)
     state = {p.name: p.state for p in sup.programs()}.get(program, "?")
@@ -220,13 +266,12 @@ def service(name: str, node: str, program: str, action: str) -> None:
 
 
 @cluster.command()
-@click.option("--name", default="shoal", show_default=True)
+@_cluster
 @click.option("--node", "nodes", multiple=True, help="Upgrade only these nodes (repeatable).")
 @click.option("--image-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A layer1 image directory (default: the current build of the layer1 recipe).")
-@click.option("--drain-timeout", type=float, default=600.0, show_default=True,
-              help="Seconds to wait for a node's jobs to finish.")
-def upgrade(name: str, nodes: tuple[str, ...], image_dir: Path | None, drain_timeout: float) -> None:
+@time_option("--drain-timeout", default="10", help="How long to wait for a node's jobs to finish")
+def upgrade(cluster: str, nodes: tuple[str, ...], image_dir: Path | None, drain_timeout: float) -> None:
     """Rolling upgrade: swap each node's layer1 container (drain, swap, resume), one at a time."""
     import hashlib
 
@@ -246,5 +291,5 @@ def upgrade(name: str, nodes: tuple[str, ...], image_dir: Path | None, drain_tim
         console.print(f"{rec.node}: {rec.old_hash[:12]} -> {rec.new_hash[:12]} "
                       f"(drain {rec.drain_seconds:.1f} s, swap {rec.swap_seconds:.1f} s)")
 
-    done = do_upgrade(name, path, h, list(nodes) or None, drain_timeout, on_node=show)
-    console.print(f"{len(done)} node(s) upgraded; cluster {name!r} runs {h[:12]}")
+    done = do_upgrade(cluster, path, h, list(nodes) or None, drain_timeout, on_node=show)
+    console.print(f"{len(done)} node(s) upgraded; cluster {cluster!r} runs {h[:12]}")

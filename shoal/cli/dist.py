@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from shoal.cli import jsonout
+from shoal.cli.options import LazyConsole, cluster_option, json_option, time_option
 from shoal.errors import DistError
+from shoal.slurm import timespec
 from shoal.staging import driver
 from shoal.staging.registry import method_names
 
-console = Console(highlight=False)
+console = LazyConsole()
 
 
 def _mib(v: object) -> str:
@@ -43,15 +45,24 @@ def dist_table(result: driver.DistResult) -> Table:
     return t
 
 
-def _write_json(result: driver.DistResult, json_out: Path | None) -> None:
-    if json_out is not None:
-        with open(json_out, "a") as f:
-            for line in result.json_lines():
-                f.write(line + "\n")
+def dist_doc(result: driver.DistResult) -> dict[str, Any]:
+    """The `dist` --json document (also the `staging` part of `run`'s)."""
+    return {
+        "job": result.job, "method": result.method, "image": result.image, "ok": result.ok,
+        "seconds": result.seconds, "collective_seconds": result.collective_seconds,
+        "nodes": [json.loads(line) for line in result.json_lines()],
+    }
 
 
-_method_option = click.option("--method", "-m", type=click.Choice(method_names()),
-                              help="distribution method")
+_method_option = click.option(
+    "--method", "-m", type=click.Choice(method_names()),
+    help="Distribution method [required; for dist: unless --cleanup].")
+_time_help = "Time limit of the allocation shoal creates (sbatch --time)"
+_timeout_option = time_option("--timeout", default="10", help="How long each step may take")
+_sbatch_option = click.option(
+    "--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
+    help="Extra sbatch option for the allocation shoal creates, e.g. --sbatch-arg=--account=proj "
+         "--sbatch-arg=--qos=debug (repeatable; also --constraint, --reservation, ...).")
 
 
 @click.command("dist")
@@ -60,21 +71,23 @@ _method_option = click.option("--method", "-m", type=click.Choice(method_names()
 @click.option("--verify", is_flag=True, help="compare every node's staged tree to the manifest")
 @click.option("--cleanup", "do_cleanup", is_flag=True,
               help="remove what staging left on the nodes (IMAGE optional: all of the job)")
-@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path),
-              help="append one JSON record per node to this file")
-@click.option("--cluster", help="virtual cluster name (default: the Slurm on PATH)")
+@json_option
+@cluster_option(required_default=False)
 @click.option("--job", help="allocation to use (default: $SLURM_JOB_ID)")
 @click.option("--nodes", "-N", type=int,
               help="no allocation: allocate N nodes, stage, clean up, release (a measurement)")
+@time_option("--time", "time_limit", default="60", help=_time_help)
+@_sbatch_option
+@click.option("--partition", "-p", default=None, help="partition of the allocation shoal creates")
 @click.option("--fanout", type=click.IntRange(1, 64),
               help="children per node of a broadcast: sbcast (default 8), bcast (default 1: chain)")
 @click.option("--chunk", type=click.IntRange(4096, 64 << 20), default=driver.BCAST_CHUNK,
               show_default=True, help="bcast: bytes per chunk")
 @click.option("--compress", is_flag=True, help="sbcast --compress")
-@click.option("--timeout", type=float, default=driver.DEFAULT_TIMEOUT, show_default=True,
-              help="seconds each step may take")
+@_timeout_option
 def dist(image: str | None, method: str | None, verify: bool, do_cleanup: bool,
-         json_out: Path | None, cluster: str | None, job: str | None, nodes: int | None,
+         as_json: bool, cluster: str | None, job: str | None, nodes: int | None,
+         time_limit: float, sbatch_args: tuple[str, ...], partition: str | None,
          fanout: int | None, chunk: int, compress: bool, timeout: float) -> None:
     """Stage IMAGE on every node of the current allocation (or clean up with --cleanup)."""
     site = driver.site_for(cluster)
@@ -92,13 +105,15 @@ def dist(image: str | None, method: str | None, verify: bool, do_cleanup: bool,
         if nodes is None:
             raise DistError("not inside an allocation ($SLURM_JOB_ID unset)",
                             "run inside salloc/sbatch, give --job, or --nodes N to allocate")
-        alloc = driver.allocate(site, nodes, time_limit="60")
+        alloc = driver.allocate(site, nodes, time_limit=timespec.to_slurm(time_limit),
+                                partition=partition, sbatch_args=sbatch_args)
         owned = True
     try:
         result = driver.distribute(site, alloc, method, image, verify=verify, fanout=fanout,
                                    compress=compress, timeout=timeout, chunk=chunk)
         console.print(dist_table(result))
-        _write_json(result, json_out)
+        if as_json:
+            jsonout.emit("dist", dist_doc(result))
         driver.raise_if_failed(result)
         if owned:
             driver.cleanup(site, alloc, image, timeout=timeout)
@@ -109,48 +124,53 @@ def dist(image: str | None, method: str | None, verify: bool, do_cleanup: bool,
 
 @click.command("run", context_settings={"ignore_unknown_options": False})
 @click.option("--image", "-i", required=True, help="image in the store")
-@_method_option
+@click.option("--method", "-m", type=click.Choice(method_names()), required=True,
+              help="distribution method")
 @click.option("--nodes", "-N", type=int, help="allocate N nodes (default: current allocation)")
-@click.option("--cluster", help="virtual cluster name (default: the Slurm on PATH)")
+@cluster_option(required_default=False)
 @click.option("--ntasks-per-node", type=int, default=1, show_default=True)
 @click.option("--srun-arg", "srun_args", multiple=True, help="extra srun option (repeatable)")
+@_sbatch_option
+@click.option("--partition", "-p", default=None, help="partition of the allocation shoal creates")
 @click.option("--verify", is_flag=True, help="verify the staged tree on every node first")
-@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path),
-              help="append the per-node staging records to this file")
-@click.option("--time", "time_limit", default="60", show_default=True,
-              help="time limit of the allocation shoal creates")
+@json_option
+@time_option("--time", "time_limit", default="60", help=_time_help)
 @click.option("--fanout", type=click.IntRange(1, 64),
               help="children per node of a broadcast: sbcast (default 8), bcast (default 1: chain)")
 @click.option("--chunk", type=click.IntRange(4096, 64 << 20), default=driver.BCAST_CHUNK,
               show_default=True, help="bcast: bytes per chunk")
 @click.option("--compress", is_flag=True, help="sbcast --compress")
-@click.option("--timeout", type=float, default=driver.DEFAULT_TIMEOUT, show_default=True)
+@_timeout_option
 @click.argument("command", nargs=-1, required=True)
-def run_cmd(image: str, method: str | None, nodes: int | None, cluster: str | None,
-            ntasks_per_node: int, srun_args: tuple[str, ...], verify: bool,
-            json_out: Path | None, time_limit: str, fanout: int | None, chunk: int, compress: bool,
-            timeout: float, command: tuple[str, ...]) -> None:
-    """Stage IMAGE with a method and run COMMAND in it on every node (srun + ch-run)."""
-    if method is None:
-        raise click.UsageError("give --method")
+@click.pass_context
+def run_cmd(ctx: click.Context, image: str, method: str, nodes: int | None, cluster: str | None,
+            ntasks_per_node: int, srun_args: tuple[str, ...], sbatch_args: tuple[str, ...],
+            partition: str | None, verify: bool, as_json: bool, time_limit: float,
+            fanout: int | None, chunk: int, compress: bool, timeout: float,
+            command: tuple[str, ...]) -> None:
+    """Stage IMAGE with a method and run COMMAND in it on every node (srun + ch-run).
+
+    shoal exits with COMMAND's exit status, as srun does."""
     site = driver.site_for(cluster)
 
     def staged(result: driver.DistResult) -> None:
         console.print(dist_table(result))
-        _write_json(result, json_out)
 
     ran = driver.run_in_image(
         site, image, method, command, nodes=nodes, ntasks_per_node=ntasks_per_node,
-        srun_args=srun_args, time_limit=time_limit, verify=verify, fanout=fanout,
-        compress=compress, timeout=timeout, on_staged=staged, chunk=chunk,
+        srun_args=srun_args, time_limit=timespec.to_slurm(time_limit), verify=verify,
+        fanout=fanout, compress=compress, timeout=timeout, on_staged=staged, chunk=chunk,
+        sbatch_args=sbatch_args, partition=partition,
     )
-    if json_out is not None:
-        with open(json_out, "a") as f:
-            for node in sorted(ran.cleanup):
-                f.write(json.dumps(ran.cleanup[node] | {"command_seconds": ran.seconds},
-                                   sort_keys=True) + "\n")
-    click.echo(ran.stdout, nl=False)
-    click.echo(ran.stderr, nl=False, err=True)
+    if as_json:
+        jsonout.emit("run", {
+            "returncode": ran.returncode, "command_seconds": ran.seconds, "stdout": ran.stdout,
+            "stderr": ran.stderr, "staging": dist_doc(ran.dist),
+            "cleanup": [{"node": n, **ran.cleanup[n]} for n in sorted(ran.cleanup)]})
+    else:
+        click.echo(ran.stdout, nl=False)
+        click.echo(ran.stderr, nl=False, err=True)
     if ran.returncode != 0:
-        raise DistError(f"the command exited {ran.returncode} in the container",
-                        "its output is above")
+        click.echo(f"shoal: the command exited {ran.returncode} in the container", err=True)
+        # srun's convention: the job's exit status is ours
+        ctx.exit(ran.returncode)

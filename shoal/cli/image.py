@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import click
-from rich.console import Console
 from rich.table import Table
 
 from shoal import paths
+from shoal.cli import jsonout
+from shoal.cli.options import LazyConsole, json_option
 from shoal.errors import ImageError
 
-console = Console(highlight=False)
+console = LazyConsole()
 
 FORMAT_CHOICES = ["tar.gz", "squashfs", "dir"]
 
@@ -51,7 +50,8 @@ def build_cmd(name: str, rebuild: bool) -> None:
     type=click.Path(file_okay=False),
     help="Write plain exports into this directory instead of the image store.",
 )
-def export_cmd(name: str, formats: tuple[str, ...], dest: str | None) -> None:
+@json_option
+def export_cmd(name: str, formats: tuple[str, ...], dest: str | None, as_json: bool) -> None:
     """Export image NAME as tar.gz / SquashFS / directory (default: into the image store)."""
     from pathlib import Path
 
@@ -65,6 +65,9 @@ def export_cmd(name: str, formats: tuple[str, ...], dest: str | None) -> None:
             console.print(f"{p}  {_size(p) / 1e6:.1f} MB")
         return
     m = add_to_store(name, built.path, built.inputs_hash, fmts)
+    if as_json:
+        jsonout.emit("image.export", {"store": str(paths.store_root()), "image": m.to_json()})
+        return
     table = Table(title=f"{name} in {entry_dir(name)}")
     table.add_column("format")
     table.add_column("path")
@@ -79,14 +82,15 @@ def export_cmd(name: str, formats: tuple[str, ...], dest: str | None) -> None:
 
 
 @image.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON.")
+@json_option
 def list_cmd(as_json: bool) -> None:
     """List the images in the store."""
     from shoal.images.store import list_manifests
 
     manifests = list_manifests()
     if as_json:
-        click.echo(json.dumps([m.to_json() for m in manifests], indent=1))
+        jsonout.emit("image.list", {"store": str(paths.store_root()),
+                                    "images": [m.to_json() for m in manifests]})
         return
     if not manifests:
         console.print(f"the image store {paths.store_root()} is empty")
@@ -122,11 +126,15 @@ def list_cmd(as_json: bool) -> None:
 @image.command("verify")
 @click.argument("name")
 @click.option("--no-dir", is_flag=True, help="Skip re-digesting the unpacked directory.")
-def verify_cmd(name: str, no_dir: bool) -> None:
+@json_option
+def verify_cmd(name: str, no_dir: bool, as_json: bool) -> None:
     """Re-hash the stored exports of NAME against its manifest."""
     from shoal.images.store import verify
 
     m, problems = verify(name, check_dir=not no_dir)
+    if as_json:
+        jsonout.emit("image.verify", {"name": name, "ok": not problems, "problems": [
+            {"what": p.what, "path": str(p.path), "detail": str(p.detail)} for p in problems]})
     if not problems:
         checked = len(m.files) + (0 if no_dir or "dir" not in m.exports else 1)
         console.print(f"{name}: OK ({checked} exports match the manifest)")

@@ -43,9 +43,13 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _register()
+    from shoal.cli.options import set_json_mode
+
+    set_json_mode(False)
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="shoal", standalone_mode=False)
+        # a command's own exit status (`shoal run` passes the container command's through)
+        rv = cli.main(args=argv, prog_name="shoal", standalone_mode=False)
     except ShoalError as exc:
         if debug:
             raise
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

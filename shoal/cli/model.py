@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from shoal.cli import jsonout
+from shoal.cli.options import LazyConsole, json_option
 from shoal.model import data, fit, predict, store
 from shoal.model.site import load_site
 
-console = Console(highlight=False)
+console = LazyConsole()
 
 
 def _nodes(text: str) -> list[int]:
@@ -37,15 +37,15 @@ def model() -> None:
 @click.argument("results", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("model.json"),
               show_default=True, help="Where to write the fitted model.")
-@click.option("--json", "as_json", is_flag=True, help="Print the fitted groups as JSON.")
+@json_option
 def fit_cmd(results: Path, out: Path, as_json: bool) -> None:
     """Fit per method and workload from RESULTS (a study directory or its JSONL export)."""
     groups = fit.fit(data.load(results))
     store.save(groups, out, source=str(results))
     if as_json:
-        click.echo(json.dumps([{"method": g.method, "workload": g.workload, **asdict(g.params),
-                                "n_obs": g.n_obs, "shared_identified": g.shared_identified,
-                                "rel_rmse": g.rel_rmse} for g in groups], indent=1))
+        jsonout.emit("model.fit", {"model": str(out), "groups": [
+            {"method": g.method, "workload": g.workload, **asdict(g.params), "n_obs": g.n_obs,
+             "shared_identified": g.shared_identified, "rel_rmse": g.rel_rmse} for g in groups]})
         return
     t = Table(title=f"model fitted from {results}")
     for col in ("method", "workload", "eta", "l0 s", "l1 s/doubling", "runs", "rel. RMSE",
@@ -66,7 +66,7 @@ def fit_cmd(results: Path, out: Path, as_json: bool) -> None:
               help="SITE.toml describing the site (examples/sites/). [required]")
 @click.option("--nodes", "nodes_text", default="1,32,128,512,2048", show_default=True,
               help="Comma-separated node counts.")
-@click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")
+@json_option
 def predict_cmd(model_path: Path, site_path: Path, nodes_text: str, as_json: bool) -> None:
     """Predicted time-to-solution per method and workload at a site, winners and crossovers."""
     nodes = _nodes(nodes_text)
@@ -77,7 +77,7 @@ def predict_cmd(model_path: Path, site_path: Path, nodes_text: str, as_json: boo
     cross = predict.crossovers(groups, site, max(nodes))
     sens = predict.sensitivity(groups, site, nodes)
     if as_json:
-        click.echo(json.dumps({
+        jsonout.emit("model.predict", {
             "site": site.name,
             "assumed": {k: asdict(a) for k, a in site.assumed.items()},
             "predictions": [asdict(p) for p in preds],
@@ -87,7 +87,7 @@ def predict_cmd(model_path: Path, site_path: Path, nodes_text: str, as_json: boo
             "sensitivity": {k: [{"value": v, "winners": [{"workload": w, "nodes": n, "method": m}
                                                           for (w, n), m in sorted(ws.items())]}
                                 for v, ws in rows] for k, rows in sens.items()},
-        }, indent=1))
+        })
         return
     for workload in sorted({g.workload for g in groups}):
         t = Table(title=f"{workload} at {site.name}: predicted seconds [90 % band]")
@@ -120,7 +120,7 @@ def predict_cmd(model_path: Path, site_path: Path, nodes_text: str, as_json: boo
 
 @model.command("validate")
 @click.argument("results", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the error table as JSON.")
+@json_option
 def validate_cmd(results: Path, as_json: bool) -> None:
     """Leave-one-node-count-out and leave-one-network-out errors of the model on RESULTS."""
     obs = data.load(results)
@@ -138,7 +138,7 @@ def validate_cmd(results: Path, as_json: bool) -> None:
     if len({o.network for o in obs}) < 2:
         unvalidated.append("network change: the results hold one network profile")
     if as_json:
-        click.echo(json.dumps({"errors": rows, "unvalidated": unvalidated}, indent=1))
+        jsonout.emit("model.validate", {"errors": rows, "unvalidated": unvalidated})
         return
     t = Table(title=f"model validation on {results}")
     for col in ("test", "held out", "method", "workload", "median |error|", "runs"):

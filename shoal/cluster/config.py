@@ -201,8 +201,11 @@ def _check_extra(lines: list[Any], at: str) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def validate(raw: dict[str, Any], source: str = "defaults", text: str | None = None) -> ClusterConfig:
-    """Turn a raw mapping (TOML table or CLI options) into a checked ClusterConfig."""
+def validate(raw: dict[str, Any], source: str = "defaults", text: str | None = None,
+             cli_keys: frozenset[str] = frozenset()) -> ClusterConfig:
+    """Turn a raw mapping (TOML table or CLI options) into a checked ClusterConfig.
+
+    cli_keys: keys whose value came from a command-line option (errors name the option)."""
     table = _table_of(raw, source)
     cfg = ClusterConfig(source=source)
     values: dict[str, Any] = {}
@@ -224,13 +227,23 @@ def validate(raw: dict[str, Any], source: str = "defaults", text: str | None = N
     cfg = replace(cfg, **values)
 
     def where(k: str) -> str:
+        if k in cli_keys:
+            return f"--{k.replace('_', '-')}"
         return _where(source, text, k)
+
+    def said(k: str, v: object) -> str:
+        """How the user wrote it: `--nodes 0`, or `FILE:LINE: nodes = 0`."""
+        if k in cli_keys:
+            return f"--{k.replace('_', '-')} {v}"
+        return f"{_where(source, text, k)}: {k} = {v!r}"
 
     names.cluster_name(cfg.name, where("name"))
     if not 1 <= cfg.nodes <= MAX_NODES:
         raise ConfigError(
-            f"{where('nodes')}: nodes = {cfg.nodes} is out of range (1 to {MAX_NODES} nodes)",
-            f"a virtual cluster has 1 to {MAX_NODES} nodes",
+            f"{said('nodes', cfg.nodes)} is out of range: a virtual cluster has 1 to {MAX_NODES} "
+            "compute nodes"
+            + (" (the controller is not one of them)" if cfg.nodes < 1 else ""),
+            "e.g. --nodes 4",
         )
     if cfg.network not in NETWORK_PROFILES:
         raise ConfigError(
@@ -302,7 +315,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> ClusterConfig:
     """Config file (optional) first, then command-line overrides; both validated."""
     raw: dict[str, Any] = {}
     text: str | None = None
-    source = "command line"
+    source = "defaults"
     if path is not None:
         try:
             data = path.read_bytes()
@@ -324,6 +337,8 @@ def load(path: Path | None, overrides: dict[str, Any]) -> ClusterConfig:
     if overrides:
         merged = {k: getattr(cfg, k) for k in _KEYS}
         merged["extra_slurm_conf"] = list(cfg.extra_slurm_conf)
-        merged.update({k: v for k, v in overrides.items() if v is not None})
-        cfg = validate(merged, source if not overrides else f"{source} + command line", text)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        merged.update(given)
+        label = "command line" if path is None else f"{source} + command line"
+        cfg = validate(merged, label, text, frozenset(given))
     return cfg

@@ -31,6 +31,7 @@ from shoal.cluster.enter import new_namespaces, pid1, slurm_client
 from shoal.cluster.slurmconf import (
     Addressing,
     render_hosts,
+    render_mpi_conf,
     render_slurm_conf,
     render_slurmdbd_conf,
 )
@@ -257,6 +258,7 @@ def _write_slurm_config(cfg: ClusterConfig, cd: ClusterDir, addr: Addressing, db
     """/etc/slurm of every host (read-only on the nodes): configs, Prolog/Epilog, the node agent."""
     write_file(cd.etc_slurm / "slurm.conf", render_slurm_conf(cfg, addr, str(cd.ctl)))
     write_file(cd.etc_slurm / "slurmdbd.conf", render_slurmdbd_conf(str(cd.ctl), db_password), 0o600)
+    write_file(cd.etc_slurm / "mpi.conf", render_mpi_conf())
     scripts.install(scripts.PROLOG, cd.etc_slurm / "prolog.sh", 0o755)
     scripts.install(scripts.EPILOG, cd.etc_slurm / "epilog.sh", 0o755)
     # The node agent bundle (stdlib-only zipapp) for the Prolog/Epilog privileged hook.

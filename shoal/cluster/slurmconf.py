@@ -77,6 +77,19 @@ def render_slurm_conf(cfg: ClusterConfig, addr: Addressing, ctl_dir: str) -> str
     return "\n".join(lines) + "\n"
 
 
+def render_mpi_conf() -> str:
+    """mpi.conf: what a site with containerised MPI jobs sets too (see README, real Slurm site).
+
+    A PMIx client inside a container (ch-run) cannot attach the shared-memory data store that
+    slurmd's PMIx server keeps in its own spool directory, and every rank then prints
+    "PMIX ERROR: ... gds_ds12_lock_pthread.c" before falling back. PMIxEnv puts
+    PMIX_MCA_gds=hash into every task's environment, so clients take the job data over the
+    PMIx socket from the start: quiet, and the same data.
+    """
+    return ("# rendered by shoal\n"
+            "PMIxEnv=PMIX_MCA_gds=hash\n")
+
+
 def render_slurmdbd_conf(ctl_dir: str, db_password: str) -> str:
     return "\n".join(
         [

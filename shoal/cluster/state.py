@@ -126,7 +126,8 @@ class ClusterDir:
                 f"remove it with `shoal cluster down --name {self.name}`",
             ) from exc
         data.pop("version", None)
-        # Fields a newer shoal added (another checkout's cluster) are not ours to interpret.
+        # a cluster booted by another shoal version (seven engineers, one machine; or an upgrade)
+        # may record more than this one knows: read what we know, keep working
         known = {f.name for f in fields(ClusterState)}
         return ClusterState(**{k: v for k, v in data.items() if k in known})
 

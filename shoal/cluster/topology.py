@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shoal.slurm.hostlist import compress, expand
+
 # Design limit of the plan (addresses, bridges, interface names), tested; the config's bound is
 # shoal.limits.MAX_NODES (what this 2-core machine is meant to boot), and what fits in memory
 # now is decided at `up` by shoal.cluster.capacity from measured memory per node.
@@ -114,36 +116,19 @@ def node_number(name: str) -> int:
 
 
 def hostlist(names: list[str]) -> str:
-    """Slurm's compact form of node names: node[1-4,7,9-12] (any order, duplicates dropped)."""
+    """Slurm's compact form of node names: node[1-4,7,9-12] (any order, duplicates dropped).
+
+    Names are checked here; the folding is shoal.slurm.hostlist's, the one implementation."""
     nums = sorted({node_number(n) for n in names})
-    if not nums:
-        return ""
-    if len(nums) == 1:
-        return node_name(nums[0])
-    runs: list[str] = []
-    start = prev = nums[0]
-    for n in [*nums[1:], 0]:
-        if n == prev + 1:
-            prev = n
-            continue
-        runs.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = n
-    return f"node[{','.join(runs)}]"
+    return compress([node_name(i) for i in nums])
 
 
 def expand_hostlist(expr: str) -> list[str]:
     """Inverse of hostlist() for node names: node[1-3,7] -> node1 node2 node3 node7."""
-    if "[" not in expr:
-        return [n for n in expr.split(",") if n]
-    prefix, _, rest = expr.partition("[")
-    body, _, tail = rest.partition("]")
-    if tail or prefix != "node":
-        raise ValueError(f"unsupported hostlist {expr!r}")
-    out: list[str] = []
-    for part in body.split(","):
-        lo, _, hi = part.partition("-")
-        out += [f"node{i}" for i in range(int(lo), int(hi or lo) + 1)]
-    return out
+    names = expand(expr)
+    for n in names:
+        node_number(n)  # only node names here
+    return names
 
 
 # ------------------------------------------------------------------------------------ bridges

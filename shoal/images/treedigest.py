@@ -10,29 +10,26 @@ STANDARD LIBRARY ONLY: the distribution code copies this file onto the nodes and
 the node's python3 (``python3 treedigest.py DIR`` prints a JSON object).
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import os
 import stat
 import sys
-from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 DIGEST_FORMAT = "shoal-tree-v1"
 _CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class TreeDigest:
-    digest: str  # sha256 over the records, hex
-    file_count: int  # regular files
-    bytes: int  # sum of regular file sizes
-    entries: int  # all entries (files, dirs, links, others)
-    format: str = DIGEST_FORMAT
+class TreeDigest(NamedTuple):  # not a dataclass: the node agent runs this on Python 3.6
+    digest: "str"  # sha256 over the records, hex
+    file_count: "int"  # regular files
+    bytes: "int"  # sum of regular file sizes
+    entries: "int"  # all entries (files, dirs, links, others)
+    format: "str" = DIGEST_FORMAT
 
 
-def file_sha256(path: str | bytes | os.PathLike[str]) -> str:
+def file_sha256(path: "str | bytes | os.PathLike[str]") -> "str":
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while True:
@@ -43,7 +40,7 @@ def file_sha256(path: str | bytes | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def entry_record(rel: bytes, st: os.stat_result, full: bytes) -> bytes:
+def entry_record(rel: "bytes", st: "os.stat_result", full: "bytes") -> "bytes":
     """The line one entry contributes; rel is the '/'-separated path below the root, as bytes."""
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISREG(st.st_mode):
@@ -57,15 +54,15 @@ def entry_record(rel: bytes, st: os.stat_result, full: bytes) -> bytes:
     return b"%s %o %s\n" % (kind, mode, rel)
 
 
-def iter_records(root: str | os.PathLike[str]) -> list[tuple[bytes, os.stat_result, bytes]]:
+def iter_records(root: "str | os.PathLike[str]") -> "list[tuple[bytes, os.stat_result, bytes]]":
     """(relative path, lstat, full path) of every entry, in a fixed order (sorted by bytes)."""
-    out: list[tuple[bytes, os.stat_result, bytes]] = []
-    stack: list[tuple[bytes, bytes]] = [(os.fsencode(os.fspath(root)), b"")]
+    out: "list[tuple[bytes, os.stat_result, bytes]]" = []
+    stack: "list[tuple[bytes, bytes]]" = [(os.fsencode(os.fspath(root)), b"")]
     while stack:
         dir_full, dir_rel = stack.pop()
         with os.scandir(dir_full) as it:
             names = sorted(e.name for e in it)
-        subdirs: list[tuple[bytes, bytes]] = []
+        subdirs: "list[tuple[bytes, bytes]]" = []
         for name in names:
             full = os.path.join(dir_full, name)
             rel = dir_rel + b"/" + name if dir_rel else name
@@ -78,7 +75,7 @@ def iter_records(root: str | os.PathLike[str]) -> list[tuple[bytes, os.stat_resu
     return out
 
 
-def tree_digest(root: str | os.PathLike[str]) -> TreeDigest:
+def tree_digest(root: "str | os.PathLike[str]") -> "TreeDigest":
     if not os.path.isdir(root):
         raise NotADirectoryError(os.fspath(root))
     h = hashlib.sha256(DIGEST_FORMAT.encode() + b"\n")
@@ -92,7 +89,7 @@ def tree_digest(root: str | os.PathLike[str]) -> TreeDigest:
     return TreeDigest(h.hexdigest(), files, size, entries)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: "list[str]") -> "int":
     if len(argv) != 2:
         print("usage: treedigest.py DIR", file=sys.stderr)
         return 2
@@ -101,7 +98,7 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"treedigest: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(asdict(result), sort_keys=True))
+    print(json.dumps(result._asdict(), sort_keys=True))
     return 0
 
 

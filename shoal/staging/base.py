@@ -14,16 +14,13 @@ Node-local layout per job: /tmp/shoal/<jobid>/<image>/ is the staged directory o
 agent's state (method, baseline counters) that cleanup and verify read.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from shoal.errors import DistError, PrivilegeError
 from shoal.runner import run
@@ -42,57 +39,65 @@ SPACE_SLACK = 1.05
 SPACE_SLACK_BYTES = 4 << 20
 
 
-@dataclass
 class Context:
-    """Everything a method needs to know on a node about one staging."""
+    """Everything a method needs to know on a node about one staging.
 
-    job: str
-    image: str
-    store: str = DEFAULT_STORE
-    options: dict[str, Any] = field(default_factory=dict)
-    stage_root: str = STAGE_ROOT
-    # what stage recorded (Staged.extra), given back to cleanup
-    staged_extra: dict[str, Any] = field(default_factory=dict)
-    _manifest: dict[str, Any] | None = None
+    A plain class, not a dataclass: the node side runs on Python 3.6."""
+
+    def __init__(self, job: "str", image: "str", store: "str" = DEFAULT_STORE,
+                 options: "dict[str, Any] | None" = None, stage_root: "str" = STAGE_ROOT,
+                 staged_extra: "dict[str, Any] | None" = None) -> "None":
+        self.job = job
+        self.image = image
+        self.store = store
+        self.options: "dict[str, Any]" = {} if options is None else options
+        self.stage_root = stage_root
+        # what stage recorded (Staged.extra), given back to cleanup
+        self.staged_extra: "dict[str, Any]" = {} if staged_extra is None else staged_extra
+        self._manifest: "dict[str, Any] | None" = None
+
+    def __repr__(self) -> "str":
+        return (f"Context(job={self.job!r}, image={self.image!r}, store={self.store!r}, "
+                f"stage_root={self.stage_root!r})")
 
     @property
-    def image_store(self) -> str:
+    def image_store(self) -> "str":
         return os.path.join(self.store, self.image)
 
     @property
-    def job_dir(self) -> str:
+    def job_dir(self) -> "str":
         return os.path.join(self.stage_root, self.job)
 
     @property
-    def staged_dir(self) -> str:
+    def staged_dir(self) -> "str":
         return os.path.join(self.job_dir, self.image)
 
     @property
-    def state_file(self) -> str:
+    def state_file(self) -> "str":
         return os.path.join(self.job_dir, f"{self.image}.state.json")
 
-    def artifact_name(self, kind: str) -> str:
+    def artifact_name(self, kind: "str") -> "str":
         """File name of artifact KIND (tar, sqfs, dir) in the image's store entry."""
         exports = self.manifest().get("exports")
         if isinstance(exports, dict) and isinstance(exports.get(EXPORTS[kind]), str):
             return str(exports[EXPORTS[kind]])
         return DEFAULT_NAMES[kind].format(image=self.image)
 
-    def artifact(self, kind: str) -> str:
+    def artifact(self, kind: "str") -> "str":
         """Path of the image's artifact KIND on shared storage."""
         return os.path.join(self.image_store, self.artifact_name(kind))
 
-    def artifact_bytes(self, kind: str) -> int:
+    def artifact_bytes(self, kind: "str") -> "int":
         """Size of artifact KIND from the manifest (0 when it does not say)."""
         sizes = self.manifest().get("sizes")
         size = sizes.get(self.artifact_name(kind)) if isinstance(sizes, dict) else None
         return size if isinstance(size, int) else 0
 
-    def local_artifact(self, kind: str) -> str:
+    def local_artifact(self, kind: "str") -> "str":
         """Where a collective puts artifact KIND on the node's local storage."""
         return os.path.join(self.job_dir, f"{self.image}.{LOCAL_SUFFIX[kind]}")
 
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> "dict[str, Any]":
         if self._manifest is None:
             path = os.path.join(self.image_store, "manifest.json")
             try:
@@ -111,48 +116,52 @@ class Context:
         return self._manifest
 
 
-@dataclass
 class Staged:
     """Where the image is usable on this node, and what staging it cost beyond the counters."""
 
-    path: str
-    storage_bytes_read: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, path: "str", storage_bytes_read: "int" = 0,
+                 extra: "dict[str, Any] | None" = None) -> "None":
+        self.path = path
+        self.storage_bytes_read = storage_bytes_read
+        self.extra: "dict[str, Any]" = {} if extra is None else extra
+
+    def __repr__(self) -> "str":
+        return f"Staged({self.path!r}, {self.storage_bytes_read}, {self.extra!r})"
 
 
 class Method:
     """One way to make an image usable on a node (subclass, then ``@register``)."""
 
-    name: ClassVar[str] = ""
-    artifact: ClassVar[str] = "tar"  # which store artifact it uses: tar, sqfs or dir
-    collective: ClassVar[str | None] = None  # driver-side step between check and stage
-    privileged: ClassVar[bool] = False  # needs root on the node (mounts)
-    description: ClassVar[str] = ""
+    name: "ClassVar[str]" = ""
+    artifact: "ClassVar[str]" = "tar"  # which store artifact it uses: tar, sqfs or dir
+    collective: "ClassVar[str | None]" = None  # driver-side step between check and stage
+    privileged: "ClassVar[bool]" = False  # needs root on the node (mounts)
+    description: "ClassVar[str]" = ""
 
-    def check(self, ctx: Context) -> None:
+    def check(self, ctx: "Context") -> "None":
         """Fail before anything is changed on the node (missing file, privilege, space)."""
         require_exists(ctx.artifact(self.artifact), ctx)
 
-    def stage(self, ctx: Context) -> Staged:
+    def stage(self, ctx: "Context") -> "Staged":
         raise NotImplementedError
 
-    def cleanup(self, ctx: Context) -> dict[str, Any]:
+    def cleanup(self, ctx: "Context") -> "dict[str, Any]":
         """Undo stage (idempotent); may return figures only known at the end (mount reads)."""
         return {}
 
-    def local_bytes_needed(self, ctx: Context) -> int:
+    def local_bytes_needed(self, ctx: "Context") -> "int":
         """Node-local bytes this method needs for the image (0: nothing is copied locally)."""
         return 0
 
 
-M = TypeVar("M", bound=type[Method])
-REGISTRY: dict[str, type[Method]] = {}
+M = TypeVar("M", bound="type[Method]")
+REGISTRY: "dict[str, type[Method]]" = {}
 
 
-def register(name: str) -> Callable[[M], M]:
+def register(name: "str") -> "Callable[[M], M]":
     """Class decorator: make a Method findable by name."""
 
-    def deco(cls: M) -> M:
+    def deco(cls: "M") -> "M":
         if name in REGISTRY and REGISTRY[name] is not cls:
             raise ValueError(f"distribution method {name!r} registered twice")
         cls.name = name
@@ -165,7 +174,7 @@ def register(name: str) -> Callable[[M], M]:
 # ---- node-side helpers -------------------------------------------------------------------------
 
 
-def require_exists(path: str, ctx: Context) -> None:
+def require_exists(path: "str", ctx: "Context") -> "None":
     if not os.path.exists(path):
         raise DistError(
             f"{path} missing: image {ctx.image!r} has no such export in the store",
@@ -173,7 +182,7 @@ def require_exists(path: str, ctx: Context) -> None:
         )
 
 
-def require_root(method: str) -> None:
+def require_root(method: "str") -> "None":
     if os.geteuid() != 0:
         raise PrivilegeError(
             f"method {method} needs root on the node to loop-mount, and this step runs as uid "
@@ -183,17 +192,17 @@ def require_root(method: str) -> None:
         )
 
 
-def free_bytes(path: str) -> int:
+def free_bytes(path: "str") -> "int":
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
 
 
-def used_bytes(path: str) -> int:
+def used_bytes(path: "str") -> "int":
     st = os.statvfs(path)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
-def check_space(ctx: Context, need: int) -> None:
+def check_space(ctx: "Context", need: "int") -> "None":
     """Refuse to unpack when the node-local file system cannot hold the image."""
     if need <= 0:
         return
@@ -208,7 +217,7 @@ def check_space(ctx: Context, need: int) -> None:
         )
 
 
-def image_bytes(ctx: Context) -> int:
+def image_bytes(ctx: "Context") -> "int":
     """Unpacked size of the image from its manifest (0 when the manifest does not say)."""
     m = ctx.manifest()
     for key in ("bytes", "tree_bytes", "size"):
@@ -218,7 +227,7 @@ def image_bytes(ctx: Context) -> int:
     return 0
 
 
-def net_rx_bytes() -> int:
+def net_rx_bytes() -> "int":
     """Bytes received on every interface but lo, in this process's network namespace.
 
     /proc/net/dev rather than /sys/class/net: sysfs shows the interfaces of the namespace that
@@ -240,7 +249,7 @@ def net_rx_bytes() -> int:
     return total
 
 
-def net_tx_bytes() -> int:
+def net_tx_bytes() -> "int":
     """Bytes sent on every interface but lo, in this process's network namespace."""
     total = 0
     try:
@@ -256,7 +265,7 @@ def net_tx_bytes() -> int:
     return total
 
 
-def cpu_seconds() -> float:
+def cpu_seconds() -> "float":
     """CPU seconds (user + system) of this process and its waited-for children."""
     import resource
 
@@ -264,9 +273,9 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def proc_io() -> dict[str, int]:
+def proc_io() -> "dict[str, int]":
     """This process's I/O counters (waited-for children included)."""
-    out: dict[str, int] = {}
+    out: "dict[str, int]" = {}
     with contextlib.suppress(OSError), open("/proc/self/io") as f:
         for line in f:
             k, _, v = line.partition(":")
@@ -274,20 +283,19 @@ def proc_io() -> dict[str, int]:
     return out
 
 
-def _unescape(s: str) -> str:
+def _unescape(s: "str") -> "str":
     return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace(
         "\\134", "\\")
 
 
-@dataclass(frozen=True)
-class MountInfo:
-    target: str
-    fstype: str
-    source: str
+class MountInfo(NamedTuple):
+    target: "str"
+    fstype: "str"
+    source: "str"
 
 
-def mounts() -> list[MountInfo]:
-    out: list[MountInfo] = []
+def mounts() -> "list[MountInfo]":
+    out: "list[MountInfo]" = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
             left, _, right = line.partition(" - ")
@@ -297,7 +305,7 @@ def mounts() -> list[MountInfo]:
     return out
 
 
-def mount_at(path: str) -> MountInfo | None:
+def mount_at(path: "str") -> "MountInfo | None":
     path = os.path.realpath(path)
     found = None
     for m in mounts():
@@ -306,12 +314,12 @@ def mount_at(path: str) -> MountInfo | None:
     return found
 
 
-def mounts_under(prefix: str) -> list[MountInfo]:
+def mounts_under(prefix: "str") -> "list[MountInfo]":
     prefix = os.path.realpath(prefix)
     return [m for m in mounts() if m.target == prefix or m.target.startswith(prefix + "/")]
 
 
-def loop_read_bytes(dev: str) -> int | None:
+def loop_read_bytes(dev: "str") -> "int | None":
     """Bytes read through loop device DEV (e.g. /dev/loop3) since it was set up."""
     name = os.path.basename(dev)
     try:
@@ -321,7 +329,7 @@ def loop_read_bytes(dev: str) -> int | None:
         return None
 
 
-def loop_backing(dev: str) -> str | None:
+def loop_backing(dev: "str") -> "str | None":
     name = os.path.basename(dev)
     try:
         with open(f"/sys/block/{name}/loop/backing_file") as f:
@@ -330,7 +338,7 @@ def loop_backing(dev: str) -> str | None:
         return None
 
 
-def unmount(path: str, *, fuse: bool = False, timeout: float = 60) -> None:
+def unmount(path: "str", *, fuse: "bool" = False, timeout: "float" = 60) -> "None":
     """Unmount path; FUSE through fusermount3 (works unprivileged), lazily as a last resort."""
     if mount_at(path) is None:
         return
@@ -343,7 +351,7 @@ def unmount(path: str, *, fuse: bool = False, timeout: float = 60) -> None:
         run(["umount", "-l", path], timeout=timeout, what=f"unmounting {path}")
 
 
-def remove_tree(path: str) -> None:
+def remove_tree(path: "str") -> "None":
     """Remove a staged tree; refuse to descend into anything still mounted."""
     if not os.path.lexists(path):
         return
@@ -351,7 +359,7 @@ def remove_tree(path: str) -> None:
         raise DistError(f"{path} still has mounts under it; not removing it", "unmount first")
     if os.path.isdir(path) and not os.path.islink(path):
         # image trees may hold read-only directories (as tar restored them)
-        def onerror(func: Callable[..., Any], p: str, _exc: Any) -> None:
+        def onerror(func: "Callable[..., Any]", p: "str", _exc: "Any") -> "None":
             with contextlib.suppress(OSError):
                 os.chmod(os.path.dirname(p), 0o700)
                 os.chmod(p, 0o700)
@@ -366,17 +374,17 @@ def remove_tree(path: str) -> None:
 class Sampler:
     """Peak of used bytes on a file system, sampled in a thread while a stage runs."""
 
-    def __init__(self, path: str, interval: float = 0.05) -> None:
+    def __init__(self, path: "str", interval: "float" = 0.05) -> "None":
         self.path = path
         self.interval = interval
         self.peak = used_bytes(path)
         self._stop = False
 
     @contextlib.contextmanager
-    def running(self) -> Iterator[Sampler]:
+    def running(self) -> "Iterator[Sampler]":
         import threading
 
-        def loop() -> None:
+        def loop() -> "None":
             while not self._stop:
                 self.peak = max(self.peak, used_bytes(self.path))
                 time.sleep(self.interval)
@@ -394,7 +402,7 @@ class Sampler:
 # ---- the agent's per-image state file (method, baseline counters, the staged record) ----------
 
 
-def load_state(ctx: Context) -> dict[str, Any] | None:
+def load_state(ctx: "Context") -> "dict[str, Any] | None":
     try:
         with open(ctx.state_file) as f:
             data = json.load(f)
@@ -403,7 +411,7 @@ def load_state(ctx: Context) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def save_state(ctx: Context, state: dict[str, Any]) -> None:
+def save_state(ctx: "Context", state: "dict[str, Any]") -> "None":
     tmp = f"{ctx.state_file}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(state, f)

@@ -77,7 +77,7 @@ class BcastError(Exception):
     """A broadcast failure on this node; message says which node and what."""
 
 
-def default_port(job: str, step: str) -> int:
+def default_port(job: "str", step: "str") -> "int":
     """The step's port, the same on every node (srun gives all tasks one job and step id)."""
     try:
         j, s = int(job), int(step)
@@ -86,15 +86,15 @@ def default_port(job: str, step: str) -> int:
     return PORT_BASE + (j * 31 + s) % PORT_SPAN
 
 
-def parent_of(rank: int, fanout: int) -> int:
+def parent_of(rank: "int", fanout: "int") -> "int":
     return (rank - 1) // fanout
 
 
-def children_of(rank: int, n: int, fanout: int) -> "list[int]":
+def children_of(rank: "int", n: "int", fanout: "int") -> "list[int]":
     return [c for c in range(rank * fanout + 1, rank * fanout + fanout + 1) if c < n]
 
 
-def ancestors(rank: int, fanout: int) -> "list[int]":
+def ancestors(rank: "int", fanout: "int") -> "list[int]":
     out = []
     while rank > 0:
         rank = parent_of(rank, fanout)
@@ -102,7 +102,7 @@ def ancestors(rank: int, fanout: int) -> "list[int]":
     return out
 
 
-def subtree(rank: int, n: int, fanout: int) -> "list[int]":
+def subtree(rank: "int", n: "int", fanout: "int") -> "list[int]":
     """Every descendant of rank (not rank itself)."""
     out = []
     todo = children_of(rank, n, fanout)
@@ -113,7 +113,7 @@ def subtree(rank: int, n: int, fanout: int) -> "list[int]":
     return out
 
 
-def hops(n: int, fanout: int) -> int:
+def hops(n: "int", fanout: "int") -> "int":
     """Edges from the root to the deepest node (the pipeline's depth)."""
     return max((len(ancestors(r, fanout)) for r in range(n)), default=0)
 
@@ -135,12 +135,12 @@ def net_counters() -> "tuple[int, int]":
     return rx, tx
 
 
-def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+def cpu_seconds(who: "int" = resource.RUSAGE_SELF) -> "float":
     ru = resource.getrusage(who)
     return ru.ru_utime + ru.ru_stime
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: "socket.socket", n: "int") -> "bytes":
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
@@ -152,7 +152,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _recv_into(sock: socket.socket, view: memoryview) -> None:
+def _recv_into(sock: "socket.socket", view: "memoryview") -> "None":
     got, n = 0, len(view)
     while got < n:
         k = sock.recv_into(view[got:], n - got)
@@ -161,18 +161,18 @@ def _recv_into(sock: socket.socket, view: memoryview) -> None:
         got += k
 
 
-def _mac(token: bytes, *parts: bytes) -> bytes:
+def _mac(token: "bytes", *parts: "bytes") -> "bytes":
     return hmac.new(token, b"".join(parts), hashlib.sha256).digest()
 
 
 class Broadcast:
     """One node's part of one broadcast. ``run()`` returns this node's record (a dict)."""
 
-    def __init__(self, nodes: "list[str]", rank: int, dest: str, size: int, want_sha256: str,
-                 token: bytes, deadline: float, src: "str | None" = None,
-                 chunk: int = DEFAULT_CHUNK, fanout: int = DEFAULT_FANOUT, port: int = 0,
-                 unpack_dir: "str | None" = None, rate: float = 0.0, stall: float = STALL,
-                 keep_dest: bool = True, peers: "list[tuple[str, int]] | None" = None) -> None:
+    def __init__(self, nodes: "list[str]", rank: "int", dest: "str", size: "int", want_sha256: "str",
+                 token: "bytes", deadline: "float", src: "str | None" = None,
+                 chunk: "int" = DEFAULT_CHUNK, fanout: "int" = DEFAULT_FANOUT, port: "int" = 0,
+                 unpack_dir: "str | None" = None, rate: "float" = 0.0, stall: "float" = STALL,
+                 keep_dest: "bool" = True, peers: "list[tuple[str, int]] | None" = None) -> "None":
         if not 0 <= rank < len(nodes):
             raise BcastError(f"rank {rank} is not in a step of {len(nodes)} nodes")
         if not MIN_CHUNK <= chunk <= MAX_CHUNK:
@@ -230,10 +230,10 @@ class Broadcast:
 
     # ---- helpers -----------------------------------------------------------------------------
 
-    def left(self) -> float:
+    def left(self) -> "float":
         return self.deadline - time.monotonic()
 
-    def _commit(self, data: "bytes | memoryview", digest: bytes) -> None:
+    def _commit(self, data: "bytes | memoryview", digest: "bytes") -> "None":
         view = memoryview(data)
         while view:
             k = os.write(self.fd, view)
@@ -245,7 +245,7 @@ class Broadcast:
                 self.copy_end = time.time()
             self.cond.notify_all()
 
-    def _fail_copy(self, why: str) -> None:
+    def _fail_copy(self, why: "str") -> "None":
         with self.cond:
             if self.copy_error is None:
                 self.copy_error = why
@@ -253,7 +253,7 @@ class Broadcast:
 
     # ---- the root: read shared storage once ---------------------------------------------------
 
-    def _read_source(self) -> None:
+    def _read_source(self) -> "None":
         try:
             h = hashlib.sha256()
             t0 = time.monotonic()
@@ -285,7 +285,7 @@ class Broadcast:
 
     # ---- a receiver: from the parent, or an earlier node when the parent is lost --------------
 
-    def _connect(self, rank: int, offset: int) -> socket.socket:
+    def _connect(self, rank: "int", offset: "int") -> "socket.socket":
         host, port = self.peers[rank]
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
         try:
@@ -305,7 +305,7 @@ class Broadcast:
             sock.close()
             raise
 
-    def _feed(self) -> None:
+    def _feed(self) -> "None":
         """Receive the file; switch to an earlier node whenever the current one is lost."""
         candidates = ancestors(self.rank, self.fanout)
         tried = []  # type: list[str]
@@ -360,7 +360,7 @@ class Broadcast:
                     self._fail_copy(f"{self.me}: ran past the step's timeout at byte {self.committed}")
                     return
 
-    def _connect_waiting(self, rank: int, first: bool) -> socket.socket:
+    def _connect_waiting(self, rank: "int", first: "bool") -> "socket.socket":
         # the parent's task may start a little after ours: wait for it to listen, but only for
         # the first connection; an ancestor asked for a re-feed has been listening all along
         until = time.monotonic() + (START_WAIT if first else 0.0)
@@ -374,7 +374,7 @@ class Broadcast:
 
     # ---- a server: feed the children (and any orphan of a lost child) ------------------------
 
-    def _listen(self) -> None:
+    def _listen(self) -> "None":
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -387,7 +387,7 @@ class Broadcast:
         s.settimeout(0.2)
         self.listener = s
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self) -> "None":
         assert self.listener is not None
         while not self.closing:
             try:
@@ -399,7 +399,7 @@ class Broadcast:
             t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             t.start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: "socket.socket") -> "None":
         child = -1
         sent = 0
         try:
@@ -459,7 +459,7 @@ class Broadcast:
                 self.cond.notify_all()
             conn.close()
 
-    def _tell_failure(self, conn: socket.socket, child: int) -> None:
+    def _tell_failure(self, conn: "socket.socket", child: "int") -> "None":
         """This node cannot feed CHILD: say why, so it goes to an earlier node at once."""
         msg = (self.copy_error or f"{self.me} is shutting down").encode()
         conn.sendall(HDR.pack(ERR_OFFSET, len(msg), bytes(32)) + msg)
@@ -467,7 +467,7 @@ class Broadcast:
             self.pending.discard(child)
             self.cond.notify_all()
 
-    def _merge(self, child: int, report: "dict[str, object]") -> None:
+    def _merge(self, child: "int", report: "dict[str, object]") -> "None":
         """A child's report covers its whole nominal subtree (ok, or lost with a reason)."""
         ok = report.get("ok")
         failed = report.get("failed")
@@ -484,7 +484,7 @@ class Broadcast:
                     self.pending.discard(r)
             self.cond.notify_all()
 
-    def _lose(self, child: int, why: str) -> None:
+    def _lose(self, child: "int", why: "str") -> "None":
         with self.cond:
             self.lost.setdefault(self.nodes[child], why)
             self.pending.discard(child)
@@ -492,7 +492,7 @@ class Broadcast:
             self.claim_by = max(self.claim_by, time.monotonic() + REFEED_WAIT)
             self.cond.notify_all()
 
-    def _wait_subtree(self) -> None:
+    def _wait_subtree(self) -> "None":
         """Until every node below this one reported, was lost, or never came."""
         with self.cond:
             while self.pending:
@@ -519,7 +519,7 @@ class Broadcast:
 
     # ---- unpacking as the bytes arrive (tarball variant) --------------------------------------
 
-    def _unpack(self) -> None:
+    def _unpack(self) -> "None":
         assert self.unpack_dir is not None
         err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally, shared with tar
         try:
@@ -557,7 +557,7 @@ class Broadcast:
         finally:
             err.close()
 
-    def _kill_tar(self) -> None:
+    def _kill_tar(self) -> "None":
         tar = self.tar
         if tar is not None and tar.poll() is None:
             with contextlib.suppress(OSError):
@@ -566,7 +566,7 @@ class Broadcast:
 
     # ---- reporting up the tree ----------------------------------------------------------------
 
-    def _report(self, ok: bool) -> None:
+    def _report(self, ok: "bool") -> "None":
         names = sorted(self.reported_ok | ({self.me} if ok else set()))
         failed = {k: v for k, v in self.lost.items() if k not in self.reported_ok}
         data = json.dumps({"ok": names, "failed": failed}).encode()
@@ -601,7 +601,7 @@ class Broadcast:
         error = None  # type: str | None
         try:
             dirname = os.path.dirname(self.dest)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)  # novermin: int flags
             try:
                 self.fd = os.open(self.dest, flags, 0o600)
             except FileExistsError:
@@ -672,12 +672,12 @@ class Broadcast:
             _remove(self.dest)
         return rec
 
-    def _close_listener(self) -> None:
+    def _close_listener(self) -> "None":
         if self.listener is not None:
             with contextlib.suppress(OSError):
                 self.listener.close()
 
 
-def _remove(path: str) -> None:
+def _remove(path: "str") -> "None":
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)

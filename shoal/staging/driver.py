@@ -154,19 +154,22 @@ def job_nodes(site: Site, job: str) -> list[str]:
 
 
 def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[[str], None]
-             | None = None, partition: str | None = None) -> Allocation:
+             | None = None, partition: str | None = None,
+             sbatch_args: Sequence[str] = ()) -> Allocation:
     """Submit a placeholder job of NODES nodes held, call before_start(jobid), release, wait.
 
     Held first so a request for the Prolog can be written once the job id is known and before
     any node runs the Prolog (PrologFlags=Alloc runs it at allocation). --no-kill keeps the
-    allocation when a node dies, so the driver can still clean up the others.
+    allocation when a node dies, so the driver can still clean up the others. sbatch_args are
+    the site's own options (--account, --qos, --constraint, --reservation, ...), placed after
+    shoal's so that they win where both set one.
     """
     argv = ["sbatch", "--parsable", "--hold", "--no-kill", f"--nodes={nodes}",
             "--ntasks-per-node=1", f"--time={time_limit}", "--job-name=shoal",
             "--output=/dev/null", "--error=/dev/null"]
     if partition:
         argv.append(f"--partition={partition}")
-    argv += ["--wrap", "exec sleep 2147483647"]
+    argv += [*sbatch_args, "--wrap", "exec sleep 2147483647"]
     out = run(site.argv(*argv), timeout=SUBMIT_TIMEOUT, what="sbatch (shoal allocation)")
     job = out.stdout.strip().split(";")[0]
     if not job.isdigit():
@@ -397,6 +400,8 @@ def run_in_image(
     compress: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
     on_staged: Callable[[DistResult], None] | None = None,
+    sbatch_args: Sequence[str] = (),
+    partition: str | None = None,
     chunk: int = BCAST_CHUNK,
 ) -> RunResult:
     """`shoal run`: allocate or reuse, stage, srun ch-run STAGED -- CMD on every node, clean up."""
@@ -412,7 +417,8 @@ def run_in_image(
             request = write_request(site, job, image, method.name)
 
     if alloc is None:
-        alloc = allocate(site, nodes or 1, time_limit=time_limit, before_start=before_start)
+        alloc = allocate(site, nodes or 1, time_limit=time_limit, before_start=before_start,
+                         partition=partition, sbatch_args=sbatch_args)
     staged_ok = False
     try:
         result = distribute(site, alloc, method.name, image, verify=verify, fanout=fanout,

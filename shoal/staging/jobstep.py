@@ -31,8 +31,6 @@ shared-dir (every read in the container goes to shared storage), and for broadca
 one read of the artifact by the batch node (sbcast reads it once for the job, on the first node).
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import os
@@ -40,8 +38,7 @@ import pkgutil
 import re
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from shoal.errors import CommandTimeout, DistError, ShoalError
 from shoal.runner import run
@@ -57,19 +54,18 @@ DEFAULT_JOB_TIMEOUT = 600.0
 MPI_ENV = "ALL,PMIX_MCA_gds=hash"
 
 
-@dataclass(frozen=True)
-class Workload:
+class Workload(NamedTuple):
     """What runs in the container. kind "node": one process per node (the agent's ``workload``
     step times it on the node); kind "mpi": one MPI job over the allocation, one rank per node.
     In argv, {script} is the bundled script copied to the node, {t0} the launch time (epoch)."""
 
-    name: str
-    kind: str
-    argv: tuple[str, ...]
-    script: str | None = None
+    name: "str"
+    kind: "str"
+    argv: "tuple[str, ...]"
+    script: "str | None" = None
 
 
-WORKLOADS: dict[str, Workload] = {
+WORKLOADS: "dict[str, Workload]" = {
     w.name: w
     for w in (
         Workload("catwalk", "node", ("python3", "{script}", "/"), "catwalk.py"),
@@ -81,7 +77,7 @@ WORKLOADS: dict[str, Workload] = {
 }
 
 
-def get_workload(name: str) -> Workload:
+def get_workload(name: "str") -> "Workload":
     try:
         return WORKLOADS[name]
     except KeyError:
@@ -89,7 +85,7 @@ def get_workload(name: str) -> Workload:
                         f"known workloads: {', '.join(sorted(WORKLOADS))}") from None
 
 
-def last_json(text: str) -> dict[str, Any] | None:
+def last_json(text: "str") -> "dict[str, Any] | None":
     """The last line of TEXT that is a JSON object (a workload's figures of merit)."""
     for line in reversed(text.splitlines()):
         s = line.strip()
@@ -101,7 +97,7 @@ def last_json(text: str) -> dict[str, Any] | None:
     return None
 
 
-def tail(text: str, n: int = 2) -> str:
+def tail(text: "str", n: "int" = 2) -> "str":
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return " | ".join(lines[-n:])[-300:]
 
@@ -112,15 +108,15 @@ SRUN_IO_MSG = 1024
 _LABEL = re.compile(r"^\s*(\d+): ?(.*)$")
 
 
-def unlabel(text: str) -> list[str]:
+def unlabel(text: "str") -> "list[str]":
     """Lines of `srun --label` output with the labels removed and cut lines joined again.
 
     Without --label, lines longer than SRUN_IO_MSG from different tasks interleave beyond repair
     (agent records of ~1 KB did); with it, consecutive pieces of one task are rejoined while a
     piece has the full message size. Lines without a label are kept as they are.
     """
-    out: list[str] = []
-    open_line: dict[str, int] = {}  # task -> index in out of its line still being continued
+    out: "list[str]" = []
+    open_line: "dict[str, int]" = {}  # task -> index in out of its line still being continued
     for line in text.splitlines():
         m = _LABEL.match(line)
         if m is None:
@@ -137,9 +133,9 @@ def unlabel(text: str) -> list[str]:
     return out
 
 
-def parse_records(text: str) -> dict[str, dict[str, Any]]:
+def parse_records(text: "str") -> "dict[str, dict[str, Any]]":
     """The agent's JSON records in srun output (plain or --label), by node (others: noise)."""
-    out: dict[str, dict[str, Any]] = {}
+    out: "dict[str, dict[str, Any]]" = {}
     for line in unlabel(text):
         line = line.strip()
         if not line.startswith("{"):
@@ -153,9 +149,9 @@ def parse_records(text: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run_agent(argv: list[str], nodes: list[str], timeout: float, what: str, label: str = "",
-              env: dict[str, str] | None = None
-              ) -> tuple[dict[str, dict[str, Any]], dict[str, str], str]:
+def run_agent(argv: "list[str]", nodes: "list[str]", timeout: "float", what: "str", label: "str" = "",
+              env: "dict[str, str] | None" = None
+              ) -> "tuple[dict[str, dict[str, Any]], dict[str, str], str]":
     """Run one srun step of the agent (one task per node); (records by node, failures by node,
     why srun itself failed or ""). Failure texts start with `label`."""
     stdout, why = "", ""
@@ -168,7 +164,7 @@ def run_agent(argv: list[str], nodes: list[str], timeout: float, what: str, labe
         stdout = exc.stdout
         why = f"no answer within {timeout:g} s"
     records = parse_records(stdout)
-    failed: dict[str, str] = {}
+    failed: "dict[str, str]" = {}
     for node in nodes:
         rec = records.get(node)
         if rec is None:
@@ -178,7 +174,7 @@ def run_agent(argv: list[str], nodes: list[str], timeout: float, what: str, labe
     return records, failed, why
 
 
-def user_env() -> dict[str, str] | None:
+def user_env() -> "dict[str, str] | None":
     # ch-run refuses to start without $USER (batch jobs of daemons may not set it)
     if os.environ.get("USER"):
         return None
@@ -188,7 +184,7 @@ def user_env() -> dict[str, str] | None:
 # ---- per node: the `workload` subcommand -----------------------------------------------------
 
 
-def do_workload(ctx: Context, name: str, timeout: float) -> dict[str, Any]:
+def do_workload(ctx: "Context", name: "str", timeout: "float") -> "dict[str, Any]":
     """Run workload NAME in the image staged for this job on this node; time it here."""
     state = load_state(ctx) or {}
     rec = base_record("workload", ctx, state.get("method"))
@@ -247,17 +243,17 @@ def do_workload(ctx: Context, name: str, timeout: float) -> dict[str, Any]:
 class Steps:
     """Job steps from the batch script: srun of the agent on every node, one record each."""
 
-    def __init__(self, agent: str, store: str, nodes: list[str], deadline: float) -> None:
+    def __init__(self, agent: "str", store: "str", nodes: "list[str]", deadline: "float") -> "None":
         self.agent = agent
         self.store = store
         self.nodes = nodes
         self.deadline = deadline
-        self.log: list[str] = []
+        self.log: "list[str]" = []
 
-    def left(self, minimum: float = STEP_MIN_TIMEOUT) -> float:
+    def left(self, minimum: "float" = STEP_MIN_TIMEOUT) -> "float":
         return max(minimum, self.deadline - time.monotonic())
 
-    def srun(self, *cmd: str, mpi: str = "none", export: str | None = None) -> list[str]:
+    def srun(self, *cmd: "str", mpi: "str" = "none", export: "str | None" = None) -> "list[str]":
         n = len(self.nodes)
         argv = ["srun", f"--nodes={n}", f"--ntasks={n}", "--ntasks-per-node=1",
                 f"--nodelist={','.join(self.nodes)}", "--kill-on-bad-exit=0", f"--mpi={mpi}"]
@@ -265,9 +261,9 @@ class Steps:
             argv.append(f"--export={export}")
         return [*argv, *cmd]
 
-    def agent_step(self, sub: str, *args: str, timeout: float | None = None,
-                   env: dict[str, str] | None = None
-                   ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    def agent_step(self, sub: "str", *args: "str", timeout: "float | None" = None,
+                   env: "dict[str, str] | None" = None
+                   ) -> "tuple[dict[str, dict[str, Any]], dict[str, str]]":
         """Run the agent's SUB on every node; (records by node, failures by node)."""
         # --label: records longer than srun's 1 KiB messages can be put together again
         argv = self.srun("--label", "python3", self.agent, "--store", self.store, sub, *args)
@@ -286,8 +282,8 @@ BCAST_CHUNK = 512 * 1024
 BCAST_GRACE = 30.0  # srun's own limit is the agents' limit plus this (launch, output)
 
 
-def bcast_args(job: str, image: str, method: str, nodes: list[str], *, fanout: int, chunk: int,
-               timeout: float, rate: float = 0.0) -> list[str]:
+def bcast_args(job: "str", image: "str", method: "str", nodes: "list[str]", *, fanout: "int", chunk: "int",
+               timeout: "float", rate: "float" = 0.0) -> "list[str]":
     """The agent's `bcast` arguments; the first node is the root (the one storage reader)."""
     args = ["bcast", "--job", job, "--image", image, "--method", method, "--nodes",
             ",".join(nodes), "--fanout", str(fanout), "--chunk", str(chunk),
@@ -297,7 +293,7 @@ def bcast_args(job: str, image: str, method: str, nodes: list[str], *, fanout: i
     return args
 
 
-def bcast_env() -> dict[str, str]:
+def bcast_env() -> "dict[str, str]":
     """A fresh secret per broadcast: the nodes authenticate each other with it (srun passes the
     environment to every task; only the job's user and root can read it there)."""
     import secrets
@@ -307,10 +303,10 @@ def bcast_env() -> dict[str, str]:
     return {TOKEN_ENV: secrets.token_hex(32)}
 
 
-def bcast_failures(records: dict[str, dict[str, Any]], failed: dict[str, str]) -> dict[str, str]:
+def bcast_failures(records: "dict[str, dict[str, Any]]", failed: "dict[str, str]") -> "dict[str, str]":
     """Failures by node; a node that left no record (killed) is named with what its neighbours
     saw of it (e.g. "node1 lost node2 after sending it 31457280 bytes: ...")."""
-    said: dict[str, list[str]] = {}
+    said: "dict[str, list[str]]" = {}
     for node in sorted(records):
         lost = records[node].get("lost")
         if isinstance(lost, dict):
@@ -320,7 +316,7 @@ def bcast_failures(records: dict[str, dict[str, Any]], failed: dict[str, str]) -
             for n, why in failed.items()}
 
 
-def _sbcast(steps: Steps, ctx: Context, kind: str, fanout: int, compress: bool) -> float:
+def _sbcast(steps: "Steps", ctx: "Context", kind: "str", fanout: "int", compress: "bool") -> "float":
     argv = ["sbcast", f"--jobid={ctx.job}", "-f", f"--fanout={fanout}"]
     if compress:
         argv.append("--compress")
@@ -330,11 +326,11 @@ def _sbcast(steps: Steps, ctx: Context, kind: str, fanout: int, compress: bool) 
     return time.monotonic() - t0
 
 
-def _mpi_workload(steps: Steps, wl: Workload, staged: str) -> dict[str, Any]:
+def _mpi_workload(steps: "Steps", wl: "Workload", staged: "str") -> "dict[str, Any]":
     """One MPI job over the allocation; its record (timed here, rank 0's figures)."""
     argv = steps.srun("ch-run", staged, "--", *wl.argv, mpi="pmix", export=MPI_ENV)
     w0, t0 = time.time(), time.monotonic()
-    rec: dict[str, Any] = {"ok": False, "error": None, "wall_start": w0}
+    rec: "dict[str, Any]" = {"ok": False, "error": None, "wall_start": w0}
     limit = steps.left()
     try:
         done = run(argv, timeout=limit, check=False, env=user_env(), what=f"workload {wl.name}")
@@ -344,7 +340,7 @@ def _mpi_workload(steps: Steps, wl: Workload, staged: str) -> dict[str, Any]:
     rec["seconds"] = round(time.monotonic() - t0, 6)
     rec["wall_end"] = time.time()
     fom = last_json(done.stdout) or {}
-    hosts = sorted({f.removeprefix("host=") for ln in done.stdout.splitlines()
+    hosts = sorted({f[len("host="):] for ln in done.stdout.splitlines()
                     for f in ln.split() if f.startswith("host=")})
     if hosts:
         fom["hosts"] = len(hosts)
@@ -361,23 +357,23 @@ def _mpi_workload(steps: Steps, wl: Workload, staged: str) -> dict[str, Any]:
     return rec
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+def _num(v: "Any") -> "float | None":
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def _int(v: Any) -> int | None:
-    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+def _int(v: "Any") -> "int | None":
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def merge(node: str, *, method: str, image: str, workload: str, job: str, batch_node: str,
-          stage: dict[str, Any] | None, work: dict[str, Any] | None, scope: str,
-          clean: dict[str, Any] | None, error: str | None, collective_s: float | None,
-          collective_bytes: int, job_stage_s: float | None) -> dict[str, Any]:
+def merge(node: "str", *, method: "str", image: "str", workload: "str", job: "str", batch_node: "str",
+          stage: "dict[str, Any] | None", work: "dict[str, Any] | None", scope: "str",
+          clean: "dict[str, Any] | None", error: "str | None", collective_s: "float | None",
+          collective_bytes: "int", job_stage_s: "float | None") -> "dict[str, Any]":
     """The node's record in the study's job contract (shoal.study.jobscript)."""
     s = stage or {}
     w = work or {}
     c = clean or {}
-    figures: dict[str, Any] = {}
+    figures: "dict[str, Any]" = {}
     for v in (c.get("figures") or {}).values():
         if isinstance(v, dict):
             figures.update(v)
@@ -389,7 +385,7 @@ def merge(node: str, *, method: str, image: str, workload: str, job: str, batch_
         storage = (storage or 0) + int(w["rchar"])
     if collective_s is not None and node == batch_node:
         storage = (storage or 0) + collective_bytes
-    rec: dict[str, Any] = {
+    rec: "dict[str, Any]" = {
         "node": node, "ok": error is None, "error": error, "method": method, "image": image,
         "job": job, "image_digest": s.get("image_digest"),
         "stage_start": _num(s.get("wall_start")), "stage_end": _num(s.get("wall_end")),
@@ -416,9 +412,9 @@ def merge(node: str, *, method: str, image: str, workload: str, job: str, batch_
     return rec
 
 
-def do_job(*, agent: str, store: str, method_name: str, image: str, workload: str,
-           timeout: float = DEFAULT_JOB_TIMEOUT, fanout: int = 8, compress: bool = False,
-           bcast_fanout: int = BCAST_FANOUT, chunk: int = BCAST_CHUNK, out: Any = None) -> int:
+def do_job(*, agent: "str", store: "str", method_name: "str", image: "str", workload: "str",
+           timeout: "float" = DEFAULT_JOB_TIMEOUT, fanout: "int" = 8, compress: "bool" = False,
+           bcast_fanout: "int" = BCAST_FANOUT, chunk: "int" = BCAST_CHUNK, out: "Any" = None) -> "int":
     """The whole run of one experiment repetition from the batch script (see module doc)."""
     out = out or sys.stdout
     job = os.environ.get("SLURM_JOB_ID", "")
@@ -429,13 +425,13 @@ def do_job(*, agent: str, store: str, method_name: str, image: str, workload: st
     batch_node = node_name()
     t_start = time.monotonic()
     steps = Steps(agent, store, nodes, t_start + timeout)
-    errors: dict[str, str] = {}
-    stage: dict[str, dict[str, Any]] = {}
-    work: dict[str, dict[str, Any]] = {}
-    clean: dict[str, dict[str, Any]] = {}
-    collective_s: float | None = None
+    errors: "dict[str, str]" = {}
+    stage: "dict[str, dict[str, Any]]" = {}
+    work: "dict[str, dict[str, Any]]" = {}
+    clean: "dict[str, dict[str, Any]]" = {}
+    collective_s: "float | None" = None
     collective_bytes = 0
-    job_stage_s: float | None = None
+    job_stage_s: "float | None" = None
     scope = "node"
     common = ("--job", job, "--image", image)
     try:

@@ -36,8 +36,6 @@ job's own ``stage`` step then reports that record. The Epilog unmounts and remov
 failed staging is reported by the job's ``stage`` step instead.
 """
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import json
@@ -47,7 +45,7 @@ import time
 from typing import Any
 
 
-def _lone_file() -> None:
+def _lone_file() -> "None":
     """Run as a lone copy of this file (not the bundle): the methods are not importable.
 
     The Prolog and Epilog must still exit 0 (a failing Prolog drains the node); any other
@@ -96,7 +94,7 @@ except ImportError:
 SYSTEM_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
 
 
-def image_digest(ctx: Context) -> str | None:
+def image_digest(ctx: "Context") -> "str | None":
     with contextlib.suppress(ShoalError):
         d = ctx.manifest().get("tree_digest")
         return d if isinstance(d, str) else None
@@ -106,13 +104,13 @@ def image_digest(ctx: Context) -> str | None:
 # ---- state -------------------------------------------------------------------------------------
 
 
-def baseline(ctx: Context) -> dict[str, Any]:
+def baseline(ctx: "Context") -> "dict[str, Any]":
     # w0: wall clock too, so records of different nodes can be laid on one time axis
     return {"t0": time.monotonic(), "w0": time.time(), "rx0": net_rx_bytes(),
             "tx0": net_tx_bytes(), "used0": used_bytes(ctx.job_dir)}
 
 
-def make_job_dir(ctx: Context) -> None:
+def make_job_dir(ctx: "Context") -> "None":
     os.makedirs(ctx.stage_root, mode=0o1777, exist_ok=True)
     os.makedirs(ctx.job_dir, mode=0o700, exist_ok=True)
 
@@ -120,7 +118,7 @@ def make_job_dir(ctx: Context) -> None:
 # ---- subcommands -------------------------------------------------------------------------------
 
 
-def do_check(ctx: Context, method: Method) -> dict[str, Any]:
+def do_check(ctx: "Context", method: "Method") -> "dict[str, Any]":
     rec = base_record("check", ctx, method.name)
     try:
         method.check(ctx)
@@ -132,7 +130,7 @@ def do_check(ctx: Context, method: Method) -> dict[str, Any]:
     return rec
 
 
-def do_stage(ctx: Context, method: Method, by: str = "step") -> dict[str, Any]:
+def do_stage(ctx: "Context", method: "Method", by: "str" = "step") -> "dict[str, Any]":
     rec = base_record("stage", ctx, method.name)
     rec["image_digest"] = image_digest(ctx)
     state = load_state(ctx)
@@ -188,7 +186,7 @@ def do_stage(ctx: Context, method: Method, by: str = "step") -> dict[str, Any]:
     return rec
 
 
-def do_verify(ctx: Context) -> dict[str, Any]:
+def do_verify(ctx: "Context") -> "dict[str, Any]":
     state = load_state(ctx)
     rec = base_record("verify", ctx, state.get("method") if state else None)
     try:
@@ -213,9 +211,9 @@ def do_verify(ctx: Context) -> dict[str, Any]:
     return rec
 
 
-def recorded_loops(job_dir: str) -> list[tuple[str, str | None]]:
+def recorded_loops(job_dir: "str") -> "list[tuple[str, str | None]]":
     """(loop device, its backing file) recorded by stage in the job's state files."""
-    out: list[tuple[str, str | None]] = []
+    out: "list[tuple[str, str | None]]" = []
     with contextlib.suppress(OSError):
         for name in os.listdir(job_dir):
             if name.endswith(".state.json"):
@@ -227,7 +225,7 @@ def recorded_loops(job_dir: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def detach_loops(loops: list[tuple[str, str | None]]) -> None:
+def detach_loops(loops: "list[tuple[str, str | None]]") -> "None":
     """Detach recorded loop devices still bound to the file they were set up for."""
     from shoal.runner import run
 
@@ -236,9 +234,9 @@ def detach_loops(loops: list[tuple[str, str | None]]) -> None:
             run(["losetup", "-d", dev], check=False, timeout=30)
 
 
-def sweep(job_dir: str) -> list[str]:
+def sweep(job_dir: "str") -> "list[str]":
     """Unmount and remove everything under job_dir; return what could not be removed."""
-    problems: list[str] = []
+    problems: "list[str]" = []
     loops = recorded_loops(job_dir)
     for m in sorted(mounts_under(job_dir), key=lambda m: m.target.count("/"), reverse=True):
         try:
@@ -257,13 +255,13 @@ def sweep(job_dir: str) -> list[str]:
     return problems
 
 
-def _still_bound(dev: str, backing: str | None) -> bool:
+def _still_bound(dev: "str", backing: "str | None") -> "bool":
     # another node or job may have taken the device number for another file since
     now = loop_backing(dev)
     return now is not None and (backing is None or now == backing)
 
 
-def leftovers(ctx: Context, loops: list[tuple[str, str | None]]) -> list[str]:
+def leftovers(ctx: "Context", loops: "list[tuple[str, str | None]]") -> "list[str]":
     left = [f"mount {m.target}" for m in mounts_under(ctx.job_dir)]
     left += [f"loop device {d} -> {b}" for d, b in loops if _still_bound(d, b)]
     if os.path.lexists(ctx.job_dir):
@@ -271,13 +269,13 @@ def leftovers(ctx: Context, loops: list[tuple[str, str | None]]) -> list[str]:
     return left
 
 
-def do_cleanup(ctx: Context, image: str | None) -> dict[str, Any]:
+def do_cleanup(ctx: "Context", image: "str | None") -> "dict[str, Any]":
     rec = base_record("cleanup", ctx, None)
     rec["image"] = image
-    errors: list[str] = []
-    loops: list[tuple[str, str | None]] = []
-    deferred: list[str] = []
-    figures: dict[str, Any] = {}
+    errors: "list[str]" = []
+    loops: "list[tuple[str, str | None]]" = []
+    deferred: "list[str]" = []
+    figures: "dict[str, Any]" = {}
     if os.path.isdir(ctx.job_dir):
         images = [image] if image else sorted(
             n[: -len(".state.json")] for n in os.listdir(ctx.job_dir) if n.endswith(".state.json"))
@@ -308,7 +306,7 @@ def do_cleanup(ctx: Context, image: str | None) -> dict[str, Any]:
             os.rmdir(d)
     rec["figures"] = figures
     rec["deferred_to_epilog"] = deferred
-    left: list[str] = []
+    left: "list[str]" = []
     if image:
         ictx = Context(ctx.job, image, ctx.store, ctx.options, ctx.stage_root)
         left += [f"mount {m.target}" for m in mounts_under(ictx.staged_dir)]
@@ -326,8 +324,8 @@ def do_cleanup(ctx: Context, image: str | None) -> dict[str, Any]:
     return rec
 
 
-def do_bcast(ctx: Context, method: Method, nodes: list[str], *, fanout: int, chunk: int,
-             port: int, rate: float, timeout: float) -> dict[str, Any]:
+def do_bcast(ctx: "Context", method: "Method", nodes: "list[str]", *, fanout: "int", chunk: "int",
+             port: "int", rate: "float", timeout: "float") -> "dict[str, Any]":
     """This node's part of the bcast methods' collective step (shoal.staging.bcast)."""
     from shoal.staging import bcast
     from shoal.staging.methods.bcast import artifact_sha256, record_path
@@ -371,11 +369,11 @@ def do_bcast(ctx: Context, method: Method, nodes: list[str], *, fanout: int, chu
     return rec
 
 
-def read_request(store: str, job: str, job_uid: int | None) -> dict[str, Any] | None:
+def read_request(store: "str", job: "str", job_uid: "int | None") -> "dict[str, Any] | None":
     """The job's staging request, if its owner left one (validated: this runs as root)."""
     path = os.path.join(store, REQUESTS_DIR, f"{job}.json")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # novermin: int flags, not a union type
     except OSError:
         return None
     with os.fdopen(fd) as f:
@@ -390,7 +388,7 @@ def read_request(store: str, job: str, job_uid: int | None) -> dict[str, Any] | 
     return req
 
 
-def do_prolog(store: str, stage_root: str) -> int:
+def do_prolog(store: "str", stage_root: "str") -> "int":
     job = os.environ.get("SLURM_JOB_ID", "")
     if not job.isdigit():
         return 0
@@ -415,7 +413,7 @@ def do_prolog(store: str, stage_root: str) -> int:
     return 0
 
 
-def do_epilog(stage_root: str) -> int:
+def do_epilog(stage_root: "str") -> "int":
     job = os.environ.get("SLURM_JOB_ID", "")
     if not job.isdigit():
         return 0
@@ -430,11 +428,12 @@ def do_epilog(stage_root: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: "list[str] | None" = None) -> "int":
     ap = argparse.ArgumentParser(prog="nodeagent", description="shoal node agent")
     ap.add_argument("--store", default=DEFAULT_STORE)
     ap.add_argument("--stage-root", default=STAGE_ROOT, help=argparse.SUPPRESS)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(dest="cmd")
+    sub.required = True  # add_subparsers(required=) is Python 3.7+
     for name in ("check", "stage", "verify", "cleanup"):
         p = sub.add_parser(name)
         p.add_argument("--job", default=os.environ.get("SLURM_JOB_ID"))

@@ -17,23 +17,23 @@ from shoal.errors import ShoalError
 from shoal.staging.base import FORMAT, Context
 
 
-def node_name() -> str:
+def node_name() -> "str":
     return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
-def emit(record: "dict[str, Any]") -> None:
+def emit(record: "dict[str, Any]") -> "None":
     sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
     sys.stdout.flush()
 
 
-def base_record(phase: str, ctx: Context, method: "str | None") -> "dict[str, Any]":
+def base_record(phase: "str", ctx: "Context", method: "str | None") -> "dict[str, Any]":
     return {
         "format": FORMAT, "phase": phase, "node": node_name(), "job": ctx.job, "image": ctx.image,
         "method": method, "ok": False, "error": None, "hint": None,
     }
 
 
-def fail(rec: "dict[str, Any]", exc: BaseException) -> "dict[str, Any]":
+def fail(rec: "dict[str, Any]", exc: "BaseException") -> "dict[str, Any]":
     """Turn an exception into the record's error fields (ok = false)."""
     rec["ok"] = False
     if isinstance(exc, ShoalError):

@@ -15,7 +15,7 @@ def method_names() -> "list[str]":
     return sorted(REGISTRY)
 
 
-def get_method(name: str) -> Method:
+def get_method(name: "str") -> "Method":
     try:
         return REGISTRY[name]()
     except KeyError:

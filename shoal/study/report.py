@@ -53,6 +53,7 @@ class Report:
     html: Path
     plots: dict[str, Path]
     answers: list[Answer]
+    recommendation: str | None = None  # one line for people, only when the data support it
 
 
 def _ci(c: Cell, metric: str, scale: float = 1.0, digits: int = 3) -> str:

@@ -49,6 +49,8 @@ class RunOutcome:
     out_dir: Path
     summary: Summary | None = None
     counts: dict[str, int] | None = None
+    cluster: str | None = None  # the virtual cluster's name (None: an existing site)
+    booted: bool = False  # this call booted the spec's cluster
 
 
 def method_names() -> tuple[str, ...]:
@@ -79,6 +81,28 @@ def load_run_spec(spec_path: Path, cluster_name: str | None = None) -> StudySpec
     return spec
 
 
+class ClusterNotUp(StudyError):
+    """The spec's virtual cluster is not running (`shoal study run` boots it)."""
+
+
+def boot_spec_cluster(spec: StudySpec, console: Console) -> None:
+    """Boot the virtual cluster the spec describes (name, nodes, network, storage)."""
+    from shoal.cluster import manager
+    from shoal.cluster.config import validate
+    from shoal.cluster.state import ClusterDir
+
+    c = spec.cluster
+    cfg = validate({"name": c.name, "nodes": c.nodes or 4, "network": c.network or "none",
+                    **({"storage": c.storage} if c.storage else {})}, f"{spec.path} [cluster]")
+    if ClusterDir(c.name).exists():
+        manager.down(c.name)  # what a crashed or stopped cluster of this name left behind
+    with console.status(f"cluster {c.name!r} is not up: booting it ({cfg.nodes} nodes, network "
+                        f"{cfg.network}, storage {cfg.storage}) ..."):
+        res = manager.up(cfg)
+    console.print(f"booted cluster {c.name!r} for this study: {len(res.state.nodes)} nodes idle "
+                  f"in {res.boot_seconds:.1f} s")
+
+
 def link_cluster(spec: StudySpec, out: Path, *, connect: bool) -> ClusterLink:
     """The Slurm client and job paths for the spec's cluster. With connect=False (dry run) the
     cluster is not asked anything."""
@@ -89,7 +113,7 @@ def link_cluster(spec: StudySpec, out: Path, *, connect: bool) -> ClusterLink:
         logs = out.resolve() / "logs"
         ctx = JobContext(logs_dir=str(logs), agent=f"{store}/.shoal/agent.pyz",
                          store_dir=str(store), partition=spec.partition,
-                         time_limit_s=spec.timeout)
+                         time_limit_s=spec.timeout, extra_sbatch=spec.sbatch_args)
         return ClusterLink(SlurmClient(), ctx, logs, {}, store)
     from shoal.cluster.enter import slurm_prefix
     from shoal.cluster.state import ClusterDir
@@ -100,11 +124,11 @@ def link_cluster(spec: StudySpec, out: Path, *, connect: bool) -> ClusterLink:
     rel = f"shoal-study/{spec.name}-{tag}"
     ctx = JobContext(logs_dir=f"/pfs/{rel}", agent=f"{paths.CLUSTER_STORE_PATH}/.shoal/agent.pyz",
                      store_dir=paths.CLUSTER_STORE_PATH, partition=spec.partition,
-                     time_limit_s=spec.timeout)
+                     time_limit_s=spec.timeout, extra_sbatch=spec.sbatch_args)
     if not connect:
         return ClusterLink(SlurmClient(), ctx, cdir.pfs / rel, {}, paths.store_root())
     if not cdir.exists() or cdir.load().phase != "up":
-        raise StudyError(
+        raise ClusterNotUp(
             f"virtual cluster {spec.cluster.name!r} is not up",
             f"shoal cluster up --name {spec.cluster.name} --nodes {spec.cluster.nodes}"
             + (f" --network {spec.cluster.network}" if spec.cluster.network else ""))
@@ -184,15 +208,44 @@ def check_memory(exps: Sequence[Experiment], store: Path, tmpfs_size: object) ->
 
 def run_study(spec_path: Path, out: Path | None, cluster_name: str | None = None,
               dry: bool = False, rerun_failed: bool = False,
-              console: Console | None = None) -> RunOutcome:
-    """`shoal study run`: run (or resume) the study in spec_path; see the module doc."""
-    from shoal.bundle import publish
+              console: Console | None = None, *, boot: bool = False,
+              keep_cluster: bool = True) -> RunOutcome:
+    """`shoal study run`: run (or resume) the study in spec_path; see the module doc.
 
+    boot: a virtual cluster that is not up is booted from the spec's [cluster] table, and taken
+    down at the end (also on failure or Ctrl-C) unless keep_cluster."""
     console = console or Console(highlight=False)
     spec = load_run_spec(spec_path, cluster_name)
+    booted = False
+    try:
+        link = link_cluster(spec, out or Path("results") / spec.name, connect=not dry)
+    except ClusterNotUp:
+        if not boot:
+            raise
+        boot_spec_cluster(spec, console)
+        booted = True
+        link = link_cluster(spec, out or Path("results") / spec.name, connect=True)
+    try:
+        res = _run_linked(spec, link, out, dry, rerun_failed, console)
+    finally:
+        if booted and not keep_cluster:
+            from shoal.cluster import manager
+
+            with console.status(f"taking cluster {spec.cluster.name!r} down (booted for this "
+                                "study; --keep-cluster keeps it) ..."):
+                left = manager.down(spec.cluster.name)
+            console.print(f"cluster {spec.cluster.name!r} is down" if not left else
+                          f"[red]cluster {spec.cluster.name!r}: could not remove {left}[/]")
+    return dataclasses.replace(
+        res, cluster=spec.cluster.name if spec.cluster.kind == "virtual" else None, booted=booted)
+
+
+def _run_linked(spec: StudySpec, link: ClusterLink, out: Path | None, dry: bool,
+                rerun_failed: bool, console: Console) -> RunOutcome:
+    from shoal.bundle import publish
+
     exps = expand(spec)
     out_dir = out or Path("results") / spec.name
-    link = link_cluster(spec, out_dir, connect=not dry)
     if dry:
         db = StudyDB.in_dir(out_dir, create=False) if (out_dir / DB_NAME).exists() else None
         try:

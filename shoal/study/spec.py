@@ -1,6 +1,8 @@
 """The study spec: a TOML file validated into dataclasses before anything runs.
 
-    [study]                      name, repetitions (5), timeout ("10m"), concurrency (1), partition,
+    [study]                      name, repetitions (5), timeout ("10m"; Slurm's time formats, a bare
+                                 number is minutes), concurrency (1), partition, sbatch_args (the
+                                 site's own sbatch options: ["--account=p", "--qos=q", ...]),
                                  privileged ("auto" | "prolog" | "direct": how kernel mounts get
                                  root; auto = direct when the harness is root, else the Prolog)
     [cluster]                    kind = "virtual" | "existing", name, nodes, network, storage
@@ -33,6 +35,7 @@ from typing import Any
 
 from shoal import limits, names
 from shoal.errors import ConfigError
+from shoal.slurm.timespec import parse_seconds
 
 # The methods shoal.staging will register; passed in explicitly once that registry exists.
 DEFAULT_METHODS: tuple[str, ...] = (
@@ -44,7 +47,7 @@ CLUSTER_KINDS = ("virtual", "existing")
 
 DEFAULTS: dict[str, Any] = {
     "study.repetitions": 5,
-    "study.timeout": 600.0,  # seconds per experiment (one job)
+    "study.timeout": "10",  # per experiment (one job); Slurm time, a bare number is minutes
     "study.concurrency": 1,
     "study.partition": None,
     "study.privileged": "auto",
@@ -55,11 +58,16 @@ DEFAULTS: dict[str, Any] = {
     "cluster.storage": None,
 }
 PRIVILEGED_MODES = ("auto", "prolog", "direct")
+# what the job scripts set themselves: a site's sbatch_args must not change them
+SHOAL_SBATCH_OPTIONS = frozenset({
+    "--nodes", "-N", "--ntasks-per-node", "--ntasks", "-n", "--exclusive", "--time", "-t",
+    "--output", "-o", "--chdir", "-D", "--job-name", "-J", "--partition", "-p",
+})
 
 _ALLOWED: dict[str, tuple[str, ...]] = {
     "": ("study", "cluster", "matrix"),
     "study": ("name", "repetitions", "timeout", "concurrency", "partition", "description",
-              "privileged"),
+              "privileged", "sbatch_args"),
     "cluster": ("kind", "name", "nodes", "network", "storage", "store"),
     "matrix": ("images", "methods", "workloads", "node_counts", "zip", "exclude"),
 }
@@ -91,6 +99,7 @@ class StudySpec:
     exclude: tuple[Mapping[str, str | int], ...] = ()
     description: str = ""
     privileged: str = "auto"
+    sbatch_args: tuple[str, ...] = ()  # the site's own sbatch options (--account, --qos, ...)
     path: str = "<string>"
     text: str = field(default="", repr=False, compare=False)
 
@@ -169,6 +178,7 @@ def parse_spec(
     privileged = v.string(study, "study.privileged")
     if privileged not in PRIVILEGED_MODES:
         v.fail("study.privileged", privileged, f"must be one of {', '.join(PRIVILEGED_MODES)}")
+    sbatch_args = v.sbatch_args(study, "study.sbatch_args")
 
     kind = v.string(cluster, "cluster.kind")
     if kind not in CLUSTER_KINDS:
@@ -240,25 +250,16 @@ def parse_spec(
         exclude=excludes,
         description=description,
         privileged=privileged,
+        sbatch_args=sbatch_args,
         path=source,
         text=text,
     )
 
 
 def parse_duration(value: Any) -> float | None:
-    """Seconds from 90, 90.5, "90s", "10m", "1h30m"; None if VALUE is none of these."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if not isinstance(value, str):
-        return None
-    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*",
-                     value)
-    if not m or not any(m.groups()):
-        return None
-    h, mi, s = (float(g) if g else 0.0 for g in m.groups())
-    return h * 3600 + mi * 60 + s
+    """Seconds of a duration in Slurm's formats (a bare number is minutes, as in sbatch --time);
+    None if VALUE is none of them. See shoal.slurm.timespec."""
+    return parse_seconds(value)
 
 
 class _Validator:
@@ -322,6 +323,23 @@ class _Validator:
             self.fail(key, val, "must be a non-empty string")
         return str(val)
 
+    def sbatch_args(self, tbl: Mapping[str, Any], key: str) -> tuple[str, ...]:
+        val = self._raw(tbl, key)
+        if val is None:
+            return ()
+        if not isinstance(val, list) or not all(isinstance(a, str) for a in val):
+            self.fail(key, val, "must be a list of sbatch options",
+                      'e.g. sbatch_args = ["--account=proj", "--qos=debug"]')
+        for arg in val:
+            if not arg.startswith("-") or "\n" in arg:
+                self.fail(key, arg, "is not an sbatch option (one option per string, "
+                          "starting with '-')", 'e.g. "--constraint=haswell"')
+            opt = arg.split("=", 1)[0]
+            if opt in SHOAL_SBATCH_OPTIONS:
+                self.fail(key, arg, f"{opt} is set by shoal for every run",
+                          "the matrix sets the node count; [study] timeout the time limit")
+        return tuple(val)
+
     def integer(self, tbl: Mapping[str, Any], key: str, minimum: int = 0,
                 maximum: int | None = None) -> int:
         val = self._raw(tbl, key)
@@ -348,8 +366,8 @@ class _Validator:
         val = self._raw(tbl, key)
         secs = parse_duration(val)
         if secs is None or not math.isfinite(secs) or secs <= 0:
-            self.fail(key, val, "must be a positive duration: seconds or a string like '90s', "
-                      "'10m', '1h30m'")
+            self.fail(key, val, "must be a positive duration: Slurm's '00:03:00', '3' (a bare "
+                      "number is minutes, as in sbatch --time) or '90s', '10m', '1h30m'")
         assert secs is not None
         if secs > limits.MAX_TIMEOUT_S:
             self.fail(key, val, f"{secs:.0f} s is more than the longest job allowed "

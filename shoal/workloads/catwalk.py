@@ -9,8 +9,6 @@ ROOT): ch-run binds the host's /tmp into the container, which holds the staged i
 kernel file systems are not part of the image.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import os
@@ -22,12 +20,12 @@ DEFAULT_SKIP = ("/proc", "/sys", "/dev", "/tmp", "/run")
 CHUNK = 1 << 20
 
 
-def walk(root: str, skip: tuple[str, ...], xdev: bool) -> tuple[list[str], int, int]:
+def walk(root: "str", skip: "tuple[str, ...]", xdev: "bool") -> "tuple[list[str], int, int]":
     """Regular files under root (no symlinks followed), the number of directories, errors."""
     root = os.path.abspath(root)
     skipped = {os.path.normpath(os.path.join(root, s.lstrip("/"))) for s in skip}
     root_dev = os.lstat(root).st_dev
-    files: list[str] = []
+    files: "list[str]" = []
     dirs = 0
     errors = 0
     stack = [root]
@@ -55,7 +53,7 @@ def walk(root: str, skip: tuple[str, ...], xdev: bool) -> tuple[list[str], int, 
     return files, dirs, errors
 
 
-def read_all(path: str, buf: bytearray) -> int:
+def read_all(path: "str", buf: "bytearray") -> "int":
     view = memoryview(buf)
     total = 0
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -71,7 +69,7 @@ def read_all(path: str, buf: bytearray) -> int:
         os.close(fd)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: "list[str] | None" = None) -> "int":
     ap = argparse.ArgumentParser(description="read every byte of every file under ROOT")
     ap.add_argument("root", nargs="?", default="/")
     ap.add_argument("--skip", action="append", default=None,

@@ -8,8 +8,6 @@ Skips /proc, /sys, /dev, /tmp and /run under ROOT and stays on ROOT's file syste
 the same reasons as catwalk (ch-run binds the host's /tmp, which holds the staged image).
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import os
@@ -20,7 +18,7 @@ import time
 DEFAULT_SKIP = ("/proc", "/sys", "/dev", "/tmp", "/run")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: "list[str] | None" = None) -> "int":
     ap = argparse.ArgumentParser(description="stat every file under ROOT")
     ap.add_argument("root", nargs="?", default="/")
     ap.add_argument("--skip", action="append", default=None,

@@ -93,9 +93,9 @@ def test_taken_name_is_refused(small_cluster: str) -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--nodes", "0"], "nodes = 0 is out of range"),
+        (["--nodes", "0"], "--nodes 0 is out of range: a virtual cluster has 1 to "),
         (["--nodes", "500"], "at most"),
-        (["--nodes", "513"], "nodes = 513 is out of range"),
+        (["--nodes", "513"], "--nodes 513 is out of range: a virtual cluster has 1 to 512"),
         (["--network", "infiniband"], "not a known profile"),
         (["--name", "Bad_Name"], "not a valid cluster name"),
     ],

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.cli import jsonout
 from shoal.cli.main import main as shoal_main
 from shoal.errors import ImageError
 from shoal.images import build, catalog, store
@@ -162,7 +163,9 @@ def test_cli_export_list_rm(
     assert shoal_main(["image", "export", "mpihello"]) == 0
     capsys.readouterr()
     assert shoal_main(["image", "list", "--json"]) == 0
-    listed = json.loads(capsys.readouterr().out)
+    doc = json.loads(capsys.readouterr().out)
+    assert not jsonout.problems(doc, jsonout.SCHEMAS["image.list"]) and doc["kind"] == "image.list"
+    listed = doc["images"]
     assert [m["name"] for m in listed] == ["mpihello"]
     assert set(listed[0]["exports"]) == {"tar.gz", "squashfs", "dir"}
     assert listed[0]["inputs_hash"] == mpihello.inputs_hash

@@ -1,6 +1,7 @@
 """The node agent's steps for real on the host, for every registered method (needs root).
 
-Each test runs the agent bundle with the system python3 (as on a node: no venv) against a small
+Each test runs the agent bundle with the system python3 (as on a node: no venv), and again with a
+Python 3.6 (RHEL 8's; skipped with a message where none is installed), against a small
 image exported into a temporary store, staging into a tmpfs mounted in a temporary directory.
 The collective step of broadcast methods (sbcast) is played by a copy here; the cluster tests
 run the real sbcast.
@@ -13,6 +14,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,11 @@ import pytest
 from shoal.bundle import write_bundle
 from shoal.errors import DistError, PrivilegeError
 from shoal.staging import base, registry
+from tests.python36 import python36
 
 PYTHON = "/usr/bin/python3"
+# the nodes' interpreters: Debian 12's, and RHEL 8's Python 3.6 where one is installed
+PYTHONS = [pytest.param(PYTHON, id="py3"), pytest.param("3.6", id="py3.6")]
 JOB = "4242"
 IMAGE = "tiny"
 
@@ -53,9 +58,21 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_bundle(tmp_path_factory.mktemp("agent") / "agent.pyz")
+@dataclass(frozen=True)
+class Agent:
+    """The bundle and the interpreter that runs it, as on a node (-I: no user site, no venv)."""
+
+    path: Path
+    python: str
+
+    def argv(self, *args: str, flags: tuple[str, ...] = ("-I",)) -> list[str]:
+        return [self.python, *flags, str(self.path), *args]
+
+
+@pytest.fixture(scope="module", params=PYTHONS)
+def agent(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Agent:
+    python = request.param if request.param != "3.6" else python36()
+    return Agent(write_bundle(tmp_path_factory.mktemp("agent") / "agent.pyz"), python)
 
 
 @pytest.fixture()
@@ -73,10 +90,10 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def agent_run(agent: Path, store: Path, stage_root: Path, *args: str,
+def agent_run(agent: Agent, store: Path, stage_root: Path, *args: str,
               env: dict[str, str] | None = None) -> dict[str, Any]:
     proc = subprocess.run(
-        [PYTHON, "-I", str(agent), "--store", str(store), "--stage-root", str(stage_root), *args],
+        agent.argv("--store", str(store), "--stage-root", str(stage_root), *args),
         capture_output=True, text=True, timeout=120, env=env,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
@@ -86,7 +103,7 @@ def agent_run(agent: Path, store: Path, stage_root: Path, *args: str,
     return rec
 
 
-def play_collective(method: str, store: Path, root: Path, agent: Path) -> None:
+def play_collective(method: str, store: Path, root: Path, agent: Agent) -> None:
     m = registry.get_method(method)
     if m.collective == "sbcast":
         ctx = base.Context(JOB, IMAGE, str(store), {}, str(root))
@@ -107,7 +124,7 @@ def loops_on(path: str) -> list[str]:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_stage_verify_cleanup(method: str, store: Path, agent: Path, tmpfs: Path) -> None:
+def test_stage_verify_cleanup(method: str, store: Path, agent: Agent, tmpfs: Path) -> None:
     root = tmpfs / "shoal"
     manifest = json.loads((store / IMAGE / "manifest.json").read_text())
     common = ("--job", JOB, "--image", IMAGE)
@@ -154,7 +171,7 @@ def test_stage_verify_cleanup(method: str, store: Path, agent: Path, tmpfs: Path
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_cleanup_is_idempotent(method: str, store: Path, agent: Path, tmpfs: Path) -> None:
+def test_cleanup_is_idempotent(method: str, store: Path, agent: Agent, tmpfs: Path) -> None:
     root = tmpfs / "shoal"
     rec = agent_run(agent, store, root, "stage", "--job", JOB, "--image", IMAGE,
                     "--method", method) if not registry.get_method(method).collective else None
@@ -167,7 +184,7 @@ def test_cleanup_is_idempotent(method: str, store: Path, agent: Path, tmpfs: Pat
     assert rec["ok"] and not (root / JOB).exists(), rec
 
 
-def test_tmpfs_too_small(store: Path, agent: Path, tmp_path: Path) -> None:
+def test_tmpfs_too_small(store: Path, agent: Agent, tmp_path: Path) -> None:
     small = tmp_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
@@ -183,7 +200,7 @@ def test_tmpfs_too_small(store: Path, agent: Path, tmp_path: Path) -> None:
         subprocess.run(["umount", "-l", str(small)], check=False)
 
 
-def test_verify_catches_flipped_byte(store: Path, agent: Path, tmpfs: Path) -> None:
+def test_verify_catches_flipped_byte(store: Path, agent: Agent, tmpfs: Path) -> None:
     root = tmpfs / "shoal"
     rec = agent_run(agent, store, root, "stage", "--job", JOB, "--image", IMAGE,
                     "--method", "untar")
@@ -196,7 +213,7 @@ def test_verify_catches_flipped_byte(store: Path, agent: Path, tmpfs: Path) -> N
     assert agent_run(agent, store, root, "cleanup", "--job", JOB)["ok"]
 
 
-def test_failed_stage_leaves_nothing(store: Path, agent: Path, tmpfs: Path,
+def test_failed_stage_leaves_nothing(store: Path, agent: Agent, tmpfs: Path,
                                      tmp_path: Path) -> None:
     bad = tmp_path / "badstore"
     shutil.copytree(store / IMAGE, bad / IMAGE, symlinks=True)
@@ -210,7 +227,7 @@ def test_failed_stage_leaves_nothing(store: Path, agent: Path, tmpfs: Path,
     shutil.rmtree(bad)
 
 
-def test_unknown_image_and_method(store: Path, agent: Path, tmpfs: Path) -> None:
+def test_unknown_image_and_method(store: Path, agent: Agent, tmpfs: Path) -> None:
     root = tmpfs / "shoal"
     rec = agent_run(agent, store, root, "stage", "--job", JOB, "--image", "nope",
                     "--method", "untar")
@@ -235,7 +252,7 @@ def test_privileged_methods_fail_up_front_unprivileged(store: Path, tmp_path: Pa
     assert not (tmp_path / "shoal").exists()
 
 
-def test_prolog_epilog(store: Path, agent: Path, tmpfs: Path) -> None:
+def test_prolog_epilog(store: Path, agent: Agent, tmpfs: Path) -> None:
     root = tmpfs / "shoal"
     req = store / ".shoal" / "requests" / f"{JOB}.json"
     req.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +260,7 @@ def test_prolog_epilog(store: Path, agent: Path, tmpfs: Path) -> None:
                                "method": "squashfs-kernel"}))
     env = {"PATH": os.environ["PATH"], "SLURM_JOB_ID": JOB, "SLURM_JOB_UID": "0"}
     try:
-        proc = subprocess.run([PYTHON, "-I", str(agent), "--store", str(store), "--stage-root",
+        proc = subprocess.run([*agent.argv("--store", str(store)), "--stage-root",
                                str(root), "prolog"], env=env, capture_output=True, text=True,
                               timeout=60)
         assert proc.returncode == 0, proc.stderr
@@ -253,7 +270,7 @@ def test_prolog_epilog(store: Path, agent: Path, tmpfs: Path) -> None:
         rec = agent_run(agent, store, root, "stage", "--job", JOB, "--image", IMAGE,
                         "--method", "squashfs-kernel")
         assert rec["ok"] and rec["staged_by"] == "prolog" and rec["reported_by"] == "step"
-        proc = subprocess.run([PYTHON, "-I", str(agent), "--stage-root", str(root), "epilog"],
+        proc = subprocess.run([*agent.argv("--stage-root", str(root)), "epilog"],
                               env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert not (root / JOB).exists()
@@ -282,8 +299,8 @@ def test_prolog_ignores_foreign_or_bad_requests(store: Path, tmp_path: Path) -> 
         req.unlink(missing_ok=True)
 
 
-def test_bundle_needs_only_the_standard_library(agent: Path) -> None:
+def test_bundle_needs_only_the_standard_library(agent: Agent) -> None:
     # -I -S: no site-packages at all, as on a node with a bare python3
-    proc = subprocess.run([PYTHON, "-I", "-S", str(agent), "methods"], capture_output=True,
+    proc = subprocess.run(agent.argv("methods", flags=("-I", "-S")), capture_output=True,
                           text=True, timeout=60, check=True)
     assert json.loads(proc.stdout)["methods"] == METHODS

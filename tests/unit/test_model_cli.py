@@ -46,7 +46,7 @@ def test_fit_predict_validate(tmp_path: Path) -> None:
     out = tmp_path / "model.json"
     r = runner.invoke(model, ["fit", str(export), "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
-    fitted = {g["method"]: g for g in json.loads(r.output)}
+    fitted = {g["method"]: g for g in json.loads(r.output)["groups"]}
     assert abs(fitted["untar"]["eta"] - 1.4) < 0.15 and abs(fitted["bcast"]["eta"] - 1.2) < 0.15
     r = runner.invoke(model, ["predict", "--model", str(out), "--site",
                               str(REPO / "examples/sites/eth10g-192.toml"),

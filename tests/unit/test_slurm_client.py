@@ -56,9 +56,28 @@ def test_hostlist_expand_and_compress() -> None:
     assert expand("") == []
     assert compress(["n1", "n2", "n3", "n7"]) == "n[1-3,7]"
     assert compress(["n01", "n02", "n04"]) == "n[01-02,04]"
-    assert expand(compress(["a5", "a6", "b", "a9"])) == ["a5", "a6", "a9", "b"]
+    assert compress(["node2", "node5"]) == "node[2,5]"  # was node[1-2] in a second implementation
+    assert expand(compress(["a5", "a6", "b", "a9"])) == ["a5", "a6", "b", "a9"]
     with pytest.raises(SlurmError):
         expand("n[1-x]")
+
+
+def _scontrol_samples() -> list[tuple[str, str, str]]:
+    rows = []
+    for line in data("scontrol_hostlist_22.05.tsv").splitlines():
+        if line and not line.startswith("#"):
+            verb, arg, out = line.split("\t")
+            rows.append((verb, arg, out))
+    return rows
+
+
+@pytest.mark.parametrize(("verb", "arg", "out"), _scontrol_samples())
+def test_hostlist_matches_scontrol(verb: str, arg: str, out: str) -> None:
+    """Captured `scontrol show hostnames|hostlist|hostlistsorted ARG` output (Slurm 22.05.8)."""
+    if verb == "hostnames":
+        assert expand(arg) == out.split(" ")
+    else:
+        assert compress(expand(arg), sort=verb == "hostlistsorted") == out
 
 
 def test_submit_returns_job_id_and_uses_prefix_and_env() -> None:

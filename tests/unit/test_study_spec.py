@@ -116,7 +116,12 @@ def test_find_line() -> None:
 
 
 def test_parse_duration() -> None:
-    assert parse_duration(90) == 90.0
+    assert parse_duration(90) == 90 * 60.0  # Slurm: a bare number is minutes
+    assert parse_duration("90") == 90 * 60.0
+    assert parse_duration("00:03:00") == 180.0  # Slurm H:M:S
+    assert parse_duration("3:30") == 210.0  # Slurm M:S
+    assert parse_duration("1-02") == 26 * 3600.0  # Slurm D-H
+    assert parse_duration("1-02:03:04") == 93784.0
     assert parse_duration("1h30m") == 5400.0
     assert parse_duration("45s") == 45.0
     assert parse_duration("10m") == 600.0

@@ -10,8 +10,6 @@ broadcast left: its record (``<image>.bcast.json``, checked against the store's 
 more) and the unpacked tree or the file.
 """
 
-from __future__ import annotations
-
 import json
 import os
 from typing import Any
@@ -36,11 +34,11 @@ from shoal.staging.methods.squashfs_kernel import loop_mount, loop_unmount
 RECORD_KEYS = ("bcast_seconds", "copy_seconds", "unpack_tail_seconds", "fed_by", "sent_bytes")
 
 
-def record_path(ctx: Context) -> str:
+def record_path(ctx: "Context") -> "str":
     return os.path.join(ctx.job_dir, f"{ctx.image}.bcast.json")
 
 
-def artifact_sha256(ctx: Context, kind: str) -> str:
+def artifact_sha256(ctx: "Context", kind: "str") -> "str":
     """The artifact's SHA-256 as the store's manifest has it (the only digest trusted)."""
     files = ctx.manifest().get("files")
     name = ctx.artifact_name(kind)
@@ -51,7 +49,7 @@ def artifact_sha256(ctx: Context, kind: str) -> str:
     return want
 
 
-def broadcast_record(ctx: Context, kind: str) -> dict[str, Any]:
+def broadcast_record(ctx: "Context", kind: "str") -> "dict[str, Any]":
     """The broadcast's record on this node, refused unless it delivered the manifest's bytes."""
     try:
         with open(record_path(ctx)) as f:
@@ -71,12 +69,12 @@ def broadcast_record(ctx: Context, kind: str) -> dict[str, Any]:
 class _Bcast(Method):
     collective = "bcast"
 
-    def check(self, ctx: Context) -> None:
+    def check(self, ctx: "Context") -> "None":
         require_exists(ctx.artifact(self.artifact), ctx)
         artifact_sha256(ctx, self.artifact)
         check_space(ctx, self.local_bytes_needed(ctx))
 
-    def _extra(self, rec: dict[str, Any]) -> dict[str, Any]:
+    def _extra(self, rec: "dict[str, Any]") -> "dict[str, Any]":
         out = {k: rec.get(k) for k in RECORD_KEYS}
         out["broadcast_bytes"] = rec.get("bytes")
         # the broadcast's process: hashing, writing, forwarding, and tar (its child) unpacking
@@ -90,18 +88,18 @@ class Bcast(_Bcast):
     artifact = "tar"
     description = "pipelined broadcast of the tarball among the nodes, unpacked as it streams"
 
-    def local_bytes_needed(self, ctx: Context) -> int:
+    def local_bytes_needed(self, ctx: "Context") -> "int":
         # the tarball is kept until this node's subtree has it, beside the growing tree
         return image_bytes(ctx) + ctx.artifact_bytes("tar")
 
-    def stage(self, ctx: Context) -> Staged:
+    def stage(self, ctx: "Context") -> "Staged":
         rec = broadcast_record(ctx, "tar")
         if not os.path.isdir(os.path.join(ctx.staged_dir, "etc")):
             raise DistError(f"the broadcast left no unpacked image at {ctx.staged_dir}", None)
         return Staged(ctx.staged_dir, storage_bytes_read=int(rec.get("storage_bytes_read") or 0),
                       extra=self._extra(rec))
 
-    def cleanup(self, ctx: Context) -> dict[str, Any]:
+    def cleanup(self, ctx: "Context") -> "dict[str, Any]":
         remove_tree(ctx.staged_dir)
         remove_tree(ctx.local_artifact("tar"))
         remove_tree(record_path(ctx))
@@ -114,14 +112,14 @@ class BcastSquashfs(_Bcast):
     privileged = True
     description = "pipelined broadcast of the SquashFS file among the nodes, loop-mounted (root)"
 
-    def check(self, ctx: Context) -> None:
+    def check(self, ctx: "Context") -> "None":
         require_root(self.name)
         super().check(ctx)
 
-    def local_bytes_needed(self, ctx: Context) -> int:
+    def local_bytes_needed(self, ctx: "Context") -> "int":
         return ctx.artifact_bytes("sqfs")
 
-    def stage(self, ctx: Context) -> Staged:
+    def stage(self, ctx: "Context") -> "Staged":
         rec = broadcast_record(ctx, "sqfs")
         local = ctx.local_artifact("sqfs")
         if not os.path.isfile(local) or os.path.getsize(local) != rec.get("bytes"):
@@ -132,7 +130,7 @@ class BcastSquashfs(_Bcast):
         staged.extra.update(self._extra(rec))
         return staged
 
-    def cleanup(self, ctx: Context) -> dict[str, Any]:
+    def cleanup(self, ctx: "Context") -> "dict[str, Any]":
         m = mount_at(ctx.staged_dir)
         out = loop_unmount(ctx.staged_dir, m.source if m else None)
         out.pop("mount_bytes_read", None)  # node-local reads, not shared storage

@@ -4,8 +4,6 @@ The copy is the driver's collective step (``sbcast -f [--fanout=K] [--compress] 
 once from the allocation's submit side); the node reads nothing from shared storage.
 """
 
-from __future__ import annotations
-
 import os
 from typing import Any
 
@@ -28,14 +26,14 @@ class Sbcast(Method):
     collective = "sbcast"
     description = "sbcast the tarball to node-local storage, unpack there"
 
-    def check(self, ctx: Context) -> None:
+    def check(self, ctx: "Context") -> "None":
         check_space(ctx, self.local_bytes_needed(ctx))
 
-    def local_bytes_needed(self, ctx: Context) -> int:
+    def local_bytes_needed(self, ctx: "Context") -> "int":
         # the tarball and the tree are both on the node until the tarball is removed
         return image_bytes(ctx) + ctx.artifact_bytes("tar")
 
-    def stage(self, ctx: Context) -> Staged:
+    def stage(self, ctx: "Context") -> "Staged":
         local = ctx.local_artifact("tar")
         if not os.path.isfile(local):
             raise DistError(f"sbcast did not deliver {local} to this node",
@@ -45,7 +43,7 @@ class Sbcast(Method):
         os.unlink(local)
         return Staged(ctx.staged_dir, storage_bytes_read=0, extra={"broadcast_bytes": size})
 
-    def cleanup(self, ctx: Context) -> dict[str, Any]:
+    def cleanup(self, ctx: "Context") -> "dict[str, Any]":
         remove_tree(ctx.staged_dir)
         remove_tree(ctx.local_artifact("tar"))
         return {}

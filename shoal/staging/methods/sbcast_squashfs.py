@@ -3,8 +3,6 @@
 Needs root on the node for the mount (the Prolog cannot help: the file arrives after it ran).
 """
 
-from __future__ import annotations
-
 import os
 from typing import Any
 
@@ -29,14 +27,14 @@ class SbcastSquashfs(Method):
     privileged = True
     description = "sbcast the SquashFS file to node-local storage, loop-mount it there (root)"
 
-    def check(self, ctx: Context) -> None:
+    def check(self, ctx: "Context") -> "None":
         require_root(self.name)
         check_space(ctx, self.local_bytes_needed(ctx))
 
-    def local_bytes_needed(self, ctx: Context) -> int:
+    def local_bytes_needed(self, ctx: "Context") -> "int":
         return ctx.artifact_bytes("sqfs")
 
-    def stage(self, ctx: Context) -> Staged:
+    def stage(self, ctx: "Context") -> "Staged":
         local = ctx.local_artifact("sqfs")
         if not os.path.isfile(local):
             raise DistError(f"sbcast did not deliver {local} to this node",
@@ -46,7 +44,7 @@ class SbcastSquashfs(Method):
         staged.extra["broadcast_bytes"] = os.path.getsize(local)
         return staged
 
-    def cleanup(self, ctx: Context) -> dict[str, Any]:
+    def cleanup(self, ctx: "Context") -> "dict[str, Any]":
         m = mount_at(ctx.staged_dir)
         out = loop_unmount(ctx.staged_dir, m.source if m else None)
         out.pop("mount_bytes_read", None)  # node-local reads, not shared storage

@@ -1,7 +1,5 @@
 """shared-dir: run straight from the unpacked image directory on shared storage (nothing local)."""
 
-from __future__ import annotations
-
 import os
 
 from shoal.errors import DistError
@@ -13,11 +11,11 @@ class SharedDir(Method):
     artifact = "dir"
     description = "use the unpacked image directory on shared storage in place"
 
-    def check(self, ctx: Context) -> None:
+    def check(self, ctx: "Context") -> "None":
         src = ctx.artifact("dir")
         require_exists(src, ctx)
         if not os.path.isdir(os.path.join(src, "etc")):
             raise DistError(f"{src} is not an image directory (no etc/)", "re-export the image")
 
-    def stage(self, ctx: Context) -> Staged:
+    def stage(self, ctx: "Context") -> "Staged":
         return Staged(ctx.artifact("dir"))

@@ -4,8 +4,6 @@ Needs root on the node: the agent mounts directly when the step runs as root, or
 does it (``nodeagent.py prolog``) from the job's request; otherwise check fails before anything.
 """
 
-from __future__ import annotations
-
 import os
 from typing import Any
 
@@ -25,7 +23,7 @@ from shoal.staging.base import (
 )
 
 
-def loop_mount(src: str, dest: str) -> Staged:
+def loop_mount(src: "str", dest: "str") -> "Staged":
     os.makedirs(dest, exist_ok=True)
     # a loop device of our own: `mount -o loop` would reuse one already bound to the same file,
     # which on nodes sharing a kernel (the virtual cluster) mixes the nodes' read counters and
@@ -46,8 +44,8 @@ def loop_mount(src: str, dest: str) -> Staged:
     return Staged(dest, storage_bytes_read=(loop_read_bytes(dev) or 0) - base, extra=extra)
 
 
-def loop_unmount(dest: str, dev: str | None, read_base: int = 0) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def loop_unmount(dest: "str", dev: "str | None", read_base: "int" = 0) -> "dict[str, Any]":
+    out: "dict[str, Any]" = {}
     if dev:
         # what the job read through the mount over its whole life (the workload's real reads)
         now = loop_read_bytes(dev)
@@ -66,14 +64,14 @@ class SquashfsKernel(Method):
     privileged = True
     description = "loop-mount the SquashFS file on shared storage (root or Prolog)"
 
-    def check(self, ctx: Context) -> None:
+    def check(self, ctx: "Context") -> "None":
         require_exists(ctx.artifact("sqfs"), ctx)
         require_root(self.name)
 
-    def stage(self, ctx: Context) -> Staged:
+    def stage(self, ctx: "Context") -> "Staged":
         return loop_mount(ctx.artifact("sqfs"), ctx.staged_dir)
 
-    def cleanup(self, ctx: Context) -> dict[str, Any]:
+    def cleanup(self, ctx: "Context") -> "dict[str, Any]":
         m = mount_at(ctx.staged_dir)
         return loop_unmount(ctx.staged_dir, m.source if m else None,
                             int(ctx.staged_extra.get("loop_read_base") or 0))

@@ -5,8 +5,6 @@ and left alone; on a site with proctrack/cgroup Slurm kills it at the end of the
 the mount belongs in the same step as the program (as ``ch-run image.sqfs`` does it).
 """
 
-from __future__ import annotations
-
 import os
 import shutil
 from typing import Any
@@ -16,7 +14,7 @@ from shoal.runner import run
 from shoal.staging.base import Context, Method, Staged, mount_at, register, require_exists, unmount
 
 
-def fuse_pid(mountpoint: str) -> int | None:
+def fuse_pid(mountpoint: "str") -> "int | None":
     """The squashfuse process serving mountpoint (found by its command line)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -32,8 +30,8 @@ def fuse_pid(mountpoint: str) -> int | None:
     return None
 
 
-def proc_figures(pid: int) -> dict[str, int]:
-    out: dict[str, int] = {}
+def proc_figures(pid: "int") -> "dict[str, int]":
+    out: "dict[str, int]" = {}
     try:
         with open(f"/proc/{pid}/io") as f:
             for line in f:
@@ -54,27 +52,27 @@ class Squashfuse(Method):
     artifact = "sqfs"
     description = "FUSE-mount the SquashFS file on shared storage (unprivileged)"
 
-    def check(self, ctx: Context) -> None:
+    def check(self, ctx: "Context") -> "None":
         require_exists(ctx.artifact("sqfs"), ctx)
         if shutil.which("squashfuse") is None:
             raise DependencyError("squashfuse not found on the node", "install squashfuse")
         if not os.path.exists("/dev/fuse"):
             raise DistError("/dev/fuse missing on the node", "load the fuse module")
 
-    def stage(self, ctx: Context) -> Staged:
+    def stage(self, ctx: "Context") -> "Staged":
         src = ctx.artifact("sqfs")
         os.makedirs(ctx.staged_dir, exist_ok=True)
         run(["squashfuse", src, ctx.staged_dir], timeout=120, what=f"squashfuse {src}")
         if mount_at(ctx.staged_dir) is None:
             raise DistError(f"squashfuse did not mount {src} on {ctx.staged_dir}", None)
         pid = fuse_pid(ctx.staged_dir)
-        extra: dict[str, Any] = {"fuse_pid": pid}
+        extra: "dict[str, Any]" = {"fuse_pid": pid}
         figs = proc_figures(pid) if pid else {}
         return Staged(ctx.staged_dir, storage_bytes_read=figs.get("rchar", 0),
-                      extra=extra | {"fuse_rss_bytes": figs.get("VmRSS")})
+                      extra=dict(extra, fuse_rss_bytes=figs.get("VmRSS")))
 
-    def cleanup(self, ctx: Context) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def cleanup(self, ctx: "Context") -> "dict[str, Any]":
+        out: "dict[str, Any]" = {}
         pid = fuse_pid(ctx.staged_dir)
         if pid:
             figs = proc_figures(pid)

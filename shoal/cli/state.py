@@ -4,7 +4,6 @@ through the service's HTTP API)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from pathlib import Path
@@ -14,6 +13,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from shoal.cli import jsonout
+from shoal.cli.options import cluster_option
 from shoal.errors import ConfigError
 from shoal.state.client import StateClient
 
@@ -31,8 +32,7 @@ def _client(cluster: str | None, socket: str | None, url: str | None) -> StateCl
 def _target(f: Any) -> Any:
     f = click.option("--url", default=None, help="API over TCP (writes need munge), e.g. http://ctl:6830.")(f)
     f = click.option("--socket", "socket_", default=None, help="API unix socket (peer credentials).")(f)
-    f = click.option("--cluster", default=None, help="Virtual cluster whose service to use.")(f)
-    return f
+    return cluster_option(required_default=False)(f)
 
 
 @click.group()
@@ -41,7 +41,7 @@ def state() -> None:
 
 
 @state.command()
-@click.option("--cluster", default=None, help="Serve a virtual cluster (started by `shoal cluster up`).")
+@cluster_option(required_default=False)
 @click.option("--nodes", default=None, help="A site's nodes as a Slurm host list, e.g. 'cn[001-128]'.")
 @click.option(
     "--node-address",
@@ -141,14 +141,16 @@ def _age(t: float) -> str:
 
 @state.command()
 @click.argument("node", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document (docs/JSON.md).")
 @_target
 def show(node: str | None, as_json: bool, cluster: str | None, socket_: str | None, url: str | None) -> None:
     """Desired and discovered state of every node (or one)."""
     c = _client(cluster, socket_, url)
     data = c.request("GET", f"/nodes/{node}" if node else "/nodes")
     if as_json:
-        click.echo(json.dumps(data, indent=1, sort_keys=True))
+        if node:
+            data = {"summary": c.request("GET", "/"), "nodes": [data]}
+        jsonout.emit("state.show", data)
         return
     rows = [data] if node else data["nodes"]
     t = Table(title=None if node else _summary(data["summary"]))
@@ -277,20 +279,21 @@ def thaw(nodes: tuple[str, ...], cluster: str | None, socket_: str | None, url: 
 @state.command()
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they happen.")
 @click.option("--after", type=int, default=0, show_default=True, help="Start after this event id.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document (docs/JSON.md); not with --follow.")
 @_target
 def events(
     follow: bool, after: int, as_json: bool, cluster: str | None, socket_: str | None, url: str | None
 ) -> None:
     """The event log (phases, transitions, Slurm updates, node reports)."""
     c = _client(cluster, socket_, url)
+    if as_json and follow:
+        raise ConfigError("--json prints one document: use it without --follow")
     # Without --follow: the log up to the newest event the service had when asked.
     newest = None if follow else int(c.request("GET", "/")["last_event"])
-    if newest is not None and after >= newest:
-        return
-    for ev in c.events(after=after):
+    collected: list[dict[str, Any]] = []
+    for ev in c.events(after=after) if newest is None or after < newest else []:
         if as_json:
-            click.echo(json.dumps(ev, sort_keys=True))
+            collected.append(ev)
         else:
             t = (
                 time.strftime("%H:%M:%S", time.localtime(ev["time"]))
@@ -299,7 +302,9 @@ def events(
             data = " ".join(f"{k}={v}" for k, v in sorted(ev["data"].items()))
             click.echo(f"{ev['id']:>7} {t} {ev['node'] or '-':<10} {ev['kind']:<12} {data}")
         if newest is not None and ev["id"] >= newest:
-            return
+            break
+    if as_json:
+        jsonout.emit("state.events", {"events": collected})
 
 
 @state.command()

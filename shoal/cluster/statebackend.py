@@ -31,10 +31,11 @@ from shoal.cluster.enter import enter_prefix, pid1
 from shoal.cluster.slurmconf import Addressing
 from shoal.cluster.state import ClusterDir, ClusterState
 from shoal.cluster.status import supervisor_of
-from shoal.errors import ClusterError
+from shoal.errors import ClusterError, ShoalError
 from shoal.runner import spawn
 from shoal.slurm.client import SlurmClient
 from shoal.state.backend import BackendError, Report
+from shoal.state.client import StateClient
 from shoal.state.engine import EngineConfig
 from shoal.state.service import DEFAULT_PORT, ServiceConfig
 
@@ -270,3 +271,20 @@ def stop_service(name: str, grace: float = 5.0) -> None:
         netns.kill_all([pid], grace=grace)
     with contextlib.suppress(FileNotFoundError):
         pid_file(name).unlink()
+
+
+@contextlib.contextmanager
+def hands_off(name: str, nodes: list[str]) -> Iterator[None]:
+    """Freeze NODES in the cluster's state service (when it runs) while another tool (`shoal
+    cluster upgrade`) stops and starts them, so the engine does not boot a node that tool is
+    about to start itself; thaw them afterwards."""
+    client = StateClient(socket_path=str(socket_path(name))) if service_pid(name) else None
+    if client is not None:
+        with contextlib.suppress(ShoalError):
+            client.request("POST", "/freeze", {"nodes": nodes})
+    try:
+        yield
+    finally:
+        if client is not None:
+            with contextlib.suppress(ShoalError):
+                client.request("POST", "/thaw", {"nodes": nodes})

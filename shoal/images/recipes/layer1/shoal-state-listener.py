@@ -16,16 +16,12 @@ import hashlib
 import http.client
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
 import threading
 import time
-
-try:
-    import queue
-except ImportError:  # pragma: no cover
-    import Queue as queue  # type: ignore
 
 PAYLOAD_VERSION = "shoal-state-v1"
 PATH = "/dsc/events"

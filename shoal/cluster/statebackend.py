@@ -30,7 +30,7 @@ from shoal.cluster import node as nodectl
 from shoal.cluster.enter import enter_prefix, pid1
 from shoal.cluster.slurmconf import Addressing
 from shoal.cluster.state import ClusterDir, ClusterState
-from shoal.cluster.status import supervisor_of
+from shoal.cluster.supervisor import supervisor_of
 from shoal.errors import ClusterError, ShoalError
 from shoal.runner import spawn
 from shoal.slurm.client import SlurmClient

@@ -48,7 +48,8 @@ elif args[0] == "update":
             nodes[n] = {"state": "DOWN", "reason": kv["Reason"]}
         elif kv["State"] == "RESUME":
             nodes[n] = {"state": "IDLE", "reason": ""}
-    json.dump(nodes, open(db, "w"))
+    json.dump(nodes, open(db + ".tmp", "w"))
+    os.replace(db + ".tmp", db)  # readers never see a half-written file
 else:
     sys.exit("fake scontrol: unsupported " + " ".join(args))
 '''

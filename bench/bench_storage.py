@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from shoal.cluster import enter, manager
+from shoal.cluster import cgroups, enter, manager
 from shoal.cluster.config import NETWORK_PROFILES, ClusterConfig
 from shoal.cluster.state import ClusterDir
 from shoal.runner import run
@@ -57,6 +57,9 @@ class Sample:
     nodes: int
     rep: int
     reads: list[Read]
+    # CPU seconds of the whole cluster (storage host, nodes' sshfs/ssh, dd) while it read: what
+    # the storage path costs the shared cores (shoal/cluster/cgroups.py)
+    cpu_s: float | None = None
 
     @property
     def per_node(self) -> list[float]:
@@ -93,19 +96,24 @@ def bench_mode(mode: str, size_mb: int, counts: list[int], reps: int, progress: 
             for n in counts:
                 progress.update(task, description=f"{mode}: {n} node(s), rep {rep + 1}/{reps}")
                 nodes = state.nodes[:n]
+                c0 = cgroups.usage(NAME).get("cpu_ns")
                 with ThreadPoolExecutor(n) as pool:
                     reads = list(pool.map(lambda nd: read_on(nd, f"/pfs/{data.name}"), nodes))
-                samples.append(Sample(mode, n, rep, reads))
+                c1 = cgroups.usage(NAME).get("cpu_ns")
+                cpu = (c1 - c0) / 1e9 if c0 is not None and c1 is not None else None
+                samples.append(Sample(mode, n, rep, reads, cpu))
                 progress.advance(task)
     return samples
 
 
 def table(samples: list[Sample], size_mb: int, reps: int) -> Table:
     link = (NETWORK_PROFILES[NETWORK].rate_mbit or 0) / 8  # MB/s
+    store = (NETWORK_PROFILES[NETWORK].storage_mbit or 0) / 8  # MB/s: the storage host's HTB
     t = Table(title=f"/pfs read of a {size_mb} MB file on N nodes at once, {NETWORK} "
-                    f"({link:.0f} MB/s per link), {reps} reps: mean (min-max)")
+                    f"({link:.0f} MB/s per link, storage host {store:.0f} MB/s), {reps} reps: "
+                    "mean (min-max)")
     for col in ("storage", "N", "per node MB/s", "aggregate MB/s", "limit per node", "limit aggregate",
-                "% of limit"):
+                "% of limit", "CPU s per 100 MB"):
         t.add_column(col, justify="right" if col not in ("storage",) else "left")
     keys = sorted({(s.mode, s.nodes) for s in samples}, key=lambda k: (k[0] != "bind", k[1]))
     for mode, n in keys:
@@ -113,14 +121,18 @@ def table(samples: list[Sample], size_mb: int, reps: int) -> Table:
         per = [v for s in group for v in s.per_node]
         agg = [s.aggregate for s in group]
         if mode == "sshfs":
-            lim_node, lim_agg = min(link, link / n), link
+            # every byte leaves through the storage host's link (HTB) and enters a node's link
+            lim_agg = min(store or link, link * n)
+            lim_node = min(link, lim_agg / n)
             pct = f"{100 * statistics.mean(agg) / lim_agg:.0f}%"
             lims = (f"{lim_node:.1f}", f"{lim_agg:.1f}")
         else:
             pct = "-"
             lims = (f"none ({link:.0f} link)", "none (memory)")
+        cpus = [s.cpu_s / (n * size_mb / 100) for s in group if s.cpu_s is not None]
         t.add_row(mode, str(n), f"{statistics.mean(per):.1f} ({min(per):.1f}-{max(per):.1f})",
-                  f"{statistics.mean(agg):.1f} ({min(agg):.1f}-{max(agg):.1f})", *lims, pct)
+                  f"{statistics.mean(agg):.1f} ({min(agg):.1f}-{max(agg):.1f})", *lims, pct,
+                  f"{statistics.mean(cpus):.2f}" if cpus else "-")
     return t
 
 
@@ -131,7 +143,10 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--modes", default="bind,sshfs")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--name", default="sfs2", help="cluster name (default %(default)s)")
     args = ap.parse_args()
+    global NAME
+    NAME = args.name
     counts = [int(x) for x in args.nodes.split(",")]
     if max(counts) > CLUSTER_NODES:
         ap.error(f"at most {CLUSTER_NODES} nodes")

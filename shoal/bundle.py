@@ -27,6 +27,7 @@ MODULES = (
     "shoal/names.py",
     "shoal/runner.py",
     "shoal/staging/base.py",
+    "shoal/staging/accounting.py",
     "shoal/staging/nodeagent.py",
     "shoal/staging/jobstep.py",
     "shoal/staging/record.py",
@@ -40,10 +41,13 @@ MODULES = (
     "shoal/staging/methods/shared_dir.py",
     "shoal/staging/bcast.py",
     "shoal/staging/methods/bcast.py",
+    "shoal/staging/oci.py",
+    "shoal/staging/methods/registry.py",
     "shoal/images/treedigest.py",
     "shoal/slurm/hostlist.py",
     # read as data by the `workload` step and copied into the container's view of /tmp
     "shoal/workloads/catwalk.py",
+    "shoal/workloads/startread.py",
     "shoal/workloads/statwalk.py",
 )
 PACKAGES = ("shoal", "shoal/staging", "shoal/images", "shoal/slurm", "shoal/workloads")

@@ -35,14 +35,19 @@ def cluster() -> None:
 @click.option("--tmpfs-size", default=None, help="Size of each node's local /tmp (e.g. 2G).")
 @click.option("--storage", default=None,
               help=f"Shared /pfs: {', '.join(ccfg.STORAGE_MODES)} (default bind; sshfs crosses the network).")
+@click.option("--storage-mbit", type=float, default=None,
+              help="Storage host bandwidth in Mbit/s with --storage sshfs (default: the network "
+                   "profile's; 0 = unshaped).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="Cluster settings (TOML).")
 @json_option
 def up(nodes: int | None, cluster: str | None, network: str | None, tmpfs_size: str | None,
-       storage: str | None, config_file: Path | None, as_json: bool) -> None:
+       storage: str | None, storage_mbit: float | None, config_file: Path | None,
+       as_json: bool) -> None:
     """Boot a cluster; returns when every node is IDLE in Slurm."""
     cfg = ccfg.load(config_file, {"nodes": nodes, "name": cluster, "network": network,
-                                  "tmpfs_size": tmpfs_size, "storage": storage})
+                                  "tmpfs_size": tmpfs_size, "storage": storage,
+                                  "storage_mbit": storage_mbit})
     with console.status(f"booting cluster {cfg.name!r} with {cfg.nodes} nodes ..."):
         res = manager.up(cfg)
     st = res.state
@@ -71,7 +76,9 @@ def up(nodes: int | None, cluster: str | None, network: str | None, tmpfs_size: 
     console.print(table)
     prof = cfg.profile
     console.print(f"network profile: {prof.name} ({prof.description})")
-    console.print(f"storage: {cfg.storage} ({ccfg.STORAGE_MODES[cfg.storage]})")
+    rate = cfg.storage_rate_mbit
+    console.print(f"storage: {cfg.storage} ({ccfg.STORAGE_MODES[cfg.storage]})"
+                  + (f", {rate:g} Mbit/s" if cfg.storage == "sshfs" and rate else ""))
     console.print(f"layer1 image: {st.layer1_image} ({res.layer1_size / 1e6:.0f} MB)")
     console.print(f"[bold green]all {len(st.nodes)} nodes idle[/] in {res.boot_seconds:.1f} s")
 

@@ -170,6 +170,22 @@ def print_report(rep: Report, out_dir: Path) -> None:
     console.print(f"plots:  {len(rep.plots)} in {out_dir / 'plots'}")
 
 
+@study.command("export")
+@click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv",
+              show_default=True)
+@click.option("--out", "dest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File to write (default: DIR/nodes.csv or DIR/nodes.jsonl).")
+def export_cmd(out_dir: Path, fmt: str, dest: Path | None) -> None:
+    """One row per node and run, every figure a scale model needs (see shoal.study.export)."""
+    from shoal.study.export import export
+
+    text = export(out_dir, fmt)
+    dest = dest or out_dir / f"nodes.{fmt}"
+    dest.write_text(text)
+    console.print(f"{max(0, text.count(chr(10)) - (fmt == 'csv'))} rows: {dest}")
+
+
 @study.command()
 @click.argument("dir_a", metavar="DIR_A", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("dir_b", metavar="DIR_B", type=click.Path(file_okay=False, path_type=Path))

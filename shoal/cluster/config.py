@@ -31,6 +31,10 @@ class NetworkProfile:
     rate_mbit: float | None  # None: unshaped
     burst_kbyte: int = 256
     latency_ms: int = 50
+    # The shared file system's aggregate bandwidth (the storage host's link, HTB), at the same
+    # 1/10 scale; None: unshaped. Separate from the per-node link: a 10 GbE cluster typically
+    # reads its file system at a few GB/s in total, not 10 Gbit/s per client.
+    storage_mbit: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -39,6 +43,7 @@ class NetworkProfile:
             "rate_mbit": self.rate_mbit,
             "burst_kbyte": self.burst_kbyte,
             "latency_ms": self.latency_ms,
+            "storage_mbit": self.storage_mbit,
         }
 
 
@@ -47,10 +52,14 @@ class NetworkProfile:
 NETWORK_PROFILES: dict[str, NetworkProfile] = {
     p.name: p
     for p in (
-        NetworkProfile("none", "unshaped veth links (memory speed)", None),
-        NetworkProfile("eth10g", "10 GbE scaled 1/10: 1 Gbit/s per link", 1000.0, 256),
-        NetworkProfile("opa100g", "100 Gb/s Omni-Path scaled 1/10: 10 Gbit/s per link", 10000.0, 1024),
-        NetworkProfile("eth1g", "1 GbE scaled 1/10: 100 Mbit/s per link", 100.0, 64),
+        NetworkProfile("none", "unshaped veth links (memory speed), unshaped storage", None),
+        NetworkProfile("eth10g", "10 GbE per node, 1 GB/s aggregate file system, scaled 1/10: "
+                       "1 Gbit/s per link, storage 800 Mbit/s", 1000.0, 256, storage_mbit=800.0),
+        NetworkProfile("opa100g", "100 Gb/s Omni-Path per node, 5 GB/s aggregate file system, "
+                       "scaled 1/10: 10 Gbit/s per link, storage 4 Gbit/s", 10000.0, 1024,
+                       storage_mbit=4000.0),
+        NetworkProfile("eth1g", "1 GbE per node, 500 MB/s aggregate file system, scaled 1/10: "
+                       "100 Mbit/s per link, storage 400 Mbit/s", 100.0, 64, storage_mbit=400.0),
     )
 }
 
@@ -72,6 +81,8 @@ class ClusterConfig:
     tmpfs_size: str = "2G"
     accounting: bool = True
     storage: str = "bind"
+    # storage host bandwidth in Mbit/s (storage = "sshfs"); None: the profile's storage_mbit
+    storage_mbit: float | None = None
     source: str = "defaults"
     extra_slurm_conf: tuple[str, ...] = field(default_factory=tuple)
     # The node state service (shoal/state) starts with the cluster and tells Slurm at once when
@@ -83,6 +94,13 @@ class ClusterConfig:
     @property
     def profile(self) -> NetworkProfile:
         return NETWORK_PROFILES[self.network]
+
+    @property
+    def storage_rate_mbit(self) -> float | None:
+        """The storage host's bandwidth: the config's, else the profile's (None: unshaped)."""
+        if self.storage_mbit is not None:
+            return self.storage_mbit or None  # 0 asks for unshaped storage explicitly
+        return self.profile.storage_mbit
 
     def node_names(self) -> list[str]:
         return topology.node_names(self.nodes)
@@ -97,6 +115,7 @@ _KEYS: dict[str, type] = {
     "tmpfs_size": str,
     "accounting": bool,
     "storage": str,
+    "storage_mbit": float,
     "extra_slurm_conf": list,
     "state_service": bool,
     "health_source": str,
@@ -217,7 +236,11 @@ def validate(raw: dict[str, Any], source: str = "defaults", text: str | None = N
                 f"known keys: {', '.join(sorted(_KEYS))}",
             )
         want = _KEYS[key]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
         ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if value is None and key == "storage_mbit":
+            ok = True
         if not ok:
             raise ConfigError(
                 f"{at}: {key} = {_short(value)} must be of type {want.__name__}",
@@ -264,6 +287,11 @@ def validate(raw: dict[str, Any], source: str = "defaults", text: str | None = N
         raise ConfigError(
             f"{where('health_source')}: health_source = 'state' needs state_service = true",
             "without the state service nothing would mark dead nodes DOWN",
+        )
+    if cfg.storage_mbit is not None and not 0 <= cfg.storage_mbit <= 1e6:
+        raise ConfigError(
+            f"{where('storage_mbit')}: storage_mbit = {cfg.storage_mbit:g} is out of range",
+            "give the storage host's bandwidth in Mbit/s (0 = unshaped), e.g. 800",
         )
     if not 1 <= cfg.cpus_per_node <= MAX_CPUS_PER_NODE:
         raise ConfigError(

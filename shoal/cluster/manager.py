@@ -14,6 +14,7 @@ in shoal/cluster/files/ (scripts.py). This module strings them together and owns
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from shoal.bundle import write_bundle
-from shoal.cluster import capacity, controller, netns, node, scripts, secrets, storage
+from shoal.cluster import capacity, cgroups, controller, netns, node, scripts, secrets, storage
 from shoal.cluster.config import ClusterConfig
 from shoal.cluster.enter import new_namespaces, pid1, slurm_client
 from shoal.cluster.slurmconf import (
@@ -202,10 +203,18 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     for name in state.nodes:
         node.prepare_node(cd, name)
 
-    # -- network: the bridges (one per NODES_PER_BRIDGE nodes), a netns + veth per host
+    # -- network: the bridges (one per NODES_PER_BRIDGE nodes), a netns + veth per host; the
+    # storage host's link gets its own bandwidth (HTB), separate from the per-node links (tbf)
+    storage_rate = cfg.storage_rate_mbit if cfg.storage == "sshfs" else None
+    htb = netns.htb_args(storage_rate, cfg.profile.burst_kbyte) if storage_rate else []
     links = [(state.netns(h), state.host_veth(h), state.bridge_of(h)) for h in state.netns_hosts()]
-    netns.create_network(state.bridge_plan, links, cfg.profile)
+    netns.create_network(state.bridge_plan, links, cfg.profile,
+                         htb={state.host_veth("storage"): htb} if htb else None)
     tbf = " ".join(netns.tbf_args(cfg.profile))
+    # -- per-host cgroups (accounting, memory limit): PID 1 of each host joins its own
+    use_cgroups = cgroups.available()
+    write_file(cd.etc_slurm / FABRIC_FILE,
+               json.dumps(fabric(cfg, state, addr, use_cgroups), indent=1, sort_keys=True) + "\n")
     for name_ in (scripts.NET_UP, scripts.NODE_INIT, scripts.CONTROLLER_INIT):
         scripts.install(name_, cd.root / name_)
     common = {
@@ -221,6 +230,9 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
     # nodes mount it with sshfs instead of binding SHOAL_PFS (shoal/cluster/storage.py).
     if cfg.storage == "sshfs":
         storage_env, mount_script = storage.prepare(cd, addr, store, tbf)
+        storage_env.update({"SHOAL_TBF": "", "SHOAL_STORAGE_HTB": " ".join(htb)})
+        if use_cgroups:
+            storage_env.update(cgroups.create(cfg.name, "storage").env())
         state.storage_pid = spawn(
             new_namespaces(state.netns("storage"), ["/bin/sh", str(storage.StorageFiles.of(cd).init_script)]),
             log_path=cd.logs / "storage.console", env={**storage_env, "SHOAL_NET_UP": common["SHOAL_NET_UP"]},
@@ -228,6 +240,7 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
         cd.save(state)
         storage.wait_listening(state.storage_pid, cd.logs / "storage.console")
         common["SHOAL_SSHFS_MOUNT"] = str(mount_script)
+        common["SHOAL_STORAGE_LINK"] = f"/sys/class/net/{state.host_veth('storage')}/statistics"
     # Nodes first: they do not need the controller to start, and slurmctld pings every
     # configured node when it comes up, so the order costs nothing.
     for i, name in enumerate(state.nodes, 1):
@@ -244,14 +257,38 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path) 
             "SHOAL_MUNGE_UID": str(muid),
             "SHOAL_MUNGE_GID": str(mgid),
             "SHOAL_ETC_MUNGE": str(node_munge),
+            **(cgroups.create(cfg.name, name, cfg.memory_mb_per_node).env() if use_cgroups else {}),
         })
         state.node_pids[name] = node.start_node(cd, state, name)
         state.node_images[name] = state.layer1_hash
     if install_db is not None:
         controller.wait_install_db(cd, install_db)
     env = controller.controller_env(common, cd, addr.controller, cfg.accounting)
+    if use_cgroups:
+        env.update(cgroups.create(cfg.name, "ctl").env())
     state.controller_pid = controller.start_controller(cd, state, env)
     cd.save(state)
+
+
+FABRIC_FILE = "shoal-fabric.json"  # in /etc/slurm: read by shoal.staging.accounting.fabric
+
+
+def fabric(cfg: ClusterConfig, state: ClusterState, addr: Addressing, use_cgroups: bool
+           ) -> dict[str, object]:
+    """The capacities a job needs to say what bound it (link and storage bandwidth, cores)."""
+    return {
+        "cluster": cfg.name,
+        "profile": cfg.network,
+        "link_mbit": cfg.profile.rate_mbit,
+        "storage": cfg.storage,
+        "storage_mbit": cfg.storage_rate_mbit if cfg.storage == "sshfs" else None,
+        "storage_ip": addr.storage if cfg.storage == "sshfs" else None,
+        "host_cores": os.cpu_count() or 1,
+        "cpus_per_node": cfg.cpus_per_node,
+        "memory_mb_per_node": cfg.memory_mb_per_node,
+        "nodes": len(state.nodes),
+        "cgroups": use_cgroups,
+    }
 
 
 def _write_slurm_config(cfg: ClusterConfig, cd: ClusterDir, addr: Addressing, db_password: str) -> None:
@@ -342,6 +379,8 @@ def down(name: str, keep_state: bool = False) -> list[str]:
     netns.delete_network(state.bridge_plan, namespaces)
     remaining = netns.leftovers(state.bridge_plan, namespaces)
     remaining += [f"pid {p}" for p in netns.pids_in_netns(inodes)]
+    if not any(r.startswith("pid ") for r in remaining):
+        remaining += cgroups.remove(name)
     if not remaining:
         if keep_state:
             state.phase = "down"

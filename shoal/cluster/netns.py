@@ -33,9 +33,26 @@ def tbf_args(profile: NetworkProfile) -> list[str]:
     ]
 
 
-def create_network(plan: BridgePlan, links: list[tuple[str, str, str]], profile: NetworkProfile) -> None:
+def htb_args(rate_mbit: float, burst_kbyte: int) -> list[str]:
+    """HTB class parameters of the storage host's link (its own bandwidth, both directions).
+
+    HTB rather than tbf: it is the qdisc a site would use to share one server link between
+    classes, and its burst must cover at least one timer tick at the rate (rate/HZ) or the
+    configured rate is not reached.
+    """
+    burst = max(burst_kbyte, int(rate_mbit * 1e6 / 8 / 250 / 1024) + 1)
+    return ["rate", f"{rate_mbit:g}mbit", "ceil", f"{rate_mbit:g}mbit", "burst", f"{burst}kb",
+            "cburst", f"{burst}kb"]
+
+
+def create_network(plan: BridgePlan, links: list[tuple[str, str, str]], profile: NetworkProfile,
+                   htb: dict[str, list[str]] | None = None) -> None:
     """Create the bridges, the trunks between them and one (netns, host veth, bridge) link per
-    host; the namespace end of each veth is named eth0 (shoal/cluster/topology.py: the layout)."""
+    host; the namespace end of each veth is named eth0 (shoal/cluster/topology.py: the layout).
+
+    Host veths named in HTB get an HTB class with those parameters instead of the profile's tbf
+    (the storage host's link)."""
+    htb = htb or {}
     ip_lines: list[str] = []
     for br in plan.bridges:
         ip_lines += [f"link add {br} type bridge", f"link set {br} up"]
@@ -53,8 +70,15 @@ def create_network(plan: BridgePlan, links: list[tuple[str, str, str]], profile:
         ]
     run(["ip", "-batch", "-"], input="\n".join(ip_lines) + "\n", what="creating the cluster network")
     tbf = tbf_args(profile)
-    if tbf:
-        tc_lines = [" ".join(["qdisc", "add", "dev", veth, "root", "tbf", *tbf]) for _, veth, _ in links]
+    tc_lines: list[str] = []
+    for _, veth, _ in links:
+        if veth in htb:
+            tc_lines += [f"qdisc add dev {veth} root handle 1: htb default 10",
+                         " ".join(["class", "add", "dev", veth, "parent", "1:", "classid", "1:10",
+                                   "htb", *htb[veth]])]
+        elif tbf:
+            tc_lines.append(" ".join(["qdisc", "add", "dev", veth, "root", "tbf", *tbf]))
+    if tc_lines:
         run(["tc", "-batch", "-"], input="\n".join(tc_lines) + "\n", what="shaping the cluster links")
 
 

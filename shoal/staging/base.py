@@ -18,7 +18,7 @@ import contextlib
 import json
 import os
 import shutil
-import time
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
@@ -54,6 +54,8 @@ class Context:
         self.stage_root = stage_root
         # what stage recorded (Staged.extra), given back to cleanup
         self.staged_extra: "dict[str, Any]" = {} if staged_extra is None else staged_extra
+        # sub-phases a method times inside its stage step: shoal.staging.accounting.phase(ctx, name)
+        self.phases: "dict[str, Any]" = {}
         self._manifest: "dict[str, Any] | None" = None
 
     def __repr__(self) -> "str":
@@ -135,8 +137,13 @@ class Method:
     name: "ClassVar[str]" = ""
     artifact: "ClassVar[str]" = "tar"  # which store artifact it uses: tar, sqfs or dir
     collective: "ClassVar[str | None]" = None  # driver-side step between check and stage
+    # driver-side step before anything is timed ("registry-push": fill the cluster's registry)
+    prepare: "ClassVar[str | None]" = None
     privileged: "ClassVar[bool]" = False  # needs root on the node (mounts)
     description: "ClassVar[str]" = ""
+    # what its stage step is in the job's phase breakdown: "stage" (a copy/unpack into the node)
+    # or "mount" (lazy: the image stays where it is, reads happen in the workload)
+    phase: "ClassVar[str]" = "stage"
 
     def check(self, ctx: "Context") -> "None":
         """Fail before anything is changed on the node (missing file, privilege, space)."""
@@ -378,23 +385,23 @@ class Sampler:
         self.path = path
         self.interval = interval
         self.peak = used_bytes(path)
-        self._stop = False
+        # an Event, not sleep(): stopping must not wait out an interval, or every lazy staging
+        # time would have a floor of one interval
+        self._stop = threading.Event()
 
     @contextlib.contextmanager
     def running(self) -> "Iterator[Sampler]":
-        import threading
-
         def loop() -> "None":
-            while not self._stop:
+            while not self._stop.is_set():
                 self.peak = max(self.peak, used_bytes(self.path))
-                time.sleep(self.interval)
+                self._stop.wait(self.interval)
 
         t = threading.Thread(target=loop, daemon=True)
         t.start()
         try:
             yield self
         finally:
-            self._stop = True
+            self._stop.set()
             t.join()
             self.peak = max(self.peak, used_bytes(self.path))
 

@@ -63,6 +63,9 @@ class Workload(NamedTuple):
     kind: "str"
     argv: "tuple[str, ...]"
     script: "str | None" = None
+    # "node" workloads only: one process per allocated core of the node (SLURM_CPUS_ON_NODE),
+    # all started at once, as an MPI code's ranks start (pynamic: every rank imports everything)
+    per_core: "bool" = False
 
 
 WORKLOADS: "dict[str, Workload]" = {
@@ -70,7 +73,10 @@ WORKLOADS: "dict[str, Workload]" = {
     for w in (
         Workload("catwalk", "node", ("python3", "{script}", "/"), "catwalk.py"),
         Workload("statwalk", "node", ("python3", "{script}", "/"), "statwalk.py"),
-        Workload("pynamic", "node", ("python3", "/opt/pynamic/pynamic_driver.py", "--t0", "{t0}")),
+        # an application's start-up: a few % of the image's files read (shoal/workloads/startread.py)
+        Workload("startread", "node", ("python3", "{script}", "/"), "startread.py"),
+        Workload("pynamic", "node", ("python3", "/opt/pynamic/pynamic_driver.py", "--t0", "{t0}"),
+                 per_core=True),
         Workload("mpihello", "mpi", ("mpihello",)),
         Workload("lammps", "mpi", ("lammps-lj",)),
     )
@@ -211,11 +217,26 @@ def do_workload(ctx: "Context", name: "str", timeout: "float") -> "dict[str, Any
         io0 = proc_io()
         w0, t0 = time.time(), time.monotonic()
         argv = [a.format(script=script, t0=f"{w0:.6f}") for a in wl.argv]
-        done = run(["ch-run", staged, "--", *argv], timeout=timeout, check=False,
-                   env=user_env(), what=f"workload {name}")
+        ranks = max(1, int(os.environ.get("SLURM_CPUS_ON_NODE") or "1")) if wl.per_core else 1
+
+        def one(_: int) -> Any:
+            return run(["ch-run", staged, "--", *argv], timeout=timeout, check=False,
+                       env=user_env(), what=f"workload {name}")
+
+        if ranks == 1:
+            outs = [one(0)]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=ranks) as pool:
+                outs = list(pool.map(one, range(ranks)))
         seconds = time.monotonic() - t0
         io1 = proc_io()
+        # the slowest rank decides; a failed one wins over any success
+        done = max(outs, key=lambda d: (d.returncode != 0, d.seconds))
         fom = last_json(done.stdout)
+        if fom is not None and ranks > 1:
+            fom = dict(fom, ranks=ranks)
         rec.update({
             "seconds": round(seconds, 6), "wall_start": w0, "wall_end": time.time(),
             "fom": fom or {}, "returncode": done.returncode,
@@ -368,8 +389,12 @@ def _int(v: "Any") -> "int | None":
 def merge(node: "str", *, method: "str", image: "str", workload: "str", job: "str", batch_node: "str",
           stage: "dict[str, Any] | None", work: "dict[str, Any] | None", scope: "str",
           clean: "dict[str, Any] | None", error: "str | None", collective_s: "float | None",
-          collective_bytes: "int", job_stage_s: "float | None") -> "dict[str, Any]":
-    """The node's record in the study's job contract (shoal.study.jobscript)."""
+          collective_bytes: "int", job_stage_s: "float | None",
+          acct: "dict[str, Any] | None" = None) -> "dict[str, Any]":
+    """The node's record in the study's job contract (shoal.study.jobscript).
+
+    ACCT: this node's accounting fields and the run's (``run_accounting``); where they measured
+    the node's bytes from the storage host, those replace the method-based estimate."""
     s = stage or {}
     w = work or {}
     c = clean or {}
@@ -409,7 +434,80 @@ def merge(node: "str", *, method: "str", image: "str", workload: "str", job: "st
         "cleanup_ok": bool(c.get("ok")) if c else None,
         "cleanup_left": c.get("left") if c else None,
     }
+    if isinstance(s.get("phases"), dict):
+        rec["stage_subphases"] = s["phases"]
+    if acct:
+        rec["bytes_estimate_from_storage"] = storage
+        rec.update(acct)
+        if acct.get("storage_rx_bytes") is not None:
+            rec["bytes_from_storage"] = acct["storage_rx_bytes"]
+        if acct.get("net_rx_bytes") is not None:
+            rec["bytes_net_rx"] = acct["net_rx_bytes"]
     return rec
+
+
+def _delta(a: "dict[str, Any]", b: "dict[str, Any]", key: "str") -> "int | None":
+    x, y = _int(a.get(key)), _int(b.get(key))
+    return None if x is None or y is None else y - x
+
+
+def run_accounting(clock: "Any", nodes: "list[str]", first: "dict[str, dict[str, Any]]",
+                   last: "dict[str, dict[str, Any]]", end_wall: "float | None",
+                   fab: "dict[str, Any]") -> "dict[str, dict[str, Any]]":
+    """Per node: the run's one clock, its phases, CPU seconds, memory and bytes, and the bound.
+
+    Time to solution runs from the job step's start (the clock's first mark, before any launch)
+    to the last node's workload end. Phase times are the batch side's marks (every node's step
+    of a phase is inside them); CPU and memory per phase come from each node's cgroup at the
+    marks; bytes from each node's interface counters at its first and last agent step.
+    """
+    from shoal.staging.accounting import classify_bound, host_cores, utilisation
+
+    table = clock.phase_table()
+    win = clock.window("workload")
+    start = clock.start["w"]
+    run: "dict[str, Any]" = {
+        "job_start": start,
+        "time_to_solution": None if end_wall is None else round(end_wall - start, 6),
+        "cluster_cpu_s": win["cluster_cpu_s"], "host_cpu_util": win["host_cpu_util"],
+        "storage_served_bytes": win["storage_served_bytes"],
+        "storage_received_bytes": win["storage_received_bytes"],
+        "link_mbit": fab.get("link_mbit"), "storage_mbit": fab.get("storage_mbit"),
+        "storage_kind": fab.get("storage"), "host_cores": fab.get("host_cores") or host_cores(),
+    }
+    for ph, ent in table.items():
+        run[f"phase_{ph}_s"] = ent["seconds"]
+    per: "dict[str, dict[str, Any]]" = {}
+    busiest: "int | None" = None
+    for n in nodes:
+        a = (first.get(n) or {}).get("c0") or {}
+        b = (last.get(n) or {}).get("c1") or {}
+        rec: "dict[str, Any]" = {
+            "net_rx_bytes": _delta(a, b, "net_rx"), "net_tx_bytes": _delta(a, b, "net_tx"),
+            "storage_rx_bytes": _delta(a, b, "storage_rx"),
+        }
+        cpu_total = 0.0
+        peaks: "list[int]" = []
+        for ph, ent in table.items():
+            u = ent["nodes"].get(n) or {}
+            rec[f"cpu_{ph}_s"] = u.get("cpu_s")
+            rec[f"mem_peak_{ph}_bytes"] = u.get("memory_peak_bytes")
+            if u.get("cpu_s") is not None:
+                cpu_total += u["cpu_s"]
+            if u.get("memory_peak_bytes") is not None:
+                peaks.append(u["memory_peak_bytes"])
+        rec["cpu_s"] = round(cpu_total, 6) if table else None
+        rec["memory_peak_bytes"] = max(peaks) if peaks else None
+        moved = [v for v in (rec["net_rx_bytes"], rec["net_tx_bytes"]) if v is not None]
+        if moved:
+            busiest = max(busiest or 0, max(moved))
+        per[n] = rec
+    util = utilisation(win["seconds"], win["cluster_cpu_s"], run["host_cores"], busiest,
+                       fab.get("link_mbit"), win["storage_served_bytes"], fab.get("storage_mbit"))
+    run.update({f"util_{k}": None if v is None else round(v, 4) for k, v in util.items()})
+    run["busiest_link_bytes"] = busiest
+    run["bound"] = classify_bound(util, win["host_cpu_util"], run["host_cores"])
+    return {n: {**run, **per[n]} for n in nodes}
 
 
 def do_job(*, agent: "str", store: "str", method_name: "str", image: "str", workload: "str",
@@ -422,9 +520,15 @@ def do_job(*, agent: "str", store: "str", method_name: "str", image: "str", work
     if not job or not nodes:
         sys.stderr.write("shoal job: run me inside a Slurm batch job (SLURM_JOB_ID unset)\n")
         return 2
+    from shoal.staging.accounting import Clock, fabric
+
     batch_node = node_name()
+    # the one clock of every method: from here (before any launch) to the last workload end
+    clock = Clock(nodes)
     t_start = time.monotonic()
     steps = Steps(agent, store, nodes, t_start + timeout)
+    first: "dict[str, dict[str, Any]]" = {}  # each node's first agent record (counters at start)
+    end_wall: "float | None" = None
     errors: "dict[str, str]" = {}
     stage: "dict[str, dict[str, Any]]" = {}
     work: "dict[str, dict[str, Any]]" = {}
@@ -443,7 +547,7 @@ def do_job(*, agent: "str", store: "str", method_name: "str", image: "str", work
             if method.collective not in ("sbcast", "bcast"):
                 raise DistError(f"method {method.name} asks for unknown collective "
                                 f"{method.collective!r}")
-            _, errors = steps.agent_step("check", *common, "--method", method.name)
+            first, errors = steps.agent_step("check", *common, "--method", method.name)
             if not errors and method.collective == "sbcast":
                 try:
                     collective_s = _sbcast(steps, ctx, method.artifact, fanout, compress)
@@ -460,8 +564,12 @@ def do_job(*, agent: "str", store: "str", method_name: "str", image: "str", work
                     timeout=limit, env=bcast_env())
                 collective_s = round(time.monotonic() - t0, 6)
                 errors = bcast_failures(brecs, errors)
+            clock.mark("collective")
         if not errors:
             stage, errors = steps.agent_step("stage", *common, "--method", method.name)
+            for n, r in stage.items():
+                first.setdefault(n, r)
+            clock.mark(method.phase)
         job_stage_s = round(time.monotonic() - t_start, 6)
         if not errors:
             if wl.kind == "node":
@@ -476,6 +584,10 @@ def do_job(*, agent: "str", store: "str", method_name: "str", image: "str", work
                 work = {n: mrec for n in nodes}
                 if not mrec["ok"]:
                     errors = {n: str(mrec["error"]) for n in nodes}
+            ends = [float(r["wall_end"]) for r in work.values()
+                    if isinstance(r.get("wall_end"), (int, float))]
+            end_wall = max(ends) if ends and len(work) == len(nodes) else None
+            clock.mark("workload")
         else:
             bad = ", ".join(sorted(errors))
             for n in nodes:
@@ -488,15 +600,22 @@ def do_job(*, agent: "str", store: "str", method_name: "str", image: "str", work
         # everything of the job on every node: this is the job's own allocation
         clean, cfailed = steps.agent_step("cleanup", "--job", job,
                                           timeout=max(CLEANUP_TIMEOUT, steps.left(0)))
+        clock.mark("cleanup")
         for n, why in cfailed.items():
             errors.setdefault(n, why)
     for line in steps.log:
         sys.stderr.write(f"shoal job: {line}\n")
+    acct: "dict[str, dict[str, Any]]" = {}
+    try:
+        acct = run_accounting(clock, nodes, first, clean, end_wall, fabric())
+    except Exception as exc:  # accounting must never cost the run its records
+        sys.stderr.write(f"shoal job: accounting failed: {type(exc).__name__}: {exc}\n")
     for n in nodes:
         rec = merge(n, method=method_name, image=image, workload=workload, job=job,
                     batch_node=batch_node, stage=stage.get(n), work=work.get(n), scope=scope,
                     clean=clean.get(n), error=errors.get(n), collective_s=collective_s,
-                    collective_bytes=collective_bytes, job_stage_s=job_stage_s)
+                    collective_bytes=collective_bytes, job_stage_s=job_stage_s,
+                    acct=acct.get(n))
         out.write(json.dumps(rec, sort_keys=True) + "\n")
     out.flush()
     return 1 if errors else 0

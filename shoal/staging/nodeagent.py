@@ -15,6 +15,7 @@ Subcommands (``--job`` defaults to $SLURM_JOB_ID, ``--store`` to /pfs/store):
                                    anything left: mounts, loop devices, files
     bcast   --method M --image I --nodes A,B,...   this node's part of a pipelined broadcast
                                    (bcast methods' collective step: one srun over all nodes)
+    registry-push --image I --registry URL   push the store's tarball as a one-layer OCI image
     workload --image I --workload W   run W in the staged image on this node (ch-run), timed
     job --method M --image I --workload W   one study run from its batch script: the steps above
                                    on every node, one record per node (shoal.staging.jobstep)
@@ -171,6 +172,8 @@ def do_stage(ctx: "Context", method: "Method", by: "str" = "step") -> "dict[str,
             "staged_by": by,
         })
         rec.update(staged.extra)
+        if ctx.phases:  # sub-phases the method timed itself (shoal.staging.accounting.phase)
+            rec["phases"] = ctx.phases
         # this step's CPU, plus what a collective step spent on this node (bcast's process)
         rec["cpu_seconds"] = round(cpu_seconds() - cpu0 + float(
             staged.extra.get("collective_cpu_seconds") or 0), 4)
@@ -369,6 +372,22 @@ def do_bcast(ctx: "Context", method: "Method", nodes: "list[str]", *, fanout: "i
     return rec
 
 
+def do_registry_push(ctx: "Context", url: "str") -> "dict[str, Any]":
+    """Push the store's tarball of ctx.image to the registry at URL (run where it is writable)."""
+    from shoal.staging import oci
+    from shoal.staging.methods.bcast import artifact_sha256
+
+    rec = base_record("registry-push", ctx, "registry")
+    try:
+        rec.update(oci.push(url, ctx.image, ctx.artifact("tar"), artifact_sha256(ctx, "tar")))
+        rec["ok"] = True
+    except oci.RegistryError as exc:
+        fail(rec, DistError(str(exc), "is the registry running? (shoal cluster status)"))
+    except Exception as exc:
+        fail(rec, exc)
+    return rec
+
+
 def read_request(store: "str", job: "str", job_uid: "int | None") -> "dict[str, Any] | None":
     """The job's staging request, if its owner left one (validated: this runs as root)."""
     path = os.path.join(store, REQUESTS_DIR, f"{job}.json")
@@ -455,6 +474,9 @@ def main(argv: "list[str] | None" = None) -> "int":
     bc.add_argument("--port", type=int, default=0, help="TCP port (default: from job and step)")
     bc.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: pacing
     bc.add_argument("--timeout", type=float, default=600.0)
+    rp = sub.add_parser("registry-push", help="push a store image to a writable registry")
+    rp.add_argument("--image", required=True)
+    rp.add_argument("--registry", required=True, help="http://HOST:PORT")
     j = sub.add_parser("job", help="one study run from a batch script (shoal.staging.jobstep)")
     j.add_argument("--method", required=True)
     j.add_argument("--image", required=True)
@@ -486,9 +508,18 @@ def main(argv: "list[str] | None" = None) -> "int":
     if args.cmd == "methods":
         emit({"methods": method_names()})
         return 0
+    if args.cmd == "registry-push":
+        rec = do_registry_push(Context("push", args.image, args.store), args.registry)
+        emit(rec)
+        return 0 if rec["ok"] else 1
     if not args.job:
         ap.error("no --job and no SLURM_JOB_ID")
     ctx = Context(str(args.job), args.image or "", args.store, {}, args.stage_root)
+    # the node's interface (and storage connection) counters around every step: the job step
+    # adds them up over the whole run (shoal.staging.accounting)
+    from shoal.staging.accounting import counters
+
+    c0 = counters()
     if args.cmd in ("check", "stage"):
         try:
             method = get_method(args.method)
@@ -511,6 +542,7 @@ def main(argv: "list[str] | None" = None) -> "int":
         rec = do_workload(ctx, args.workload, args.timeout)
     else:
         rec = do_cleanup(ctx, args.image)
+    rec["c0"], rec["c1"] = c0, counters()
     emit(rec)
     return 0 if rec["ok"] else 1
 

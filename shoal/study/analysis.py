@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from shoal.study import stats
 from shoal.study.db import ResultRow
 
-METRICS = ("stage", "workload", "total", "bytes_storage", "bytes_net", "peak")
+METRICS = ("stage", "workload", "total", "bytes_storage", "bytes_net", "peak", "cpu")
 
 # Which methods leave the image on the shared storage ("network") and which copy it into each
 # node first ("local"); passed in explicitly once shoal.staging's registry can say.
@@ -42,6 +42,8 @@ class Cell:
     experiment_id: str
     runs: dict[int, dict[str, float]] = field(default_factory=dict)  # run id -> metric -> value
     failed_nodes: int = 0
+    # run id -> what bound the run (cpu, link, storage, overhead; shoal.staging.accounting)
+    bounds: dict[int, str] = field(default_factory=dict)
 
     def values(self, metric: str) -> list[float]:
         return [m[metric] for m in self.runs.values() if metric in m]
@@ -71,6 +73,8 @@ def _run_figures(rows: Sequence[ResultRow]) -> dict[str, float]:
     put_sum("bytes_storage", (r.bytes_from_storage for r in recs))
     put_sum("bytes_net", (r.bytes_net_rx for r in recs))
     put_max("peak", (r.peak_bytes for r in recs))
+    # CPU seconds of all the run's nodes (their cgroups, every phase): what the run cost the cores
+    put_sum("cpu", (r.extra.get("cpu_s") for r in recs))
     return out
 
 
@@ -85,6 +89,9 @@ def aggregate(results: Iterable[ResultRow]) -> dict[CellKey, Cell]:
         cell = cells.setdefault(key, Cell(key, first.experiment_id))
         cell.failed_nodes += sum(not r.record.ok for r in rows)
         cell.runs[run_id] = _run_figures(rows)
+        bound = first.record.extra.get("bound")
+        if isinstance(bound, str):
+            cell.bounds[run_id] = bound
     return dict(sorted(cells.items(), key=lambda kv: (kv[0].workload, kv[0].image, kv[0].method,
                                                       kv[0].nodes)))
 

@@ -1,19 +1,60 @@
-"""The five questions of the study (docs: shared/study.md), answered from the data.
+"""The five questions of the study, answered from the data, as prose AND as structured data.
 
-Each answer is a short verdict, a table of the comparisons it rests on and the experiment ids it
-cites. A difference counts only when the confidence intervals do not overlap; otherwise, or when
-the needed experiments are missing, the answer says "not supported by the data".
+Each ``Answer`` carries a verdict in prose (for report.md), a machine-readable ``code``, the
+``effect`` with its interval where one number answers the question, one ``Finding`` per comparison
+it rests on (group, verdict, effect, interval with its true coverage, experiment ids), and the
+``caveats`` that touch it (bind storage, CPU-bound runs on oversubscribed nodes). ``to_dict`` is the
+JSON schema written beside report.md (answers.json, ``ANSWERS_FORMAT``).
+
+Decision rules (docs/ARCHITECTURE.md "Verdicts"):
+- Q1/Q2 fastest: the best method's interval must not overlap the runner-up's; Q2 is answered with
+  and without sbcast-squashfs (a copy that is then mounted, not an unpacked tree in memory).
+- Q3: the method x workload interaction on log time: for two network methods and two workloads at
+  one node count, exp([log a1 - log b1] - [log a2 - log b2]) with a bootstrap interval; an
+  interval excluding 1 says the methods' ratio depends on the workload's I/O pattern.
+- Q4: FUSE vs kernel SquashFS workload time by two one-sided tests against the margin (spec
+  ``margin``, default 10 %): equivalent, beyond the margin, different but not settled, inconclusive.
+- Q5: sbcast vs every other method at each node count (time to solution, ratio interval), and its
+  per-node slope against theirs (least squares over node counts, bootstrap interval).
+A difference counts only when its interval excludes "no difference"; otherwise, or when the needed
+experiments are missing, the answer says "not supported by the data".
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from shoal.study import stats
 from shoal.study.analysis import DEFAULT_METHOD_KINDS, Cell, CellKey
 
 NOT_SUPPORTED = "not supported by the data"
+ANSWERS_FORMAT = 1
+DEFAULT_MARGIN = 0.10
+
+
+def _interval(ci: stats.Interval | None) -> dict[str, Any] | None:
+    if ci is None:
+        return None
+    return {"estimate": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n,
+            "coverage": ci.coverage, "method": ci.method, "label": stats.label(ci)}
+
+
+@dataclass
+class Finding:
+    """One comparison an answer rests on."""
+
+    group: dict[str, Any]  # workload, image, nodes, methods compared ...
+    verdict: str  # machine-readable: a method name, "overlap", "equivalent", "interaction", ...
+    effect: float | None = None  # ratio or slope the verdict is about
+    interval: stats.Interval | None = None
+    experiments: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "verdict": self.verdict, "effect": self.effect,
+                "interval": _interval(self.interval), "experiments": self.experiments}
 
 
 @dataclass
@@ -24,6 +65,19 @@ class Answer:
     headers: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
     cites: list[str] = field(default_factory=list)
+    code: str = "not_supported"  # machine-readable verdict
+    effect: float | None = None
+    interval: stats.Interval | None = None
+    findings: list[Finding] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)
+    variants: dict[str, Any] = field(default_factory=dict)  # e.g. Q2 without sbcast-squashfs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "question": self.question, "verdict": self.verdict,
+                "code": self.code, "effect": self.effect, "interval": _interval(self.interval),
+                "experiments": sorted(set(self.cites)),
+                "findings": [f.to_dict() for f in self.findings], "caveats": self.caveats,
+                "variants": self.variants}
 
 
 def _fmt(ci: stats.Interval | None, unit: str = "s") -> str:
@@ -75,6 +129,10 @@ def _fastest_answer(number: int, question: str, cells: Mapping[CellKey, Cell],
         ans.cites += ids
         per = "; ".join(f"{c.key.method} {_fmt(c.ci('total'))}" for c in cands)
         ans.rows.append([workload, image, str(nodes), per, why, ", ".join(ids)])
+        ans.findings.append(Finding({"workload": workload, "image": image, "nodes": nodes,
+                                     "methods": [c.key.method for c in cands]},
+                                    winner or "overlap", None,
+                                    None, ids))
         if winner:
             decided += 1
             wins[winner] = wins.get(winner, 0) + 1
@@ -84,12 +142,14 @@ def _fastest_answer(number: int, question: str, cells: Mapping[CellKey, Cell],
                        f"the intervals of the two fastest {kind} methods separate.")
     elif len(wins) == 1:
         (m, n), = wins.items()
+        ans.code = f"fastest:{m}"
         ans.verdict = (f"**{m}**: fastest wherever the data separate the {kind} methods "
                        f"({n} of {total} workload/node-count groups); the other "
                        f"{total - decided} group(s) are {NOT_SUPPORTED} (overlap or missing "
                        f"data).")
     else:
         parts = ", ".join(f"{m} in {n}" for m, n in sorted(wins.items(), key=lambda x: -x[1]))
+        ans.code = "depends"
         ans.verdict = (f"it depends on the workload and scale: fastest is {parts} of {total} "
                        f"groups; {total - decided} group(s) are {NOT_SUPPORTED}.")
     return ans
@@ -100,154 +160,256 @@ def q1_network(cells: Mapping[CellKey, Cell], kinds: Mapping[str, str]) -> Answe
                            "network")
 
 
+COPY_THEN_MOUNT = "sbcast-squashfs"
+
+
 def q2_local(cells: Mapping[CellKey, Cell], kinds: Mapping[str, str]) -> Answer:
-    return _fastest_answer(2, "Which in-memory (node-local copy) method is fastest?", cells,
-                           kinds, "local")
+    """Answered with every node-local method, and again without the SquashFS-after-copy one
+    (it copies a compressed file and mounts it: not an unpacked tree in memory)."""
+    q = "Which in-memory (node-local copy) method is fastest?"
+    ans = _fastest_answer(2, q, cells, kinds, "local")
+    if any(k.method == COPY_THEN_MOUNT for k in cells):
+        without = {k: c for k, c in cells.items() if k.method != COPY_THEN_MOUNT}
+        alt = _fastest_answer(2, q, without, kinds, "local")
+        ans.variants[f"without {COPY_THEN_MOUNT}"] = {"verdict": alt.verdict, "code": alt.code}
+        ans.verdict = (f"with {COPY_THEN_MOUNT}: {ans.verdict} Without it (unpacked trees "
+                       f"only): {alt.verdict}")
+    return ans
 
 
-def q3_spread(cells: Mapping[CellKey, Cell], kinds: Mapping[str, str]) -> Answer:
+def q3_interaction(cells: Mapping[CellKey, Cell], kinds: Mapping[str, str]) -> Answer:
     ans = Answer(3, "How much does the choice of network method change the time, and does that "
                  "depend on the workload's I/O pattern?", "",
-                 ["workload", "image", "nodes", "slowest / fastest (median, 95% bootstrap CI)",
-                  "fastest", "slowest", "experiments"])
+                 ["nodes", "methods a / b", "workloads 1 / 2", "ratio a/b under 1", "ratio a/b "
+                  "under 2", "interaction (ratio of ratios, 95 % bootstrap)", "verdict",
+                  "experiments"])
     methods = sorted({k.method for k in cells if kinds.get(k.method) == "network"})
-    spreads: dict[str, stats.Interval] = {}
+    # how much: slowest / fastest network method per workload, at each node count
+    spread: dict[str, stats.Interval] = {}
     for workload, image, nodes in _groups(cells):
         cands = [c for m in methods
                  if (c := cells.get(CellKey(image, m, workload, nodes))) and c.values("total")]
         if len(cands) < 2:
             continue
         ranked = sorted(cands, key=lambda c: c.ci("total").estimate)  # type: ignore[union-attr]
-        fast, slow = ranked[0], ranked[-1]
-        ratio = stats.ratio_ci(slow.values("total"), fast.values("total"))
-        ids = [c.experiment_id for c in cands]
-        ans.cites += ids
-        ans.rows.append([workload, image, str(nodes), ratio.fmt(3), fast.key.method,
-                         slow.key.method, ", ".join(ids)])
-        # compare workloads at their largest common scale: keep the largest N per workload
-        spreads[workload] = ratio
-    if not ans.rows:
-        ans.verdict = f"{NOT_SUPPORTED}: no group has two network methods measured."
-        return ans
-    real = {w: r for w, r in spreads.items() if r.low > 1.0}
+        with_ratio = stats.ratio_ci(ranked[-1].values("total"), ranked[0].values("total"))
+        spread[workload] = with_ratio  # the largest node count of each workload wins
+        ans.findings.append(Finding({"workload": workload, "image": image, "nodes": nodes,
+                                     "kind": "spread", "fastest": ranked[0].key.method,
+                                     "slowest": ranked[-1].key.method},
+                                    "spread", with_ratio.estimate, with_ratio,
+                                    [c.experiment_id for c in cands]))
+        ans.cites += [c.experiment_id for c in cands]
+    # does it depend on the workload: interaction on log time, per node count
+    by_nodes: dict[int, dict[tuple[str, str], Cell]] = {}
+    for k, c in cells.items():
+        if kinds.get(k.method) == "network" and c.values("total"):
+            by_nodes.setdefault(k.nodes, {})[(k.method, k.workload)] = c
+    tested = 0
+    found: list[tuple[float, str]] = []
+    for nodes, tab in sorted(by_nodes.items()):
+        wls = sorted({w for _, w in tab})
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                for j, w1 in enumerate(wls):
+                    for w2 in wls[j + 1:]:
+                        quad = [tab.get((a, w1)), tab.get((b, w1)), tab.get((a, w2)),
+                                tab.get((b, w2))]
+                        if any(q is None for q in quad):
+                            continue
+                        qs = [q for q in quad if q is not None]
+                        try:
+                            ci = stats.log_contrast_ci(qs[0].values("total"), qs[1].values("total"),
+                                                       qs[2].values("total"), qs[3].values("total"))
+                        except ValueError:
+                            continue
+                        tested += 1
+                        r1 = qs[0].ci("total").estimate / qs[1].ci("total").estimate  # type: ignore[union-attr]
+                        r2 = qs[2].ci("total").estimate / qs[3].ci("total").estimate  # type: ignore[union-attr]
+                        real = ci.low > 1.0 or ci.high < 1.0
+                        flip = (r1 - 1) * (r2 - 1) < 0 and real
+                        verdict = ("ranking flips" if flip else "interaction") if real else "overlap"
+                        ids = [q.experiment_id for q in qs]
+                        ans.cites += ids
+                        ans.rows.append([str(nodes), f"{a} / {b}", f"{w1} / {w2}", f"{r1:.2f}",
+                                         f"{r2:.2f}", f"{ci.fmt(3)} ({stats.label(ci)})",
+                                         verdict if real else f"{NOT_SUPPORTED} (includes 1)",
+                                         ", ".join(ids)])
+                        ans.findings.append(Finding(
+                            {"nodes": nodes, "methods": [a, b], "workloads": [w1, w2],
+                             "kind": "interaction"}, verdict, ci.estimate, ci, ids))
+                        if real:
+                            found.append((abs(math.log(ci.estimate)),
+                                          f"{a} vs {b} differs {r1:.2f}x under {w1} and "
+                                          f"{r2:.2f}x under {w2} at N={nodes}"
+                                          + (" (the ranking flips)" if flip else "")))
     parts = []
-    if real:
-        biggest = max(real.items(), key=lambda kv: kv[1].estimate)
-        parts.append(f"the choice matters: at the largest node count the slowest network method "
-                     f"takes {biggest[1].estimate:.2f}x the fastest for {biggest[0]}")
+    real_spread = {w: r for w, r in spread.items() if r.low > 1.0}
+    if real_spread:
+        w, r = max(real_spread.items(), key=lambda kv: kv[1].estimate)
+        parts.append(f"the choice matters: the slowest network method takes {r.estimate:.2f}x "
+                     f"[{r.low:.2f}, {r.high:.2f}] the fastest for {w}")
+        ans.effect, ans.interval = r.estimate, r
+    elif spread:
+        parts.append(f"that the choice changes the time is {NOT_SUPPORTED} (every slowest/"
+                     f"fastest interval includes 1)")
     else:
-        parts.append(f"that the choice changes the time is {NOT_SUPPORTED} (every slowest/fastest "
-                     f"interval includes 1)")
-    ws = sorted(spreads)
-    differs = [(a, b) for i, a in enumerate(ws) for b in ws[i + 1:]
-               if not spreads[a].overlaps(spreads[b])]
-    if len(ws) < 2:
-        parts.append(f"dependence on the I/O pattern is {NOT_SUPPORTED} (one workload measured)")
-    elif differs:
-        a, b = differs[0]
-        parts.append(f"it depends on the workload: spread {spreads[a].estimate:.2f}x for {a} vs "
-                     f"{spreads[b].estimate:.2f}x for {b} (intervals apart)")
+        parts.append(f"{NOT_SUPPORTED}: no group has two network methods measured")
+    if not tested:
+        parts.append(f"whether it depends on the I/O pattern is {NOT_SUPPORTED} (no two network "
+                     f"methods measured under two workloads at one node count)")
+        ans.code = "spread_only" if real_spread else "not_supported"
+    elif found:
+        found.sort(reverse=True)
+        parts.append(f"it depends on the workload's I/O pattern (method x workload interaction "
+                     f"on log time in {len(found)} of {tested} tests): strongest, {found[0][1]}")
+        ans.code = "interaction"
     else:
-        parts.append(f"a dependence on the workload's I/O pattern is {NOT_SUPPORTED} (the "
-                     f"spreads' intervals overlap)")
+        parts.append(f"a dependence on the I/O pattern is {NOT_SUPPORTED} (no interaction "
+                     f"interval of {tested} excludes 1)")
+        ans.code = "no_interaction_shown"
     ans.verdict = "; ".join(parts) + "."
     return ans
 
 
 def q4_fuse(cells: Mapping[CellKey, Cell], fuse: str = "squashfuse",
-            kernel: str = "squashfs-kernel") -> Answer:
+            kernel: str = "squashfs-kernel", margin: float = DEFAULT_MARGIN) -> Answer:
     ans = Answer(4, "What is the runtime overhead of FUSE-mounted SquashFS compared to "
                  "kernel-mounted, per workload?", "",
                  ["workload", "image", "nodes", f"workload time {fuse}", f"workload time {kernel}",
-                  "overhead (95% bootstrap CI)", "verdict", "experiments"])
+                  "overhead (90 % bootstrap, two one-sided tests)", "verdict", "experiments"])
     per_workload: dict[str, str] = {}
+    codes: dict[str, str] = {}
+    pct = f"{margin * 100:.0f} %"
     for workload, image, nodes in _groups(cells):
         f = cells.get(CellKey(image, fuse, workload, nodes))
         k = cells.get(CellKey(image, kernel, workload, nodes))
         if not f or not k or not f.values("workload") or not k.values("workload"):
             continue
         try:
-            ratio = stats.ratio_ci(f.values("workload"), k.values("workload"))
+            outcome, ratio = stats.equivalence(f.values("workload"), k.values("workload"),
+                                               margin)
         except ValueError:
             continue
-        pct = (f"{(ratio.estimate - 1) * 100:+.1f} % [{(ratio.low - 1) * 100:+.1f}, "
-               f"{(ratio.high - 1) * 100:+.1f}]")
-        if ratio.low > 1.0:
-            verdict = f"FUSE slower by {(ratio.estimate - 1) * 100:.1f} %"
-        elif ratio.high < 1.0:
-            verdict = f"FUSE faster by {(1 - ratio.estimate) * 100:.1f} %"
+        over = (ratio.estimate - 1) * 100
+        shown = (f"{over:+.1f} % [{(ratio.low - 1) * 100:+.1f}, {(ratio.high - 1) * 100:+.1f}]"
+                 f" ({stats.label(ratio)})")
+        if outcome == stats.EQUIVALENT:
+            verdict = f"minimal: equivalent within ±{pct}"
+        elif outcome == stats.DIFFERENT_BEYOND_MARGIN:
+            verdict = (f"FUSE {'slower' if over > 0 else 'faster'} by {abs(over):.1f} %, "
+                       f"beyond the ±{pct} margin (not minimal)")
+        elif outcome == stats.DIFFERENT_WITHIN_MARGIN:
+            verdict = (f"FUSE {'slower' if over > 0 else 'faster'} by {abs(over):.1f} %; whether "
+                       f"beyond ±{pct} is {NOT_SUPPORTED}")
         else:
-            verdict = f"{NOT_SUPPORTED} (interval includes 0 %)"
+            verdict = f"{NOT_SUPPORTED}: neither a difference nor equivalence within ±{pct}"
         ids = [f.experiment_id, k.experiment_id]
         ans.cites += ids
         ans.rows.append([workload, image, str(nodes), _fmt(f.ci("workload")),
-                         _fmt(k.ci("workload")), pct, verdict, ", ".join(ids)])
+                         _fmt(k.ci("workload")), shown, verdict, ", ".join(ids)])
+        ans.findings.append(Finding({"workload": workload, "image": image, "nodes": nodes,
+                                     "margin": margin}, outcome, ratio.estimate, ratio, ids))
         per_workload[workload] = f"{workload}: {verdict} (N={nodes})"  # largest N wins
+        codes[workload] = outcome
     if not ans.rows:
         ans.verdict = (f"{NOT_SUPPORTED}: the study has no workload measured with both {fuse} "
                        f"and {kernel}.")
     else:
         ans.verdict = "; ".join(per_workload[w] for w in sorted(per_workload)) + "."
+        ans.code = ",".join(f"{w}:{c}" for w, c in sorted(codes.items()))
     return ans
 
 
 def q5_sbcast(cells: Mapping[CellKey, Cell], sbcast: str = "sbcast",
-              reference: str = "untar") -> Answer:
+              alternatives: Sequence[str] | None = None) -> Answer:
     ans = Answer(5, "Does sbcast stay effective as node count grows?", "",
-                 ["workload", "image", "nodes", f"staging {sbcast}", f"staging {reference}",
-                  "comparison", "experiments"])
-    curves: dict[tuple[str, str], list[Cell]] = {}
-    last_verdict: dict[tuple[str, str], str] = {}
-    for workload, image, nodes in _groups(cells):
-        s = cells.get(CellKey(image, sbcast, workload, nodes))
-        if not s or not s.values("stage"):
+                 ["workload", "image", "nodes", "compared with", "time to solution "
+                  f"{sbcast} / other (95 % bootstrap)", "verdict", "experiments"])
+    series: dict[tuple[str, str, str], list[Cell]] = {}
+    for k, c in cells.items():
+        if c.values("total"):
+            series.setdefault((k.workload, k.image, k.method), []).append(c)
+    others_all = sorted({m for (_, _, m) in series if m != sbcast})
+    others = [m for m in (alternatives or others_all) if m in others_all]
+    per_wl: dict[tuple[str, str], list[str]] = {}
+    for (workload, image, method), cs in sorted(series.items()):
+        if method != sbcast:
             continue
-        curves.setdefault((workload, image), []).append(s)
-        r = cells.get(CellKey(image, reference, workload, nodes))
-        ids = [s.experiment_id] + ([r.experiment_id] if r else [])
-        ans.cites += ids
-        cmp = "—"
-        if r and r.values("stage"):
-            si, ri = s.ci("stage"), r.ci("stage")
-            assert si is not None and ri is not None
-            if si.overlaps(ri):
-                cmp = f"{NOT_SUPPORTED} (overlap)"
-            elif si.high < ri.low:
-                cmp = f"{sbcast} faster ({si.estimate / ri.estimate:.2f}x)"
+        cs.sort(key=lambda c: c.key.nodes)
+        for s in cs:
+            for m in others:
+                o = cells.get(CellKey(image, m, workload, s.key.nodes))
+                if not o or not o.values("total"):
+                    continue
+                r = stats.ratio_ci(s.values("total"), o.values("total"))
+                v = "faster" if r.high < 1 else "slower" if r.low > 1 else "overlap"
+                ids = [s.experiment_id, o.experiment_id]
+                ans.cites += ids
+                ans.rows.append([workload, image, str(s.key.nodes), m,
+                                 f"{r.fmt(3)} ({stats.label(r)})",
+                                 f"{sbcast} {v}" if v != "overlap" else
+                                 f"{NOT_SUPPORTED} (includes 1)", ", ".join(ids)])
+                ans.findings.append(Finding({"workload": workload, "image": image,
+                                             "nodes": s.key.nodes, "kind": "at_n",
+                                             "other": m}, v, r.estimate, r, ids))
+        # per-node slope of time to solution, against every alternative with >= 2 node counts
+        if len({c.key.nodes for c in cs}) < 2:
+            per_wl.setdefault((workload, image), []).append(
+                f"slope {NOT_SUPPORTED} (one node count)")
+            continue
+        sl = stats.slope_ci([(c.key.nodes, c.values("total")) for c in cs])
+        ans.findings.append(Finding({"workload": workload, "image": image, "kind": "slope",
+                                     "method": sbcast}, "slope", sl.estimate, sl,
+                                    [c.experiment_id for c in cs]))
+        notes = [f"{sbcast} adds {sl.estimate:.3f} s/node [{sl.low:.3f}, {sl.high:.3f}]"]
+        for m in others:
+            ocs = sorted(series.get((workload, image, m), []), key=lambda c: c.key.nodes)
+            if len({c.key.nodes for c in ocs}) < 2:
+                continue
+            osl = stats.slope_ci([(c.key.nodes, c.values("total")) for c in ocs])
+            ans.findings.append(Finding({"workload": workload, "image": image, "kind": "slope",
+                                         "method": m}, "slope", osl.estimate, osl,
+                                        [c.experiment_id for c in ocs]))
+            if sl.high < osl.low:
+                notes.append(f"flatter than {m} ({osl.estimate:.3f} s/node)")
+            elif sl.low > osl.high:
+                notes.append(f"steeper than {m} ({osl.estimate:.3f} s/node)")
             else:
-                cmp = f"{sbcast} slower ({si.estimate / ri.estimate:.2f}x)"
-            last_verdict[(workload, image)] = f"at N={nodes}: {cmp}"
-        ans.rows.append([workload, image, str(nodes), _fmt(s.ci("stage")),
-                         _fmt(r.ci("stage") if r else None), cmp, ", ".join(ids)])
-    if not curves:
+                notes.append(f"not separable from {m}")
+        per_wl.setdefault((workload, image), []).append(", ".join(notes))
+    if not per_wl:
         ans.verdict = f"{NOT_SUPPORTED}: no {sbcast} runs."
         return ans
     parts = []
-    for (workload, image), cs in sorted(curves.items()):
-        if len(cs) < 2:
-            parts.append(f"{workload}: {NOT_SUPPORTED} (one node count)")
-            continue
-        lo, hi = cs[0], cs[-1]
-        growth = stats.ratio_ci(hi.values("stage"), lo.values("stage"))
-        scale = hi.key.nodes / lo.key.nodes
-        if growth.high < scale:
-            trend = (f"staging grows {growth.estimate:.2f}x [{growth.low:.2f}, {growth.high:.2f}]"
-                     f" for {scale:g}x the nodes (sub-linear: stays effective)")
-        elif growth.low > scale:
-            trend = f"staging grows {growth.estimate:.2f}x for {scale:g}x the nodes (worse than " \
-                    f"linear)"
-        else:
-            trend = f"sub-linear growth is {NOT_SUPPORTED} ({growth.fmt(3)} vs {scale:g}x nodes)"
-        extra = last_verdict.get((workload, image))
-        parts.append(f"{workload}: {trend}" + (f"; vs {reference} {extra}" if extra else ""))
+    steeper = flatter = 0
+    for (workload, image), notes in sorted(per_wl.items()):
+        text = "; ".join(notes)
+        steeper += text.count("steeper than")
+        flatter += text.count("flatter than")
+        largest = [f for f in ans.findings if f.group.get("kind") == "at_n"
+                   and f.group["workload"] == workload and f.group["image"] == image]
+        if largest:
+            n = max(int(f.group["nodes"]) for f in largest)
+            wins = [str(f.group["other"]) for f in largest
+                    if f.group["nodes"] == n and f.verdict == "faster"]
+            loses = [str(f.group["other"]) for f in largest
+                     if f.group["nodes"] == n and f.verdict == "slower"]
+            text += (f"; at N={n} faster than {', '.join(wins) or 'none'}, slower than "
+                     f"{', '.join(loses) or 'none'}")
+        parts.append(f"{workload}: {text}")
+    ans.code = ("stays_effective" if flatter and not steeper else
+                "loses_ground" if steeper and not flatter else "mixed" if steeper else
+                "not_supported")
     ans.verdict = "; ".join(parts) + "."
     return ans
 
 
 def answer_all(cells: Mapping[CellKey, Cell],
-               kinds: Mapping[str, str] = DEFAULT_METHOD_KINDS) -> list[Answer]:
-    answers = [q1_network(cells, kinds), q2_local(cells, kinds), q3_spread(cells, kinds),
-               q4_fuse(cells), q5_sbcast(cells)]
+               kinds: Mapping[str, str] = DEFAULT_METHOD_KINDS,
+               margin: float = DEFAULT_MARGIN) -> list[Answer]:
+    answers = [q1_network(cells, kinds), q2_local(cells, kinds), q3_interaction(cells, kinds),
+               q4_fuse(cells, margin=margin), q5_sbcast(cells)]
     for a in answers:
         a.cites = sorted(set(a.cites))
     return answers

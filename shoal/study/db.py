@@ -436,7 +436,8 @@ class StudyDB:
             "n.workload_seconds, n.fom_json, n.extra_json "
             "FROM node_record n JOIN run r ON n.run_id = r.id "
             "JOIN experiment e ON r.experiment_id = e.id "
-            "WHERE r.state = ? ORDER BY r.id, n.node",
+            # rep < 0: warm-up runs, discarded from every figure
+            "WHERE r.state = ? AND r.rep >= 0 ORDER BY r.id, n.node",
             (RunState.COMPLETED.value,)).fetchall()
         out: list[ResultRow] = []
         for r in rows:

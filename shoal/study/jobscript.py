@@ -155,6 +155,12 @@ class NodeRecord:
 
     @property
     def total_seconds(self) -> float | None:
+        """Time to solution: the job step's one clock from its start (before any launch) to the
+        last node's workload end, the same for every node of a run (shoal.staging.jobstep);
+        stage + workload for records of jobs that did not measure it."""
+        tts = self.extra.get("time_to_solution")
+        if isinstance(tts, int | float) and not isinstance(tts, bool):
+            return float(tts)
         if self.stage_seconds is None or self.workload_seconds is None:
             return None
         return self.stage_seconds + self.workload_seconds

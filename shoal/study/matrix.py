@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Mapping
+import random
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,9 @@ class RunKey:
 
     @property
     def name(self) -> str:
-        """File-name stem of this run: ``<experiment id>-r<rep>``."""
+        """File-name stem of this run: ``<experiment id>-r<rep>`` (``-w`` for the warm-up)."""
+        if self.rep < 0:
+            return f"{self.experiment.id}-w"
         return f"{self.experiment.id}-r{self.rep}"
 
 
@@ -91,6 +94,24 @@ def expand(spec: StudySpec) -> list[Experiment]:
     return out
 
 
-def runs(experiments: Iterable[Experiment], repetitions: int) -> list[RunKey]:
+WARMUP_REP = -1  # the discarded warm-up run of an experiment
+
+
+def runs(experiments: Iterable[Experiment], repetitions: int | Callable[[Experiment], int],
+         seed: int | None = None, warmup: bool = False) -> list[RunKey]:
+    """The runs in the order they go: repetition-major, so a study stopped early still covers
+    the whole matrix; within each repetition shuffled from SEED (a different order per
+    repetition, the same on every resume), so drift of the machine over time (other load, a
+    warming cache) is spread over all experiments instead of riding on the matrix order.
+    With WARMUP, one discarded warm-up run per experiment (rep = WARMUP_REP) goes first."""
     exps = list(experiments)
-    return [RunKey(e, rep) for rep in range(repetitions) for e in exps]
+    count = repetitions if callable(repetitions) else (lambda _e: repetitions)
+    most = max((count(e) for e in exps), default=0)
+    reps = ([WARMUP_REP] if warmup else []) + list(range(most))
+    out: list[RunKey] = []
+    for rep in reps:
+        block = [e for e in exps if rep < count(e)]
+        if seed is not None:
+            random.Random(f"{seed}:{rep}").shuffle(block)
+        out += [RunKey(e, rep) for e in block]
+    return out

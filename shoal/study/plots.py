@@ -1,7 +1,8 @@
 """PNG plots of a study (matplotlib, Agg backend: no display needed).
 
 Each function draws one figure from the aggregated cells and returns the file it wrote, or None
-when the data for that figure are missing. Markers are medians, bars the 95 % intervals.
+when the data for that figure are missing. Markers are medians, bars the intervals (their true
+coverage is in the report tables).
 """
 
 from __future__ import annotations

@@ -10,13 +10,20 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from shoal.study import stats
 from shoal.study.analysis import DEFAULT_METHOD_KINDS, Cell, CellKey, aggregate
-from shoal.study.answers import NOT_SUPPORTED, Answer, answer_all
+from shoal.study.answers import (
+    ANSWERS_FORMAT,
+    DEFAULT_MARGIN,
+    NOT_SUPPORTED,
+    Answer,
+    answer_all,
+)
 from shoal.study.db import StudyDB
 from shoal.study.plots import all_plots
 
@@ -92,30 +99,46 @@ def build_blocks(db: StudyDB, out_dir: Path, kinds: Mapping[str, str] = DEFAULT_
                                                  .items())],
         ])]
 
-    answers = answer_all(cells, kinds)
+    extra = json.loads(envs[-1].get("extra_json") or "{}") if envs else {}
+    margin = float(extra.get("margin") or DEFAULT_MARGIN)
+    answers = answer_all(cells, kinds, margin=margin)
+    add_caveats(answers, cells, extra)
     blocks += [Heading(2, "Answers"),
-               Para("Each answer rests only on runs whose 95 % intervals separate; where they "
-                    f"overlap or runs are missing it says “{NOT_SUPPORTED}”. Experiment ids "
-                    "refer to the tables below.")]
+               Para("Each answer rests only on comparisons whose intervals exclude “no "
+                    f"difference”; where they do not, or runs are missing, it says “{NOT_SUPPORTED}”. "
+                    "Every interval is labelled with the coverage it really has for the repetitions "
+                    f"run. “Minimal” and “no difference” need an equivalence test against a margin "
+                    f"of ±{margin * 100:.0f} % (two one-sided tests). The same answers as structured "
+                    "data: answers.json. Experiment ids refer to the tables below.")]
     blocks.append(Table(["#", "question", "answer", "experiments cited"],
                         [[str(a.number), a.question, a.verdict, str(len(a.cites))]
                          for a in answers]))
     for a in answers:
         blocks += [Heading(3, f"{a.number}. {a.question}"), Para(a.verdict)]
+        blocks += [Para(f"Caveat: {c}") for c in a.caveats]
         if a.rows:
             blocks.append(Table(a.headers, a.rows))
+    blocks += [Heading(2, "What the emulation cannot do"), Para(LIMITS)]
 
     blocks += [Heading(2, "Times per method, workload and node count"),
-               Para("Median and 95 % interval [low, high] in seconds over repetitions; a run's "
-                    "time is its slowest node's. n = completed repetitions.")]
+               Para("Median [low, high] in seconds over repetitions, with the interval's true "
+                    "coverage; staging and workload are the slowest node's, total is the time to "
+                    "solution (one clock for every method: the job step's start, before any "
+                    "launch, to the last node's workload end). CPU: the nodes' CPU seconds for "
+                    "the whole run (their cgroups). bound: what limited the runs (cpu, link, "
+                    "storage, overhead; rule in docs/ARCHITECTURE.md). n = completed "
+                    "repetitions.")]
     blocks.append(Table(
         ["method", "workload", "image", "nodes", "n", "staging", "workload", "total",
-         "experiment"],
+         "coverage", "CPU s", "bound", "experiment"],
         [[k.method, k.workload, k.image, str(k.nodes), str(len(c.runs)), _ci(c, "stage"),
-          _ci(c, "workload"), _ci(c, "total"), c.experiment_id] for k, c in cells.items()]))
+          _ci(c, "workload"), _ci(c, "total"), _coverage(c), _ci(c, "cpu"), _bounds(c),
+          c.experiment_id] for k, c in cells.items()]))
     blocks += [Heading(2, "Data moved and memory"),
-               Para("MiB, median [95 % interval]; bytes are summed over the nodes of a run, "
-                    "peak memory is the largest node's.")]
+               Para("MiB, median [interval, coverage as above]; bytes are summed over the "
+                    "nodes of a run and counted where they flow: from storage at the storage "
+                    "host's connection to each node, over the network at each node's interface, "
+                    "for the whole run; peak memory is the largest node's.")]
     blocks.append(Table(
         ["method", "workload", "image", "nodes", "from storage", "over network", "peak memory",
          "experiment"],
@@ -137,10 +160,77 @@ def build_blocks(db: StudyDB, out_dir: Path, kinds: Mapping[str, str] = DEFAULT_
               str(r.job_state), (r.reason or "")[:200]] for r, e in failed])]
     blocks += [Heading(2, "Method"), Para(
         "Intervals for medians are exact order-statistic intervals; with n < 6 repetitions the "
-        "widest one, [min, max], covers the median with less than 95 % (93.75 % for n = 5), which "
-        "is what the tables show. Ratios (FUSE overhead, spreads, growth) use a percentile "
-        f"bootstrap with {stats.N_BOOT} resamples and a fixed seed ({stats.SEED}).")]
+        "widest one, [min, max], covers the median with less than 95 % (75 % for n = 3, "
+        "93.75 % for n = 5), and is labelled so. Ratios, interactions and slopes use a "
+        f"percentile bootstrap with {stats.N_BOOT} resamples and a fixed seed ({stats.SEED}), "
+        "labelled with their nominal level and n: at small n they cover less than nominal. "
+        "Runs went in an order shuffled per repetition from the spec's seed, page caches were "
+        "dropped before each run unless cache = \"warm\", and each experiment's first (warm-up) "
+        "run is discarded.")]
     return blocks, answers, plots
+
+
+LIMITS = (
+    "One machine's cores stand in for every node's own: CPU work (unpacking, decompression, FUSE, "
+    "sshfs encryption, the walks) of all nodes competes for the same cores, so a run whose bound "
+    "reads cpu measures the emulator as much as the method; the nodes' CPU seconds per phase are "
+    "recorded so a scale model can give each node its own cores. Links are rate-limited only "
+    "(tbf per node link, HTB on the storage host): the kernel here has no netem, so no added "
+    "latency, jitter or loss; per-message latency is what veth and the software stack cost, "
+    "far below a real fabric's. The shared file system is one sshfs (SFTP) server, not a "
+    "parallel file system: no metadata server of its own, no striping over storage targets; "
+    "its bandwidth is its link's. Node memory is a cgroup limit on shared RAM; the host's "
+    "page cache of the image store is dropped before cold runs but shared by all nodes.")
+
+
+def _coverage(c: Cell) -> str:
+    ci = c.ci("total")
+    return "—" if ci is None else stats.label(ci)
+
+
+def _bounds(c: Cell) -> str:
+    if not c.bounds:
+        return "—"
+    counts: dict[str, int] = {}
+    for b in c.bounds.values():
+        counts[b] = counts.get(b, 0) + 1
+    return ", ".join(f"{b} {n}/{len(c.bounds)}" for b, n in sorted(counts.items(),
+                                                                    key=lambda kv: -kv[1]))
+
+
+def add_caveats(answers: Sequence[Answer], cells: Mapping[CellKey, Cell],
+                extra: Mapping[str, object]) -> None:
+    """Say which answers the emulator's shortcuts touch: bind storage, CPU-bound runs."""
+    by_id = {c.experiment_id: c for c in cells.values()}
+    storage = extra.get("shared_storage")
+    nodes, cpus = extra.get("cluster_nodes"), extra.get("cpus_per_node")
+    cores = os.cpu_count() or 1
+    over = (isinstance(nodes, int) and isinstance(cpus, int) and nodes * cpus > cores)
+    for a in answers:
+        cited = [by_id[i] for i in a.cites if i in by_id]
+        if storage == "bind" and any(not c.key.method.startswith("sbcast") for c in cited):
+            a.caveats.append(
+                "storage was a bind mount: reads from the shared file system crossed no network "
+                "and hit the host's page cache, so every method that reads shared storage looks "
+                "cheaper than on a real file system; rerun with storage = \"sshfs\".")
+        bounds = [b for c in cited for b in c.bounds.values()]
+        cpu = sum(b == "cpu" for b in bounds)
+        if cpu:
+            a.caveats.append(
+                f"{cpu} of the {len(bounds)} runs it rests on were CPU-bound on the emulator's "
+                f"shared cores" + (f" ({nodes} nodes x {cpus} CPUs oversubscribe the machine's "
+                                   f"{cores} cores)" if over else "")
+                + ": their differences can be CPU contention that separate nodes would not "
+                "have, not network or storage effects.")
+
+
+def write_answers_json(path: Path, answers: Sequence[Answer], study: str, margin: float) -> None:
+    """answers.json: the answers as structured data (shoal.study.answers.Answer.to_dict)."""
+    doc = {"format": ANSWERS_FORMAT, "study": study, "margin": margin,
+           "answers": [a.to_dict() for a in answers]}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
 
 
 def to_markdown(blocks: Sequence[Block]) -> str:
@@ -239,6 +329,11 @@ def write_report(out_dir: str | Path, kinds: Mapping[str, str] = DEFAULT_METHOD_
     hp = out / "report.html"
     md.write_text(to_markdown(blocks))
     hp.write_text(to_html(blocks, title))
+    with StudyDB.in_dir(out, create=False) as db:
+        envs = db.environments()
+    extra = json.loads(envs[-1].get("extra_json") or "{}") if envs else {}
+    write_answers_json(out / "answers.json", answers, study[1] if study else "",
+                       float(extra.get("margin") or DEFAULT_MARGIN))
     return Report(md, hp, plots, answers)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import os
 import platform
 import re
@@ -70,6 +71,7 @@ RUN_GRACE_S = 60.0  # beyond the Slurm time limit before the harness cancels a j
 WAKE_SLICE_S = 0.1
 END_REPOLL_S = 0.2
 END_MARK = re.compile(r"^# shoal: job \d+ end ", re.M)
+DROP_CACHES = "/proc/sys/vm/drop_caches"
 
 
 class SlurmLike(Protocol):
@@ -105,6 +107,8 @@ class _Active:
     request: Path | None = None  # Prolog request of a held submission, removed at collection
     output_size: int = -1
     end_seen: bool = False  # the batch script's last line is in the output file
+    concurrency: int = 1  # most jobs of the study in Slurm at once during this run's life
+    cache: str = "warm"  # "cold" when the page caches were dropped just before submission
 
 
 @dataclass
@@ -118,7 +122,7 @@ class Summary:
 
 def plan(spec: StudySpec, experiments: Sequence[Experiment], db: StudyDB | None,
          rerun_failed: bool = False) -> Plan:
-    keys = runs(experiments, spec.repetitions)
+    keys = runs(experiments, lambda e: spec.repetitions_of(e.factors), spec.seed, spec.warmup)
     if db is None:
         return Plan(keys, [], 0, 0, len(keys))
     done = db.completed_keys()
@@ -207,6 +211,7 @@ class StudyRunner:
         self.active: dict[int, _Active] = {}  # run id -> active run
         self.summary = Summary()
         self._submit_failures = 0
+        self._drop_warned = False
         # the store as this process sees it: where Prolog requests go (None: jobs mount directly)
         self.prolog_requests = prolog_requests
 
@@ -233,7 +238,7 @@ class StudyRunner:
                 for row in p.reattach:
                     self._reattach(row)
                 while todo or self.active:
-                    while todo and len(self.active) < self.spec.concurrency:
+                    while todo and len(self.active) < self.spec.effective_concurrency:
                         self._submit(todo.popleft())
                     changed = self._poll()
                     s = self.summary
@@ -267,7 +272,24 @@ class StudyRunner:
                                    reason="harness stopped before sbatch answered")
 
     # -- submission -----------------------------------------------------------------------------
+    def _drop_caches(self) -> str:
+        """Cold run: drop the host's clean page cache, dentries and inodes (host-wide, so cold
+        runs go one at a time); "warm" when it cannot (not root, not this host's nodes)."""
+        if self.spec.cache != "cold":
+            return "warm"
+        try:
+            with open(DROP_CACHES, "w") as f:
+                f.write("3\n")
+        except OSError as exc:
+            if not self._drop_warned:
+                self.console.log(f"[yellow]cannot drop the page caches ({exc.strerror}): runs "
+                                 "are recorded as warm")
+                self._drop_warned = True
+            return "warm"
+        return "cold"
+
     def _submit(self, key: RunKey) -> None:
+        cache = self._drop_caches()
         attempt = self.db.next_attempt(key)
         script = self.out / "scripts" / script_name(key, attempt)
         script.write_text(render_script(key, self.ctx, attempt))
@@ -303,7 +325,9 @@ class StudyRunner:
         self.db.update_run(row.id, state=RunState.SUBMITTED, job_id=job_id,
                            submit_time=time.time())
         self.active[row.id] = _Active(self.db.run(row.id), key, host_output, job_id,
-                                      request=request)
+                                      request=request, cache=cache)
+        for act in self.active.values():
+            act.concurrency = max(act.concurrency, len(self.active))
 
     def _via_prolog(self, key: RunKey) -> bool:
         if self.prolog_requests is None:
@@ -425,6 +449,12 @@ class StudyRunner:
             if act.host_output.resolve() != kept.resolve():
                 kept.write_text(text)  # the results directory keeps every job's output
         parsed = parse_output(text)
+        # how the run was made, beside its figures: other jobs of the study at the same time,
+        # cold or warm caches, warm-up (discarded by the report)
+        how = {"concurrency": act.concurrency, "cache": act.cache,
+               "warmup": act.key.rep < 0}
+        parsed = dataclasses.replace(parsed, records=[
+            dataclasses.replace(r, extra={**r.extra, **how}) for r in parsed.records])
         nodes = act.key.experiment.nodes
         bad = [r for r in parsed.records if not r.ok]
         problems: list[str] = []

@@ -245,6 +245,8 @@ def _run_linked(spec: StudySpec, link: ClusterLink, out: Path | None, dry: bool,
     from shoal.bundle import publish
 
     exps = expand(spec)
+    for msg in spec.adjustments():
+        console.print(f"[yellow]note:[/] {msg}")
     out_dir = out or Path("results") / spec.name
     if dry:
         db = StudyDB.in_dir(out_dir, create=False) if (out_dir / DB_NAME).exists() else None
@@ -260,6 +262,13 @@ def _run_linked(spec: StudySpec, link: ClusterLink, out: Path | None, dry: bool,
     # the bundle's name carries its hash: jobs of an older shoal keep running their own copy
     agent = f"{link.ctx.store_dir}/.shoal/{publish(link.store_local)}"
     ctx = dataclasses.replace(link.ctx, agent=agent)
+    if spec.cluster.kind == "virtual":
+        from shoal.staging.driver import prepare
+        from shoal.staging.registry import get_method
+
+        # methods' preparation (the registry filled with the images) before any job is timed
+        for method, image in sorted({(e.method, e.image) for e in exps}):
+            prepare(spec.cluster.name, get_method(method), image, link.store_local)
     with StudyDB.in_dir(out_dir) as db:
         runner = StudyRunner(spec, exps, db, link.client, out_dir, ctx,
                              host_logs=link.host_logs, console=console,
@@ -268,7 +277,9 @@ def _run_linked(spec: StudySpec, link: ClusterLink, out: Path | None, dry: bool,
         env = collect_environment(link.client, spec, network_params=link.network_params,
                                   image_digests=digests)
         env = dataclasses.replace(
-            env, extra={**link.extra_env, "agent": agent, "privileged": spec.privileged},
+            env, extra={**link.extra_env, "agent": agent, "privileged": spec.privileged,
+                        "seed": spec.seed, "cache": spec.cache, "warmup": spec.warmup,
+                        "concurrency": spec.effective_concurrency, "margin": spec.margin},
             # what the cluster runs, not only what the spec asked for
             network_profile=str(link.network_params.get("name") or spec.cluster.network))
         summary = runner.execute(env)

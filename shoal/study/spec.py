@@ -4,7 +4,12 @@
                                  number is minutes), concurrency (1), partition, sbatch_args (the
                                  site's own sbatch options: ["--account=p", "--qos=q", ...]),
                                  privileged ("auto" | "prolog" | "direct": how kernel mounts get
-                                 root; auto = direct when the harness is root, else the Prolog)
+                                 root; auto = direct when the harness is root, else the Prolog),
+                                 seed (run order: shuffled within each repetition from it),
+                                 cache ("cold": page caches dropped before every run, one run
+                                 at a time; "warm": kept), warmup (true: one discarded run per
+                                 experiment first), margin (0.10: the equivalence margin of
+                                 "no difference" verdicts, a fraction of the reference time)
     [cluster]                    kind = "virtual" | "existing", name, nodes, network, storage
                                  (virtual: how /pfs is shared, "bind" or "sshfs"), store (the
                                  image store as the nodes see it; existing clusters only)
@@ -41,7 +46,8 @@ from shoal.slurm.timespec import parse_seconds
 DEFAULT_METHODS: tuple[str, ...] = (
     "untar", "sbcast", "squashfs-kernel", "squashfuse", "shared-dir", "sbcast-squashfs",
 )
-DEFAULT_WORKLOADS: tuple[str, ...] = ("catwalk", "statwalk", "pynamic", "lammps", "mpihello")
+DEFAULT_WORKLOADS: tuple[str, ...] = ("catwalk", "statwalk", "startread", "pynamic", "lammps",
+                                       "mpihello")
 FACTORS: tuple[str, ...] = ("image", "method", "workload", "nodes")
 CLUSTER_KINDS = ("virtual", "existing")
 
@@ -51,6 +57,10 @@ DEFAULTS: dict[str, Any] = {
     "study.concurrency": 1,
     "study.partition": None,
     "study.privileged": "auto",
+    "study.seed": 1,
+    "study.cache": "cold",
+    "study.warmup": True,
+    "study.margin": 0.10,
     "cluster.kind": "virtual",
     "cluster.name": "shoal",
     "cluster.network": None,
@@ -58,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "cluster.storage": None,
 }
 PRIVILEGED_MODES = ("auto", "prolog", "direct")
+CACHE_MODES = ("cold", "warm")
 # what the job scripts set themselves: a site's sbatch_args must not change them
 SHOAL_SBATCH_OPTIONS = frozenset({
     "--nodes", "-N", "--ntasks-per-node", "--ntasks", "-n", "--exclusive", "--time", "-t",
@@ -67,9 +78,9 @@ SHOAL_SBATCH_OPTIONS = frozenset({
 _ALLOWED: dict[str, tuple[str, ...]] = {
     "": ("study", "cluster", "matrix"),
     "study": ("name", "repetitions", "timeout", "concurrency", "partition", "description",
-              "privileged", "sbatch_args"),
+              "privileged", "sbatch_args", "seed", "cache", "warmup", "margin"),
     "cluster": ("kind", "name", "nodes", "network", "storage", "store"),
-    "matrix": ("images", "methods", "workloads", "node_counts", "zip", "exclude"),
+    "matrix": ("images", "methods", "workloads", "node_counts", "zip", "exclude", "repeat"),
 }
 
 
@@ -97,11 +108,38 @@ class StudySpec:
     node_counts: tuple[int, ...]
     zip: tuple[tuple[str, ...], ...] = ()
     exclude: tuple[Mapping[str, str | int], ...] = ()
+    # (partial assignment, repetitions): matching experiments run that many times instead (the
+    # first matching rule wins), so a fractional design spends repetitions where verdicts are
+    repeat: tuple[tuple[Mapping[str, str | int], int], ...] = ()
     description: str = ""
     privileged: str = "auto"
+    seed: int = 1
+    cache: str = "cold"
+    warmup: bool = True
+    margin: float = 0.10
     sbatch_args: tuple[str, ...] = ()  # the site's own sbatch options (--account, --qos, ...)
     path: str = "<string>"
     text: str = field(default="", repr=False, compare=False)
+
+    def repetitions_of(self, factors: Mapping[str, str | int]) -> int:
+        """How many repetitions the experiment with FACTORS gets (``repeat`` rules, else all)."""
+        for rule, n in self.repeat:
+            if all(factors.get(k) == v for k, v in rule.items()):
+                return n
+        return self.repetitions
+
+    @property
+    def effective_concurrency(self) -> int:
+        """Jobs at once as run: dropping caches is host-wide, so cold runs go one at a time."""
+        return 1 if self.cache == "cold" else self.concurrency
+
+    def adjustments(self) -> list[str]:
+        """What the harness changes from the spec as written, each as a message for the user."""
+        if self.cache == "cold" and self.concurrency > 1:
+            return [f"concurrency = {self.concurrency} lowered to 1: cache = \"cold\" drops the "
+                    "host's page caches before every run, which would disturb the runs beside "
+                    "it (set cache = \"warm\" to run jobs side by side)"]
+        return []
 
     @property
     def sha256(self) -> str:
@@ -178,6 +216,14 @@ def parse_spec(
     privileged = v.string(study, "study.privileged")
     if privileged not in PRIVILEGED_MODES:
         v.fail("study.privileged", privileged, f"must be one of {', '.join(PRIVILEGED_MODES)}")
+    seed = v.integer(study, "study.seed", minimum=0)
+    cache = v.string(study, "study.cache")
+    if cache not in CACHE_MODES:
+        v.fail("study.cache", cache, f"must be one of {', '.join(CACHE_MODES)}")
+    warmup = v.boolean(study, "study.warmup")
+    margin = v.number(study, "study.margin")
+    if not 0 < margin < 1:
+        v.fail("study.margin", margin, "must be a fraction between 0 and 1, e.g. 0.10 for 10 %")
     sbatch_args = v.sbatch_args(study, "study.sbatch_args")
 
     kind = v.string(cluster, "cluster.kind")
@@ -220,6 +266,7 @@ def parse_spec(
     }
     zips = v.zip_groups(matrix, lists)
     excludes = v.exclude_rules(matrix, lists)
+    repeat = v.repeat_rules(matrix, lists)
     # experiments x repetitions before exclusions (zipped factors count once): expand() and the
     # run list are built in memory, so the bound comes first
     zipped = {f for g in zips for f in g}
@@ -248,8 +295,13 @@ def parse_spec(
         node_counts=counts,
         zip=zips,
         exclude=excludes,
+        repeat=repeat,
         description=description,
         privileged=privileged,
+        seed=seed,
+        cache=cache,
+        warmup=warmup,
+        margin=margin,
         sbatch_args=sbatch_args,
         path=source,
         text=text,
@@ -362,6 +414,18 @@ class _Validator:
             self.fail(key, val, f"must be at most {maximum}", span)
         return int(val)
 
+    def boolean(self, tbl: Mapping[str, Any], key: str) -> bool:
+        val = self._raw(tbl, key)
+        if not isinstance(val, bool):
+            self.fail(key, val, "must be true or false")
+        return bool(val)
+
+    def number(self, tbl: Mapping[str, Any], key: str) -> float:
+        val = self._raw(tbl, key)
+        if isinstance(val, bool) or not isinstance(val, int | float):
+            self.fail(key, val, "must be a number")
+        return float(val)
+
     def duration(self, tbl: Mapping[str, Any], key: str) -> float:
         val = self._raw(tbl, key)
         secs = parse_duration(val)
@@ -433,6 +497,10 @@ class _Validator:
             groups.append(tuple(group))
         return tuple(groups)
 
+    def repeat_rules(self, tbl: Mapping[str, Any], lists: Mapping[str, tuple[Any, ...]]
+                     ) -> tuple[tuple[Mapping[str, str | int], int], ...]:
+        return _repeat_rules(self, tbl, lists)
+
     def exclude_rules(self, tbl: Mapping[str, Any],
                       lists: Mapping[str, tuple[Any, ...]]) -> tuple[Mapping[str, str | int], ...]:
         key = "matrix.exclude"
@@ -451,6 +519,30 @@ class _Validator:
                               f"not among the study's {f} values ({_show(list(lists[f]))})")
             rules.append(dict(rule))
         return tuple(rules)
+
+
+def _repeat_rules(v: _Validator, tbl: Mapping[str, Any], lists: Mapping[str, tuple[Any, ...]]
+                  ) -> tuple[tuple[Mapping[str, str | int], int], ...]:
+    key = "matrix.repeat"
+    val = tbl.get("repeat", [])
+    if not isinstance(val, list):
+        v.fail(key, val, "must be a list of tables, e.g. [{nodes = 32, repetitions = 3}]")
+    out: list[tuple[Mapping[str, str | int], int]] = []
+    for i, rule in enumerate(val):
+        if not isinstance(rule, dict) or "repetitions" not in rule:
+            v.fail(key, rule, "each rule is a table of factor = value plus repetitions = N")
+        n = rule["repetitions"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            v.fail(f"{key}[{i}].repetitions", n, "must be an integer of at least 1")
+        cond = {f: fv for f, fv in rule.items() if f != "repetitions"}
+        for f, fv in cond.items():
+            if f not in FACTORS:
+                v.unknown(f"{key}[{i}]", f, FACTORS)
+            if fv not in lists[f]:
+                v.fail(f"{key}[{i}].{f}", fv,
+                       f"not among the study's {f} values ({_show(list(lists[f]))})")
+        out.append((cond, int(n)))
+    return tuple(out)
 
 
 def _show(value: Any) -> str:

@@ -126,3 +126,89 @@ class Comparison:
 
 def compare(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Comparison:
     return Comparison(median_ci(a, confidence), median_ci(b, confidence))
+
+
+def label(ci: Interval) -> str:
+    """How sure an interval is, as the report prints it: its true coverage for order-statistic
+    intervals (75 % for [min, max] of 3 runs), the nominal level and n for bootstrap ones (which
+    cover less than nominal at small n)."""
+    if ci.method == "single":
+        return "n=1, no interval"
+    if ci.method == "order":
+        return f"{ci.coverage * 100:.4g} % exact"
+    return f"nominal {ci.coverage * 100:.4g} % bootstrap, n={ci.n}"
+
+
+def _boot_medians(xs: Sequence[float], rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    arr = np.asarray(xs, dtype=float)
+    return np.asarray(np.median(rng.choice(arr, size=(n_boot, arr.size), replace=True), axis=1))
+
+
+def log_contrast_ci(a1: Sequence[float], b1: Sequence[float], a2: Sequence[float],
+                    b2: Sequence[float], confidence: float = 0.95, seed: int = SEED,
+                    n_boot: int = N_BOOT) -> Interval:
+    """Interaction on log time: [log a1 - log b1] - [log a2 - log b2], medians, returned as the
+    factor exp(contrast) with a percentile bootstrap interval (each cell resampled apart).
+
+    1 means method a's advantage over b is the same under condition 1 and 2 (no interaction);
+    an interval excluding 1 means the methods' ratio depends on the condition (the workload)."""
+    cells = [a1, b1, a2, b2]
+    if any(len(c) == 0 for c in cells) or any(min(c) <= 0 for c in cells):
+        raise ValueError("log contrast needs positive values in all four cells")
+    rng = np.random.default_rng(seed)
+    m = [np.log(_boot_medians(c, rng, n_boot)) for c in cells]
+    boot = (m[0] - m[1]) - (m[2] - m[3])
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
+    est = (math.log(float(np.median(a1))) - math.log(float(np.median(b1)))) - (
+        math.log(float(np.median(a2))) - math.log(float(np.median(b2))))
+    return Interval(math.exp(est), math.exp(float(lo)), math.exp(float(hi)),
+                    min(len(c) for c in cells), confidence, "bootstrap")
+
+
+def slope_ci(points: Sequence[tuple[float, Sequence[float]]], confidence: float = 0.95,
+             seed: int = SEED, n_boot: int = N_BOOT) -> Interval:
+    """Least-squares slope of time against node count over the medians at each count, with a
+    percentile bootstrap interval (runs resampled within each node count)."""
+    pts = [(float(x), list(v)) for x, v in points if len(v)]
+    if len({x for x, _ in pts}) < 2:
+        raise ValueError("a slope needs at least two node counts")
+    xs = np.asarray([x for x, _ in pts])
+
+    def fit(ys: np.ndarray) -> float:
+        return float(np.polyfit(xs, ys, 1)[0])
+
+    est = fit(np.asarray([float(np.median(v)) for _, v in pts]))
+    rng = np.random.default_rng(seed)
+    boot_y = np.stack([_boot_medians(v, rng, n_boot) for _, v in pts], axis=1)
+    xc = xs - xs.mean()
+    slopes = (boot_y - boot_y.mean(axis=1, keepdims=True)) @ xc / float(xc @ xc)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(slopes, [alpha, 1.0 - alpha])
+    return Interval(est, float(lo), float(hi), min(len(v) for _, v in pts), confidence,
+                    "bootstrap")
+
+
+EQUIVALENT = "equivalent"
+DIFFERENT_BEYOND_MARGIN = "beyond margin"
+DIFFERENT_WITHIN_MARGIN = "different, size not settled"
+INCONCLUSIVE = "inconclusive"
+
+
+def equivalence(a: Sequence[float], b: Sequence[float], margin: float, seed: int = SEED,
+                n_boot: int = N_BOOT) -> tuple[str, Interval]:
+    """Two one-sided tests on the ratio median(A)/median(B) against a relative MARGIN.
+
+    The 90 % interval of the ratio (each one-sided test at 5 %) inside [1/(1+margin), 1+margin]:
+    EQUIVALENT (no difference larger than the margin); entirely outside it: a difference
+    larger than the margin; excluding 1 but reaching into the margin: a difference whose size
+    against the margin is not settled; otherwise INCONCLUSIVE (more repetitions needed)."""
+    ci = ratio_ci(a, b, confidence=0.90, seed=seed, n_boot=n_boot)
+    lo_m, hi_m = 1.0 / (1.0 + margin), 1.0 + margin
+    if lo_m <= ci.low and ci.high <= hi_m:
+        return EQUIVALENT, ci
+    if ci.low > hi_m or ci.high < lo_m:
+        return DIFFERENT_BEYOND_MARGIN, ci
+    if ci.low > 1.0 or ci.high < 1.0:
+        return DIFFERENT_WITHIN_MARGIN, ci
+    return INCONCLUSIVE, ci

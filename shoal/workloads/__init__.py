@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-WORKLOADS = ("catwalk", "statwalk")
+WORKLOADS = ("catwalk", "statwalk", "startread")
 
 
 def script_path(name: str) -> Path:

@@ -168,6 +168,61 @@ def test_read_throughput_is_bounded_by_the_storage_link(cluster: ClusterState) -
         assert min(per_node) >= 5.0, "sshfs far slower than the link: something is broken"
 
 
+def _storage_tx(state: ClusterState) -> int:
+    """Bytes the storage host sent (its netns, seen through its PID 1's /proc/PID/net/dev)."""
+    text = Path(f"/proc/{state.storage_pid}/net/dev").read_text()
+    return sum(int(ln.split(":")[1].split()[8]) for ln in text.splitlines()[2:]
+               if ":" in ln and ln.split(":")[0].strip() != "lo")
+
+
+def test_registry_pull_matches_the_store(cluster: ClusterState) -> None:
+    """The `registry` method on network storage: docker-registry runs under the storage host's
+    supervisord, every node pulls manifest and layer over HTTP, unpacks, and the tree matches the
+    store's tree digest; the storage host serves N copies (the N-to-1 load)."""
+    import json
+
+    from shoal.staging import driver
+
+    image = "mpihello"
+    manifest_path = store_root() / image / "manifest.json"
+    if not manifest_path.is_file():
+        pytest.skip(f"{image} not in the store: shoal image export {image}")
+    manifest = json.loads(manifest_path.read_text())
+    size = manifest["sizes"][f"{image}.tar.gz"]
+    conf = Path(ClusterDir(NAME).root / "storage" / "supervisord.conf").read_text()
+    assert "[program:registry]" in conf and "[program:registry-admin]" in conf
+    assert "unix_http_server" not in conf and "inet_http_server" not in conf  # no control socket
+    site = driver.site_for(NAME)
+    alloc = driver.allocate(site, len(NODES), time_limit="10")
+    try:
+        # the first staging pushes the image (not timed); measure the load of a second one
+        first = driver.distribute(site, alloc, "registry", image, timeout=300)
+        assert first.ok, first.failed
+        assert first.extra["registry_push"]["ok"]
+        driver.cleanup(site, alloc, image)
+        tx0 = _storage_tx(cluster)
+        result = driver.distribute(site, alloc, "registry", image, verify=True, timeout=300)
+        served = _storage_tx(cluster) - tx0
+        assert result.ok, result.failed
+        assert not result.extra["registry_push"]["pushed"]  # already there: idempotent
+        for rec in result.records.values():
+            assert rec["verify"]["ok"] and rec["verify"]["digest"] == manifest["tree_digest"]
+            assert rec["registry_bytes"] == size and rec["net_rx_bytes"] >= size
+            assert rec["cpu_seconds"] > 0 and rec["net_tx_bytes"] > 0
+        assert served >= len(NODES) * size  # every node's copy left through the storage link
+        # pushing is refused on the cluster network: the public instance is read-only
+        out = shoal_exec("node1", "python3", "-c",
+                         "import urllib.request as u\n"
+                         "r=u.Request('http://storage:5000/v2/shoal/x/blobs/uploads/',"
+                         "method='POST')\n"
+                         "try: u.urlopen(r)\n"
+                         "except Exception as e: print(e)")
+        assert "405" in out, out
+    finally:
+        driver.cleanup(site, alloc, timeout=120, raise_on_left=False)
+        driver.release(site, alloc.job)
+
+
 def test_down_leaves_nothing(cluster: ClusterState) -> None:
     assert leftovers(cluster) != []  # it is really there
     assert manager.down(NAME) == []

@@ -72,6 +72,13 @@ def assert_clean(name: str, nodes: list[str]) -> None:
 
 @pytest.mark.parametrize("method", method_names())
 def test_run_on_four_nodes(method: str, cluster_name: str, tmp_path: Path) -> None:
+    from shoal.cluster.state import ClusterDir
+    from shoal.staging.registry import get_method
+
+    if get_method(method).prepare == "registry-push" and \
+            ClusterDir(cluster_name).load().storage != "sshfs":
+        pytest.skip(f"{method} needs the storage host's registry (storage = sshfs): "
+                    "tests/integration/test_cluster_sshfs.py runs it")
     site = driver.site_for(cluster_name)
     seen: list[driver.DistResult] = []
     # gds=hash: PMIx's shared-memory store warns about locks inside ch-run containers

@@ -35,6 +35,7 @@ def spec_text(name: str, cluster: str, methods: list[str], workloads: list[str],
     cl = ('kind = "existing"\nstore = "/pfs/store"\n' if existing
           else f'kind = "virtual"\nname = "{cluster}"\nnodes = 4\n')
     return (f'[study]\nname = "{name}"\nrepetitions = {reps}\ntimeout = "2m"\nconcurrency = 2\n'
+            f'cache = "warm"\nwarmup = false\n'
             f"[cluster]\n{cl}"
             f'[matrix]\nimages = ["{IMAGE}"]\nmethods = [{q(repr(m) for m in methods)}]\n'
             f"workloads = [{q(repr(w) for w in workloads)}]\n"

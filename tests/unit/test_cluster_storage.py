@@ -141,7 +141,21 @@ def test_storage_init_script_is_valid_sh(tmp_path: Path) -> None:
     text = scripts.text(scripts.STORAGE_INIT)
     script.write_text(text)
     subprocess.run(["sh", "-n", str(script)], check=True)
-    assert "exec /usr/sbin/sshd -D" in text
+    assert 'exec /usr/bin/supervisord -n -c "$SHOAL_STORAGE_SUPERVISORD"' in text
+
+
+def test_storage_supervisord_runs_sshd_and_registries(tmp_path: Path) -> None:
+    from shoal.cluster.storage import StorageFiles, render_registry_config, render_supervisord_conf
+
+    files = StorageFiles(tmp_path / "storage", tmp_path / "secrets")
+    conf = render_supervisord_conf(files, tmp_path / "logs", sshd=True)
+    assert "[program:sshd]" in conf and "sshd -D -e -f" in conf
+    assert conf.count("docker-registry serve") == 2
+    assert "_http_server" not in conf  # no control socket: nothing listens for supervisorctl
+    ro = render_registry_config("10.0.0.3:5000", tmp_path / "r", readonly=True, secret="s")
+    rw = render_registry_config("127.0.0.1:5001", tmp_path / "r", readonly=False, secret="s")
+    assert "readonly:\n      enabled: true" in ro and "addr: 10.0.0.3:5000" in ro
+    assert "readonly:\n      enabled: false" in rw and "addr: 127.0.0.1:5001" in rw
 
 
 def test_listening_reads_the_netns_socket_table() -> None:

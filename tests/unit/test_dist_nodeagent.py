@@ -75,6 +75,65 @@ def agent(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     return Agent(write_bundle(tmp_path_factory.mktemp("agent") / "agent.pyz"), python)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def oci_registry(store: Path, agent: Agent, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real docker-registry on loopback, as on the storage host: a writable instance the test
+    pushes the image to, and a read-only one the `registry` method pulls from."""
+    import time
+
+    from shoal.cluster.storage import render_registry_config
+    from shoal.staging.oci import REGISTRY_ENV
+
+    if shutil.which("docker-registry") is None:
+        pytest.skip("docker-registry not installed (make setup)")
+    d = tmp_path_factory.mktemp("registry")
+    procs = []
+    urls = []
+    for ro in (False, True):
+        port = _free_port()
+        conf = d / f"{'ro' if ro else 'rw'}.yml"
+        conf.write_text(render_registry_config(f"127.0.0.1:{port}", d / "root", readonly=ro,
+                                               secret="x" * 32))
+        procs.append(subprocess.Popen(["docker-registry", "serve", str(conf)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        urls.append(f"http://127.0.0.1:{port}")
+    try:
+        import urllib.request
+
+        for u in urls:
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(u + "/v2/", timeout=2).read()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+        rec = agent_run(agent, store, store, "registry-push", "--image", IMAGE,
+                        "--registry", urls[0])
+        assert rec["ok"] and rec["pushed"], rec
+        again = agent_run(agent, store, store, "registry-push", "--image", IMAGE,
+                          "--registry", urls[0])
+        assert again["ok"] and not again["pushed"], again  # idempotent
+        from shoal.staging.oci import Client, RegistryError
+
+        with pytest.raises(RegistryError, match="HTTP 405"):  # the public one is read-only
+            Client(urls[1]).request("POST", "/v2/shoal/other/blobs/uploads/", want=(202,))
+        os.environ[REGISTRY_ENV] = urls[1]
+        yield urls[1]
+    finally:
+        os.environ.pop(REGISTRY_ENV, None)
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+
+
 @pytest.fixture()
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "node-tmp"
@@ -141,7 +200,10 @@ def test_stage_verify_cleanup(method: str, store: Path, agent: Agent, tmpfs: Pat
     staged = Path(rec["staged"])
     assert (staged / "etc" / "passwd").is_file()
     assert sum(1 for _ in (staged / "data").rglob("f*")) == 200
-    if method in ("untar", "sbcast", "bcast"):
+    if method == "registry":
+        assert rec["registry_bytes"] == rec["storage_bytes_read"] == \
+            manifest["sizes"][f"{IMAGE}.tar.gz"]
+    if method in ("untar", "sbcast", "bcast", "registry"):
         assert staged == root / JOB / IMAGE
         assert rec["local_bytes_peak"] >= manifest["bytes"]
     if method == "untar":

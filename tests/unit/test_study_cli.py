@@ -30,7 +30,7 @@ def test_errors_are_one_line_with_hint(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "no study database" in err and "hint:" in err
     bad = tmp_path / "bad.toml"
-    bad.write_text((REPO / "examples" / "quick.toml").read_text().replace("repetitions = 3",
+    bad.write_text((REPO / "examples" / "quick.toml").read_text().replace("repetitions = 2",
                                                                           "repetitions = -1"))
     assert main(["study", "run", str(bad), "--dry-run"]) == 2
     err = capsys.readouterr().err
@@ -44,5 +44,10 @@ def test_dry_run_of_quick_example(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["study", "run", str(REPO / "examples" / "quick.toml"), "--out", str(out),
                  "--dry-run"]) == 0
     text = capsys.readouterr().out
-    assert "54 runs to submit" in text and "#SBATCH --nodes=4" in text
+    from shoal.study.matrix import expand
+    from shoal.study.spec import load_spec
+
+    spec = load_spec(REPO / "examples" / "quick.toml")
+    n = len(expand(spec)) * (spec.repetitions + int(spec.warmup))
+    assert f"{n} runs to submit" in text and "#SBATCH --nodes=4" in text
     assert not out.exists()

@@ -25,7 +25,7 @@ from shoal.study.runner import StudyRunner, dry_run, plan
 from shoal.study.spec import parse_spec
 
 SPEC = parse_spec(
-    '[study]\nname="rt"\nrepetitions=2\nconcurrency=2\ntimeout="1m"\n'
+    '[study]\nname="rt"\nrepetitions=2\nconcurrency=2\ntimeout="1m"\nwarmup=false\ncache="warm"\n'
     '[cluster]\nkind="virtual"\nnodes=2\n'
     '[matrix]\nimages=["hello"]\nmethods=["untar","squashfuse"]\nworkloads=["catwalk"]\n'
     'node_counts=[1,2]\n', "rt.toml")

@@ -44,10 +44,14 @@ def run_script(name: str, *args: str) -> dict[str, object]:
     return rec
 
 
+# startread reads a fraction of the files: all of them here, to compare with the full walks
+ALL = {"startread": ("--fraction", "1")}
+
+
 @pytest.mark.parametrize("name", WORKLOADS)
 def test_counts(name: str, tree: tuple[Path, int, int]) -> None:
     root, nfiles, nbytes = tree
-    rec = run_script(name, str(root))
+    rec = run_script(name, str(root), *ALL.get(name, ()))
     assert rec["workload"] == name
     assert rec["files"] == nfiles
     assert rec["bytes"] == nbytes
@@ -58,7 +62,7 @@ def test_counts(name: str, tree: tuple[Path, int, int]) -> None:
 @pytest.mark.parametrize("name", WORKLOADS)
 def test_skip_override_includes_tmp(name: str, tree: tuple[Path, int, int]) -> None:
     root, nfiles, nbytes = tree
-    rec = run_script(name, str(root), "--skip", "/proc")
+    rec = run_script(name, str(root), "--skip", "/proc", *ALL.get(name, ()))
     assert rec["files"] == nfiles + 1
     assert rec["bytes"] == nbytes + 1000
 
@@ -70,6 +74,19 @@ def test_statwalk_counts_entries(tree: tuple[Path, int, int]) -> None:
     # entries: the files, 2 symlinks, every directory below root and the file in tmp is not seen
     assert rec["entries"] == nfiles + 2 + subdirs
     assert rec["dirs"] == subdirs  # root counted, tmp seen but not entered
+
+
+def test_startread_reads_the_same_few_percent_every_time(tmp_path: Path) -> None:
+    root = tmp_path / "img"
+    for i in range(2000):
+        d = root / f"d{i % 40}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}").write_bytes(b"y" * 100)
+    a = run_script("startread", str(root))
+    files = int(str(a["files"]))
+    assert a["files_total"] == 2000 and 0.015 * 2000 <= files <= 0.045 * 2000
+    assert a["bytes"] == 100 * files
+    assert run_script("startread", str(root))["files"] == a["files"]  # deterministic choice
 
 
 def test_unknown_workload() -> None:

@@ -41,6 +41,13 @@ else
     mount --bind "$SHOAL_PFS" "$R/pfs"
     mount --bind "$SHOAL_STORE" "$R/pfs/store"
 fi
+if [ -n "${SHOAL_STORAGE_LINK:-}" ] && [ -d "$SHOAL_STORAGE_LINK" ]; then
+    # the storage host's link counters as the host sees them, read-only: jobs count the bytes
+    # storage served where they flow (shoal/staging/accounting.py)
+    mkdir -p "$R/run/shoal/storage-link"
+    mount --bind "$SHOAL_STORAGE_LINK" "$R/run/shoal/storage-link"
+    mount -o remount,bind,ro "$R/run/shoal/storage-link"
+fi
 mount --bind "$SHOAL_ETC_SLURM" "$R/etc/slurm"
 mount -o remount,bind,ro "$R/etc/slurm"
 mount --bind "$SHOAL_ETC_MUNGE" "$R/etc/munge"

@@ -1,8 +1,9 @@
 #!/bin/sh
-# PID 1 of the storage host (storage = "sshfs") until it execs sshd (shoal/cluster/storage.py).
+# PID 1 of the storage host (storage = "sshfs") until it execs supervisord (shoal/cluster/storage.py).
 # Runs on the host's root filesystem in its own mount namespace: the export tree below is
 # built here, so the host sees none of these mounts. Environment: SHOAL_NET_UP, SHOAL_IP,
-# SHOAL_TBF, SHOAL_EXPORT (chroot of sshd), SHOAL_PFS, SHOAL_STORE, SHOAL_SSHD_CONFIG.
+# SHOAL_TBF, SHOAL_EXPORT (chroot of sshd), SHOAL_PFS, SHOAL_STORE, SHOAL_SSHD_CONFIG,
+# SHOAL_STORAGE_SUPERVISORD.
 set -eu
 # shellcheck source-path=SCRIPTDIR source=net-up.sh
 . "$SHOAL_NET_UP"
@@ -17,4 +18,5 @@ mount -t tmpfs -o size=1m,mode=0755 tmpfs "$E"
 mkdir "$E/pfs"
 mount --bind "$SHOAL_PFS" "$E/pfs"
 mount --bind "$SHOAL_STORE" "$E/pfs/store"
-exec /usr/sbin/sshd -D -e -f "$SHOAL_SSHD_CONFIG"
+# supervisord (no control socket) runs sshd and the OCI registries; it keeps them up
+exec /usr/bin/supervisord -n -c "$SHOAL_STORAGE_SUPERVISORD"

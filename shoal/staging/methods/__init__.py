@@ -6,6 +6,7 @@ one more line in shoal.bundle.MODULES; every test parametrized over the registry
 
 from shoal.staging.methods import (  # noqa: F401
     bcast,
+    registry,
     sbcast,
     sbcast_squashfs,
     shared_dir,

@@ -109,6 +109,7 @@ class Bcast(_Bcast):
 @register("bcast-squashfs")
 class BcastSquashfs(_Bcast):
     artifact = "sqfs"
+    phase = "mount"  # the broadcast copy is the collective phase; this mounts it
     privileged = True
     description = "pipelined broadcast of the SquashFS file among the nodes, loop-mounted (root)"
 

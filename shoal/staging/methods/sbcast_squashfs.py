@@ -23,6 +23,7 @@ from shoal.staging.methods.squashfs_kernel import loop_mount, loop_unmount
 @register("sbcast-squashfs")
 class SbcastSquashfs(Method):
     artifact = "sqfs"
+    phase = "mount"
     collective = "sbcast"
     privileged = True
     description = "sbcast the SquashFS file to node-local storage, loop-mount it there (root)"

@@ -61,6 +61,7 @@ def loop_unmount(dest: "str", dev: "str | None", read_base: "int" = 0) -> "dict[
 @register("squashfs-kernel")
 class SquashfsKernel(Method):
     artifact = "sqfs"
+    phase = "mount"
     privileged = True
     description = "loop-mount the SquashFS file on shared storage (root or Prolog)"
 

@@ -50,6 +50,7 @@ def proc_figures(pid: "int") -> "dict[str, int]":
 @register("squashfuse")
 class Squashfuse(Method):
     artifact = "sqfs"
+    phase = "mount"
     description = "FUSE-mount the SquashFS file on shared storage (unprivileged)"
 
     def check(self, ctx: "Context") -> "None":

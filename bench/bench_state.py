@@ -260,9 +260,9 @@ def upgrade(name: str, new: Path, k: int) -> dict[str, Any]:
             unavail[e["node"]] = e["time"] - out_at[e["node"]]
             cur -= 1
         most = max(most, cur)
+    requeued = _requeues(name, jobs)  # first: squeue keeps finished jobs only MinJobAge seconds
     final = slurm_client(st).wait(jobs, timeout=300)
     bad = {j: str(f.state) for j, f in final.items() if not f.state.ok}
-    requeued = _requeues(name, jobs)
     return {
         "total": total,
         "unavail": unavail,
@@ -273,17 +273,21 @@ def upgrade(name: str, new: Path, k: int) -> dict[str, Any]:
     }
 
 
-def _requeues(name: str, jobs: list[int]) -> int:
-    """Jobs sacct shows with a restart count (requeued) — the upgrade must cause none."""
+def _requeues(name: str, jobs: list[int]) -> str:
+    """Jobs requeued (restart_cnt > 0) as squeue --states=all shows them (finished jobs stay there
+    for MinJobAge=300 s; 22.05's sacct JSON has no restart count): "requeued/seen"."""
     import json
 
     st = ClusterDir(name).load()
-    out = run([*enter_prefix(st, "ctl"), "sacct", "--json", "-j", ",".join(map(str, jobs))], check=False)
+    out = run([*enter_prefix(st, "ctl"), "squeue", "--json", "--states=all"], check=False)
     try:
         data = json.loads(out.stdout)
     except ValueError:
-        return -1
-    return sum(1 for j in data.get("jobs", []) if int(j.get("restart_cnt", 0) or 0) > 0)
+        return "?"
+    wanted = set(jobs)
+    seen = [j for j in data.get("jobs", []) if int(j.get("job_id", 0)) in wanted]
+    requeued = sum(1 for j in seen if int(j.get("restart_cnt", 0) or 0) > 0)
+    return f"{requeued}/{len(seen)}"
 
 
 def main() -> None:
@@ -347,7 +351,7 @@ def main() -> None:
         "most out at once",
         "jobs",
         "not COMPLETED",
-        "requeued",
+        "requeued/seen",
     ):
         t2.add_column(col, justify="right")
     t2.add_row(

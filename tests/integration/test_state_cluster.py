@@ -9,6 +9,7 @@ tests should not see that).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import signal
@@ -271,6 +272,12 @@ def test_rolling_upgrade_under_jobs_survives_a_service_restart(stcluster: str, n
         most = max(most, len(out_now))
     assert most == 1
     assert len(job_ids) >= 10
+    # Requeued jobs carry restart_cnt > 0 (squeue keeps finished jobs MinJobAge=300 s; 22.05's sacct
+    # JSON has no restart count).
+    listed = json.loads(run([*ctl, "squeue", "--json", "--states=all"]).stdout)["jobs"]
+    ours = [j for j in listed if j["job_id"] in set(job_ids)]
+    assert len(ours) == len(job_ids)
+    assert [j["job_id"] for j in ours if j.get("restart_cnt", 0)] == []
     final = client.wait(job_ids, timeout=120)
     bad = {j: f.state for j, f in final.items() if not f.state.ok}
     assert not bad, f"jobs not COMPLETED during the upgrade: {bad}"

@@ -118,6 +118,7 @@ def wait_ready(name: str, node: str, timeout: float = 120) -> None:
 
 def update_time(name: str, after: int, node: str) -> float | None:
     """Wall time at which the service's scontrol update (DOWN) for NODE returned."""
+    time.sleep(0.5)  # Slurm may show DOWN a moment before the service has logged its update
     for e in events_after(name, after):
         if (
             e["kind"] == "slurm_update"

@@ -215,6 +215,7 @@ async def _freeze(request: web.Request, frozen: bool) -> web.Response:
     await authenticate(request, raw)
     eng = request.app[ENGINE]
     changed = eng.freeze(_names(data), frozen)
+    await eng.refresh_slurm()
     return web.json_response({"nodes": changed, "frozen": frozen})
 
 

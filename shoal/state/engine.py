@@ -517,6 +517,11 @@ class Engine:
                 self.last_slurm_update[u.node] = now
             self._poll_now.set()
 
+    async def refresh_slurm(self) -> None:
+        """Read Slurm's view now (freeze does: a tool that freezes a node and then drains and
+        stops it must find the service already seeing its drain, so it never reports over it)."""
+        await self._poll_slurm()
+
     async def _poll_slurm(self) -> None:
         try:
             nodes = await asyncio.to_thread(self.bridge.show)

@@ -29,6 +29,7 @@ MODULES = (
     "shoal/staging/base.py",
     "shoal/staging/accounting.py",
     "shoal/staging/nodeagent.py",
+    "shoal/staging/privileged.py",
     "shoal/staging/jobstep.py",
     "shoal/staging/record.py",
     "shoal/staging/registry.py",
@@ -107,5 +108,13 @@ def publish(store: str | os.PathLike[str]) -> str:
     name = f"agent-{hashlib.sha256(bundle_bytes()).hexdigest()[:16]}.pyz"
     dest = Path(store) / ".shoal" / name
     if not dest.exists():
+        # root runs this file on every node (Prolog, job steps of root): only the store's owner
+        # (root) may put it there; a user gets the one the admin published
+        if not os.access(dest.parent if dest.parent.exists() else store, os.W_OK):
+            raise ShoalError(
+                f"the node agent {name} of this shoal is not in the store {store}, and only "
+                "root may publish it",
+                hint="ask the admin to run `shoal cluster up` (or any `shoal run` as root) with "
+                     "this version of shoal, which publishes it")
         write_bundle(dest)
     return name

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from shoal.errors import ImageError
+from shoal.errors import ImageError, ShoalError
 from shoal.runner import run
 
 
@@ -88,3 +88,36 @@ def write_file(path: Path, text: str | bytes, mode: int = 0o644, uid: int = 0, g
         path.write_bytes(text)
     os.chmod(path, mode)
     os.chown(path, uid, gid)
+
+
+def makedirs_nofollow(base: Path, rel: str, mode: int = 0o755) -> Path:
+    """BASE/REL made by root without following anything a user could have planted.
+
+    For root writing below a world-writable directory (a cluster's /pfs): each component is
+    created or opened relative to its parent's descriptor with O_NOFOLLOW, and an existing one
+    must be a directory root owns that no one else can write, else ShoalError names it (a user's
+    symlink ``/pfs/shoal-study -> /etc`` would otherwise have root create directories in /etc).
+    """
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    path = base
+    try:
+        for comp in [c for c in rel.split("/") if c]:
+            if comp in (".", ".."):
+                raise ShoalError(f"{base}/{rel}: no . or .. components", None)
+            path = path / comp
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(comp, mode, dir_fd=fd)
+            try:
+                nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                raise ShoalError(f"{path} is not a directory root made ({exc.strerror})",
+                                 f"someone replaced it (a symlink?): remove {path} and retry") from None
+            os.close(fd)
+            fd = nfd
+            st = os.fstat(fd)
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                raise ShoalError(f"{path} belongs to uid {st.st_uid} (mode {st.st_mode & 0o7777:o}), "
+                                 "not to root alone", f"remove {path} and retry")
+    finally:
+        os.close(fd)
+    return path

@@ -21,6 +21,8 @@ from shoal.errors import ClusterError
 console = LazyConsole()
 _cluster = cluster_option(required_default=True)
 MiB = 1 << 20
+# Up to this many nodes `status` shows one row per node.
+STATUS_ROWS = 32
 
 
 @click.group()
@@ -120,9 +122,12 @@ def list_(as_json: bool) -> None:
 @cluster.command()
 @_cluster
 @json_option
-def status(cluster: str, as_json: bool) -> None:
-    """Nodes, Slurm state, supervisord programs and memory per node."""
-    from shoal.cluster.status import cluster_status
+@click.option("--all", "every", is_flag=True,
+              help=f"One row per node even for more than {STATUS_ROWS} nodes (default: alike nodes "
+                   "in one hostlist row).")
+def status(cluster: str, as_json: bool, every: bool) -> None:
+    """Nodes, Slurm state, supervisord programs and memory (PSS) per node."""
+    from shoal.cluster.status import NodeStatus, cluster_status
 
     st, nodes = cluster_status(cluster)
     if as_json:
@@ -146,21 +151,32 @@ def status(cluster: str, as_json: bool) -> None:
         }
         jsonout.emit("cluster.status", doc)
         return
+    from shoal.cluster.capacity import median
+
     table = Table(title=f"cluster {st.name}")
     for col in ("node", "slurm", "programs", "PSS MiB", "RSS MiB", "layer1"):
         table.add_column(col)
+    # Alike nodes (same Slurm state, program states and image) share one row in hostlist form:
+    # rendering one rich row per node took 3 s for 128 nodes.
+    groups: dict[tuple[str, bool, str, str], list[NodeStatus]] = {}
     for n in nodes:
         progs = " ".join(
             f"{p.name}:{'[green]' if p.state == 'RUNNING' else '[red]'}{p.state}[/]" for p in n.programs
         )
-        table.add_row(n.name, n.slurm_state, progs or ("-" if n.running else "[red]not running[/]"),
-                      f"{n.pss_bytes / MiB:.1f}", f"{n.rss_bytes / MiB:.1f}",
-                      st.node_images.get(n.name, st.layer1_hash)[:12])
+        image = st.node_images.get(n.name, st.layer1_hash)[:12]
+        key = (n.name, n.running, progs, image) if every or len(nodes) <= STATUS_ROWS else \
+            (n.slurm_state, n.running, progs, image)
+        groups.setdefault(key, []).append(n)
+    for (_, running, progs, image), ns in groups.items():
+        pss = [n.pss_bytes / MiB for n in ns]
+        rss = [n.rss_bytes / MiB for n in ns]
+        mem = (f"{pss[0]:.1f}", f"{rss[0]:.1f}") if len(ns) == 1 else \
+            (f"{median(pss):.1f} (max {max(pss):.1f})", f"{median(rss):.1f}")
+        table.add_row(hostlist([n.name for n in ns]), ns[0].slurm_state,
+                      progs or ("-" if running else "[red]not running[/]"), *mem, image)
     console.print(table)
     idle = [n.pss_bytes / MiB for n in nodes if n.running and n.slurm_state == "idle"]
     if idle:
-        from shoal.cluster.capacity import median
-
         console.print(f"PSS per idle node: median {median(idle):.1f} MiB, max {max(idle):.1f} MiB "
                       f"({len(idle)} idle of {len(nodes)}); all nodes "
                       f"{sum(n.pss_bytes for n in nodes) / 2**30:.2f} GiB")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
@@ -14,7 +15,34 @@ from shoal.errors import ShoalError
 err_console = Console(stderr=True, highlight=False)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# command -> (module, attribute): each subsystem's commands are imported only when used. The
+# study commands pull in matplotlib and the model commands scipy: importing every module for
+# every command cost `shoal cluster status` 3-7 s before it did anything (issue 15).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "cluster": ("shoal.cli.cluster", "cluster"),
+    "image": ("shoal.cli.image", "image"),
+    "dist": ("shoal.cli.dist", "dist"),
+    "run": ("shoal.cli.dist", "run_cmd"),
+    "study": ("shoal.cli.study", "study"),
+    "model": ("shoal.cli.model", "model"),
+    "state": ("shoal.cli.state", "state"),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            module, attr = COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Log every command run and show tracebacks.")
 @click.version_option(__version__, prog_name="shoal")
 @click.pass_context
@@ -29,20 +57,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    # Imported here so `shoal --help` stays fast and each subsystem owns its commands.
-    from shoal.cli import cluster, dist, image, model, state, study
-
-    cli.add_command(cluster.cluster)
-    cli.add_command(image.image)
-    cli.add_command(dist.dist)
-    cli.add_command(dist.run_cmd)
-    cli.add_command(study.study)
-    cli.add_command(model.model)
-    cli.add_command(state.state)
+    """Import every command now (tests walk cli.commands); `shoal` itself imports on use."""
+    ctx = click.Context(cli)
+    for name in COMMANDS:
+        cli.get_command(ctx, name)
 
 
 def main(argv: list[str] | None = None) -> int:
-    _register()
     from shoal.cli.options import set_json_mode
 
     set_json_mode(False)

@@ -63,7 +63,26 @@ def cluster_path(cluster: str, controller: str) -> Path:
     return ROOT / controller / PARENT / cluster
 
 
-def create(cluster: str, host: str, memory_mb: int | None = None) -> HostCgroup:
+# cpu.shares of one host; the controller gets more: it is the critical path of a boot with
+# hundreds of nodes (a real one has its own machine). The groups above weigh what they hold, or
+# a cluster of 256 busy nodes would get the CPU of one process beside the host's own processes
+# (cgroup v1 weighs a child group like one task of its parent).
+HOST_SHARES = 1024
+CONTROLLER_SHARES = 10 * HOST_SHARES
+MAX_SHARES = 262144  # the kernel's upper bound
+
+
+def weigh(cluster: str, hosts: int) -> None:
+    """Give the cluster's cpu group the weight of its hosts (and the parent the most it can
+    have: it holds every cluster), so nodes compete with the host's processes as processes."""
+    for path, shares in ((ROOT / "cpu" / PARENT, MAX_SHARES),
+                         (cluster_path(cluster, "cpu"), min(MAX_SHARES, HOST_SHARES * hosts))):
+        path.mkdir(parents=True, exist_ok=True)
+        _write(path / "cpu.shares", str(shares))
+
+
+def create(cluster: str, host: str, memory_mb: int | None = None,
+           cpu_shares: int | None = None) -> HostCgroup:
     """Make (or reuse) the host's cgroups and apply its limits."""
     cg = HostCgroup(cluster, host)
     for c in CONTROLLERS:
@@ -75,6 +94,8 @@ def create(cluster: str, host: str, memory_mb: int | None = None) -> HostCgroup:
                                "per-node accounting needs cgroup v1 cpu, cpuacct and memory "
                                "mounted under /sys/fs/cgroup, and root") from None
     configure(cg, memory_mb)
+    if cpu_shares is not None:
+        _write(cg.path("cpu") / "cpu.shares", str(cpu_shares))
     return cg
 
 

@@ -82,6 +82,30 @@ def create_network(plan: BridgePlan, links: list[tuple[str, str, str]], profile:
         run(["tc", "-batch", "-"], input="\n".join(tc_lines) + "\n", what="shaping the cluster links")
 
 
+NEIGH_SYSCTL = Path("/proc/sys/net/ipv4/neigh/default")
+# ARP entries per host of all clusters: the controller knows every node; a node knows the
+# controller, its parent and children in Slurm's fan-out tree, and the peers it ssh'es to.
+NEIGH_PER_HOST = 4
+
+
+def ensure_neighbour_table(hosts: int) -> None:
+    """Raise the kernel's ARP table limits for `hosts` hosts in all clusters (never lower them).
+
+    The table and its gc_thresh limits are one for ALL network namespaces (only the host's netns
+    has the sysctls): past gc_thresh3 (1024 by default) the kernel drops new entries ("neighbour
+    table overflow") and traffic stalls; past gc_thresh2 it collects entries after 5 s. One
+    cluster of 256 nodes alone needs ~800 entries during `srun -N256`.
+    """
+    want3 = NEIGH_PER_HOST * hosts
+    for name, want in (("gc_thresh2", want3 // 2), ("gc_thresh3", want3)):
+        f = NEIGH_SYSCTL / name
+        try:
+            if int(f.read_text()) < want:
+                f.write_text(str(want))
+        except (OSError, ValueError):
+            continue  # not allowed here: the cluster still works, with ARP churn at scale
+
+
 def netns_inode(ns: str) -> int | None:
     try:
         return os.stat(NETNS_DIR / ns).st_ino

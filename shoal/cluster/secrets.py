@@ -20,7 +20,13 @@ from shoal.runner import run
 
 SHOAL_UID = 1000  # the cluster user `shoal` on every host
 HOST_KEY = "ssh_host_ed25519_key"
+# Three client keys, one per trust level (docs/SECURITY.md): root's (admin ssh to every host),
+# the user `shoal`'s (in its home, which every job of the user can read), and the one the
+# controller and nodes mount /pfs with from the storage host (read by their init scripts before
+# pivot_root, never placed where anything of the cluster can read it).
 CLIENT_KEY = "id_ed25519"
+USER_KEY = "user_id_ed25519"
+STORAGE_KEY = "storage_id_ed25519"
 # The cluster's ssh client may only talk to hosts whose key it knows.
 SSH_CONFIG = "Host *\n  StrictHostKeyChecking yes\n  LogLevel ERROR\n"
 
@@ -30,6 +36,8 @@ class ClusterSecrets:
     munge_key: bytes
     client_key: bytes  # private key of the cluster's ssh client
     client_pub: str  # its authorized_keys line
+    user_key: bytes  # private key of the user `shoal` (its own, not root's)
+    user_pub: str
     known_hosts: str  # every host of the cluster presents the one host key
     db_password: str  # slurmdbd's MariaDB account
     ssh_config: str = SSH_CONFIG
@@ -39,7 +47,7 @@ def create(cd: ClusterDir, name: str, index: int) -> ClusterSecrets:
     """Make the cluster's keys (ssh keys kept under cd.secrets; the rest returned)."""
     cd.secrets.mkdir(parents=True, exist_ok=True)
     os.chmod(cd.secrets, 0o700)
-    for key in (HOST_KEY, CLIENT_KEY):
+    for key in (HOST_KEY, CLIENT_KEY, USER_KEY, STORAGE_KEY):
         if not (cd.secrets / key).exists():
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"shoal-{name}",
                  "-f", str(cd.secrets / key)])
@@ -48,6 +56,8 @@ def create(cd: ClusterDir, name: str, index: int) -> ClusterSecrets:
         munge_key=secrets.token_bytes(1024),
         client_key=(cd.secrets / CLIENT_KEY).read_bytes(),
         client_pub=(cd.secrets / f"{CLIENT_KEY}.pub").read_text(),
+        user_key=(cd.secrets / USER_KEY).read_bytes(),
+        user_pub=(cd.secrets / f"{USER_KEY}.pub").read_text(),
         known_hosts=f"ctl,node*,{Addressing(index).pattern} {' '.join(host_pub)}\n",
         db_password=secrets.token_hex(12),
     )
@@ -60,8 +70,8 @@ def create(cd: ClusterDir, name: str, index: int) -> ClusterSecrets:
 def place_user_home(cd: ClusterDir, s: ClusterSecrets) -> None:
     """The shared home of the user `shoal` (uid 1000 on every host): ssh between hosts."""
     uhome = cd.home / "shoal"
-    write_file(uhome / ".ssh" / "authorized_keys", s.client_pub, 0o600, SHOAL_UID, SHOAL_UID)
-    write_file(uhome / ".ssh" / "id_ed25519", s.client_key, 0o600, SHOAL_UID, SHOAL_UID)
+    write_file(uhome / ".ssh" / "authorized_keys", s.user_pub, 0o600, SHOAL_UID, SHOAL_UID)
+    write_file(uhome / ".ssh" / "id_ed25519", s.user_key, 0o600, SHOAL_UID, SHOAL_UID)
     write_file(uhome / ".ssh" / "known_hosts", s.known_hosts, 0o644, SHOAL_UID, SHOAL_UID)
     write_file(uhome / ".ssh" / "config", s.ssh_config, 0o644, SHOAL_UID, SHOAL_UID)
     os.chown(uhome, SHOAL_UID, SHOAL_UID)

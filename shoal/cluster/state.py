@@ -33,6 +33,7 @@ class ClusterState:
     controller_pid: int = 0
     storage: str = "bind"  # bind | sshfs (config.STORAGE_MODES)
     storage_pid: int = 0  # outer pid of the storage host (storage = "sshfs" only)
+    broker_pid: int = 0  # the cluster's mount broker on the host (shoal.cluster.broker)
     node_pids: dict[str, int] = field(default_factory=dict)
     node_images: dict[str, str] = field(default_factory=dict)  # node -> layer1 hash it runs
     phase: str = "creating"  # creating | up | down
@@ -106,8 +107,13 @@ class ClusterDir:
     def logs(self) -> Path:
         return self.root / "log"
 
+    @property
+    def nodes_dir(self) -> Path:
+        """Per-node upper layers and work dirs: a tmpfs while the cluster is up (manager.py)."""
+        return self.root / "nodes"
+
     def node(self, node: str) -> Path:
-        return self.root / "nodes" / node
+        return self.nodes_dir / node
 
     def exists(self) -> bool:
         return self.state_file.exists()
@@ -161,13 +167,24 @@ def free_index(taken: set[int]) -> int:
     The index names the cluster's subnet (shoal.cluster.topology), its veths and extra bridges.
     """
     host_tens = _host_ten_nets()
+    links = _link_indexes()
     for i in range(1, topology.MAX_INDEX + 1):
-        if i not in taken and i not in host_tens:
+        if i not in taken and i not in host_tens and i not in links:
             return i
     raise ClusterError(
         f"no free cluster index (10.1-{topology.MAX_INDEX}.0.0/16) for another cluster",
         "take a cluster down first",
     )
+
+
+def _link_indexes() -> set[int]:
+    """Indexes in the names of host links shaped like a cluster's (sv<i>c, sv<i>n7, sb<i>x1, ...):
+    a crashed cluster's veth left behind would make `up` fail with "File exists"."""
+    try:
+        names = os.listdir("/sys/class/net")
+    except OSError:
+        return set()
+    return {int(m.group(1)) for n in names if (m := re.fullmatch(r"s[vbt]([0-9]+)[cnsx][0-9a-z]*", n))}
 
 
 def _host_ten_nets() -> set[int]:

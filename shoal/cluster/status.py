@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from shoal.cluster import capacity, manager, netns
 from shoal.cluster.node import running as host_running
+from shoal.cluster.node import running_hosts
 from shoal.cluster.state import ClusterDir, ClusterState
 from shoal.cluster.supervisor import Program
 from shoal.cluster.supervisor import supervisor_of as supervisor_of  # its home moved to supervisor.py
@@ -51,9 +52,9 @@ def rss_of_netns(ns: str) -> tuple[int, int]:
     return mem.rss, mem.processes
 
 
-def _programs(state: ClusterState, node: str) -> list[Program]:
+def _programs(state: ClusterState, node: str, timeout: float = 5.0) -> list[Program]:
     try:
-        return supervisor_of(state, node, timeout=5.0).programs()
+        return supervisor_of(state, node, timeout=timeout).programs()
     except ClusterError:
         return []
 
@@ -61,11 +62,14 @@ def _programs(state: ClusterState, node: str) -> list[Program]:
 def cluster_status(name: str, record: bool = True) -> tuple[ClusterState, list[NodeStatus]]:
     state = ClusterDir(name).load()
     slurm = manager.node_states(state) if host_running(state, "ctl") else {}
-    up = [n for n in state.nodes if host_running(state, n)]
+    up = running_hosts(state, state.nodes)
     inodes = {n: netns.netns_inode(state.netns(n)) for n in up}
     by_ns = capacity.processes_by_netns(i for i in inodes.values() if i is not None)
     with ThreadPoolExecutor(max_workers=RPC_WORKERS) as pool:
         programs = dict(zip(up, pool.map(lambda n: _programs(state, n), up), strict=True))
+    # a supervisord that did not answer in time on a loaded machine gets one longer try
+    for n in [n for n in up if not programs[n]]:
+        programs[n] = _programs(state, n, timeout=20.0)
     out: list[NodeStatus] = []
     idle: list[capacity.NodeMemory] = []
     for node in state.nodes:

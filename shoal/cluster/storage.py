@@ -34,6 +34,7 @@ from pathlib import Path
 
 from shoal.cluster import scripts
 from shoal.cluster.netns import is_alive
+from shoal.cluster.secrets import STORAGE_KEY
 from shoal.cluster.slurmconf import Addressing
 from shoal.cluster.state import ClusterDir
 from shoal.errors import ClusterError, DependencyError
@@ -101,7 +102,7 @@ class StorageFiles:
 
     @property
     def client_key(self) -> Path:
-        return self.secrets / "id_ed25519"
+        return self.secrets / STORAGE_KEY
 
     @property
     def authorized_keys(self) -> Path:
@@ -240,9 +241,12 @@ def sshfs_argv(server: str, mountpoint: str, files: StorageFiles) -> list[str]:
     Choices, and why:
     - allow_other: jobs run as uid 1000 (and charliecloud in user namespaces) must see /pfs, not
       only root who mounted it.
-    - no default_permissions: SFTP creates files as the server's user (root), so with kernel
-      permission checks a file a user creates would turn read-only to that user. The server
-      decides, like an NFS export with no_root_squash to trusted hosts (an emulation, not a site).
+    - default_permissions: the client kernel checks every access against the owner and mode the
+      server reports, as NFS does for sec=sys. Without it sshfs let any local user do whatever
+      the SFTP session (root on the storage host) may: uid 1000 could replace store images and
+      the node agent root runs (docs/SECURITY.md). The price: SFTP creates files as root, so a
+      file a user creates on /pfs belongs to root afterwards (like an all_squash export); users
+      keep their own files in /home. The store is exported read-only besides (storage-init.sh).
     - no kernel_cache/auto_cache: the page cache of a file is dropped at every open, so each run
       of a benchmark reads over the network (repetitions stay independent without a host-wide
       drop_caches that would disturb everyone else) and nodes never see stale data.
@@ -261,6 +265,7 @@ def sshfs_argv(server: str, mountpoint: str, files: StorageFiles) -> list[str]:
     """
     opts = [
         "allow_other",
+        "default_permissions",
         "no_contain_symlinks",
         "dcache_timeout=1",
         f"IdentityFile={files.client_key}",
@@ -304,7 +309,7 @@ def prepare(cd: ClusterDir, addr: Addressing, store: Path, tbf: str) -> tuple[di
     files.export.mkdir(parents=True, exist_ok=True)
     os.chmod(files.root, 0o755)
     os.chmod(files.export, 0o755)
-    client_pub = (cd.secrets / "id_ed25519.pub").read_text()
+    client_pub = (cd.secrets / f"{STORAGE_KEY}.pub").read_text()
     host_pub = " ".join((cd.secrets / "ssh_host_ed25519_key.pub").read_text().split()[:2])
     _write(files.authorized_keys, render_authorized_keys(client_pub, addr.subnet), 0o600)
     _write(files.known_hosts, f"{addr.storage} {host_pub}\n", 0o644)

@@ -28,8 +28,7 @@ from shoal.runner import run
 FORMAT = 1
 STAGE_ROOT = "/tmp/shoal"
 DEFAULT_STORE = "/pfs/store"
-AGENT_DIR = ".shoal"  # under the store: agent bundle, prolog requests
-REQUESTS_DIR = ".shoal/requests"
+AGENT_DIR = ".shoal"  # under the store: the agent bundle root publishes
 # artifact kind -> the store manifest's export format, default file name, node-local suffix
 EXPORTS = {"tar": "tar.gz", "sqfs": "squashfs", "dir": "dir"}
 DEFAULT_NAMES = {"tar": "{image}.tar.gz", "sqfs": "{image}.sqfs", "dir": "dir"}
@@ -140,6 +139,9 @@ class Method:
     # driver-side step before anything is timed ("registry-push": fill the cluster's registry)
     prepare: "ClassVar[str | None]" = None
     privileged: "ClassVar[bool]" = False  # needs root on the node (mounts)
+    # staged by shoal's Prolog when the job asks in its comment (shoal.staging.privileged):
+    # a mount of a file of the admin's store, done by root before the job starts
+    prolog: "ClassVar[bool]" = False
     description: "ClassVar[str]" = ""
     # what its stage step is in the job's phase breakdown: "stage" (a copy/unpack into the node)
     # or "mount" (lazy: the image stays where it is, reads happen in the workload)
@@ -159,6 +161,14 @@ class Method:
     def local_bytes_needed(self, ctx: "Context") -> "int":
         """Node-local bytes this method needs for the image (0: nothing is copied locally)."""
         return 0
+
+    def root_mount(self, src: "str", dest: "str") -> "Staged":
+        """Prolog methods: mount SRC (a checked store file) on DEST (a directory root made)."""
+        raise NotImplementedError
+
+    def root_unmount(self, dest: "str", extra: "dict[str, Any]") -> "dict[str, Any]":
+        """Prolog methods: undo root_mount (the Epilog); EXTRA is what root_mount recorded."""
+        raise NotImplementedError
 
 
 M = TypeVar("M", bound="type[Method]")
@@ -410,6 +420,14 @@ class Sampler:
 
 
 def load_state(ctx: "Context") -> "dict[str, Any] | None":
+    """The staging state of (job, image): the Prolog's (root-owned, in privileged.MOUNT_ROOT)
+    when it staged the image, else what this job's own steps saved in the job directory."""
+    from shoal.staging import privileged as priv
+
+    with contextlib.suppress(priv.Refused):
+        root_state = priv.load_root_state(ctx.job, ctx.image)
+        if root_state is not None:
+            return root_state
     try:
         with open(ctx.state_file) as f:
             data = json.load(f)

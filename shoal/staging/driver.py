@@ -30,7 +30,7 @@ from shoal.bundle import publish
 from shoal.errors import DistError, SlurmError
 from shoal.runner import run
 from shoal.slurm.client import Job, JobState, SlurmClient
-from shoal.staging.base import REQUESTS_DIR, Context, Method
+from shoal.staging.base import Context, Method
 from shoal.staging.jobstep import (
     BCAST_CHUNK as BCAST_CHUNK,  # the default, for callers
 )
@@ -43,11 +43,13 @@ from shoal.staging.jobstep import (
     run_agent,
 )
 from shoal.staging.jobstep import parse_records as parse_records  # the records format, for callers
+from shoal.staging.privileged import stage_comment
 from shoal.staging.registry import get_method
 
 DEFAULT_TIMEOUT = 600.0
 SUBMIT_TIMEOUT = 60.0
 START_TIMEOUT = 300.0
+EPILOG_TIMEOUT = 60.0
 # sbcast's default fan-out is 8; exposed because question 5 of the study is about it
 DEFAULT_FANOUT = 8
 
@@ -154,21 +156,23 @@ def job_nodes(site: Site, job: str) -> list[str]:
 
 
 def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[[str], None]
-             | None = None, partition: str | None = None,
+             | None = None, partition: str | None = None, comment: str | None = None,
              sbatch_args: Sequence[str] = ()) -> Allocation:
     """Submit a placeholder job of NODES nodes held, call before_start(jobid), release, wait.
 
-    Held first so a request for the Prolog can be written once the job id is known and before
-    any node runs the Prolog (PrologFlags=Alloc runs it at allocation). --no-kill keeps the
-    allocation when a node dies, so the driver can still clean up the others. sbatch_args are
-    the site's own options (--account, --qos, --constraint, --reservation, ...), placed after
-    shoal's so that they win where both set one.
+    COMMENT is the job's request to shoal's Prolog (shoal.staging.privileged.stage_comment):
+    slurmctld keeps it in the job record, so the Prolog (root) trusts it as the job user's own
+    request. --no-kill keeps the allocation when a node dies, so the driver can still clean up
+    the others. sbatch_args are the site's own options (--account, --qos, --constraint,
+    --reservation, ...), placed after shoal's so that they win where both set one.
     """
     argv = ["sbatch", "--parsable", "--hold", "--no-kill", f"--nodes={nodes}",
             "--ntasks-per-node=1", f"--time={time_limit}", "--job-name=shoal",
             "--output=/dev/null", "--error=/dev/null"]
     if partition:
         argv.append(f"--partition={partition}")
+    if comment:
+        argv.append(f"--comment={comment}")
     argv += [*sbatch_args, "--wrap", "exec sleep 2147483647"]
     out = run(site.argv(*argv), timeout=SUBMIT_TIMEOUT, what="sbatch (shoal allocation)")
     job = out.stdout.strip().split(";")[0]
@@ -197,6 +201,18 @@ def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[
 
 def release(site: Site, job: str) -> None:
     run(site.argv("scancel", job), timeout=SUBMIT_TIMEOUT, check=False)
+
+
+def wait_released(site: Site, job: str, timeout: float = EPILOG_TIMEOUT) -> None:
+    """Wait until JOB has left the nodes: its Epilog (root) undoes the Prolog's mounts, so a
+    `shoal run` that returns leaves no mount or loop device behind."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = run(site.argv("squeue", "-h", "-j", job, "-o", "%t"), timeout=SUBMIT_TIMEOUT,
+                  check=False)
+        if out.returncode != 0 or out.stdout.strip() in ("", "CD", "CA", "F", "TO"):
+            return
+        time.sleep(0.2)
 
 
 # ---- steps -------------------------------------------------------------------------------------
@@ -261,19 +277,6 @@ def prepare(cluster: str | None, method: Method, image: str, store: Path) -> dic
                         f"boot it with: shoal cluster up --name {cluster} --storage sshfs")
     agent = store / ".shoal" / publish(store)
     return dict(storage.push_image(state.netns("storage"), store, agent, image))
-
-
-def request_path(site: Site, job: str) -> Path:
-    return site.store_local / REQUESTS_DIR / f"{job}.json"
-
-
-def write_request(site: Site, job: str, image: str, method: str) -> Path:
-    p = request_path(site, job)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps({"format": 1, "job": job, "image": image, "method": method}))
-    os.replace(tmp, p)
-    return p
 
 
 def distribute(
@@ -429,17 +432,11 @@ def run_in_image(
     method = get_method(method_name)
     check_image(site, image)
     alloc = current_allocation(site) if nodes is None else None
-    request: Path | None = None
-
-    def before_start(job: str) -> None:
-        nonlocal request
-        # only privileged mounts that need no broadcast can be done by the Prolog
-        if method.privileged and not method.collective:
-            request = write_request(site, job, image, method.name)
-
     if alloc is None:
-        alloc = allocate(site, nodes or 1, time_limit=time_limit, before_start=before_start,
-                         partition=partition, sbatch_args=sbatch_args)
+        # mounts are the Prolog's (root) job, asked for in the job's comment
+        comment = stage_comment(method.name, image) if method.prolog or method.privileged else None
+        alloc = allocate(site, nodes or 1, time_limit=time_limit, partition=partition,
+                         comment=comment, sbatch_args=sbatch_args)
     staged_ok = False
     try:
         result = distribute(site, alloc, method.name, image, verify=verify, fanout=fanout,
@@ -450,10 +447,14 @@ def run_in_image(
         staged_ok = True
         staged = result.staged_path()
         n = len(alloc.nodes)
+        # a virtual cluster's MpiDefault is none (shoal/cluster/slurmconf.py): the command may
+        # be an MPI program, so it gets PMIx unless the caller chose
+        mpi = ["--mpi=pmix"] if site.cluster is not None and not any(
+            a == "--mpi" or a.startswith("--mpi=") for a in srun_args) else []
         argv = site.argv(
             "srun", f"--jobid={alloc.job}", "--overlap", f"--nodes={n}",
             f"--ntasks={n * ntasks_per_node}", f"--ntasks-per-node={ntasks_per_node}",
-            *srun_args, "ch-run", staged, "--", *command,
+            *mpi, *srun_args, "ch-run", staged, "--", *command,
         )
         t0 = time.monotonic()
         # ch-run refuses to start without $USER (daemons and CI may not set it)
@@ -468,7 +469,6 @@ def run_in_image(
     finally:
         if staged_ok:  # the command failed or timed out: still undo the staging
             cleanup(site, alloc, image, timeout=timeout, raise_on_left=False)
-        if request is not None:
-            request.unlink(missing_ok=True)
         if alloc.owned:
             release(site, alloc.job)
+            wait_released(site, alloc.job)

@@ -21,20 +21,21 @@ Subcommands (``--job`` defaults to $SLURM_JOB_ID, ``--store`` to /pfs/store):
                                    on every node, one record per node (shoal.staging.jobstep)
     prolog / epilog                the privileged hook for Slurm's Prolog/Epilog (run as root)
 
-Privileged staging (kernel loop mounts) through Slurm, for sites where job steps are not root:
-the site installs, in its Prolog and Epilog scripts (shoal/cluster/scripts.py has them):
+Privileged staging (mounts) through Slurm, for sites where job steps are not root: the site
+installs, in its Prolog and Epilog scripts (shoal/cluster/files/ has them):
 
     /usr/bin/python3 /etc/slurm/shoal-nodeagent.py prolog      # and: ... epilog
 
-The driver, before the job's allocation starts (``shoal run`` submits the job held, writes the
-request, then releases it), writes ``<store>/.shoal/requests/<jobid>.json`` =
-{"format": 1, "job": J, "image": I, "method": M}. The Prolog (root, SLURM_JOB_ID/SLURM_JOB_UID
-set by slurmd) reads it, accepts it only if the file is owned by the job's user (or root), the
-method is privileged and not a broadcast, and the image name is plain, then loop-mounts read-only,
-nosuid, nodev at /tmp/shoal/<jobid>/<image> and leaves its record in the job's state file; the
-job's own ``stage`` step then reports that record. The Epilog unmounts and removes everything under
-/tmp/shoal/<jobid>. Prolog and Epilog always exit 0: a failing Prolog would drain the node; a
-failed staging is reported by the job's ``stage`` step instead.
+The job asks in its comment (``sbatch --comment=shoal-stage=METHOD:IMAGE``, see
+shoal.staging.privileged). The Prolog (root; SLURM_JOB_ID, SLURM_JOB_UID, SLURM_JOB_COMMENT set
+by slurmd from the job record slurmctld keeps) makes the job's user area /tmp/shoal/<job> (fresh,
+in a root-owned /tmp/shoal, handed to the user), and for a method with ``prolog = True`` mounts
+the image of the admin's store read-only, nosuid, nodev at /run/shoal/jobs/<job>/<image>, a
+directory only root can write, leaving its record beside it; the job's own ``stage`` step reports
+that record. Where node root may not mount (a virtual cluster's confined nodes) the Prolog asks
+shoal's mount broker, which re-reads the job record from slurmctld. The Epilog unmounts
+/run/shoal/jobs/<job> and sweeps /tmp/shoal/<job> as the job's user. Prolog and Epilog always exit
+0: a failing Prolog would drain the node; a failed staging is reported by the job's ``stage`` step.
 """
 
 import argparse
@@ -63,18 +64,21 @@ def _lone_file() -> "None":
 
 
 try:
-    from shoal import names
     from shoal.errors import DistError, ShoalError
+    from shoal.staging import privileged as priv
     from shoal.staging.base import (
+        DEFAULT_NAMES,
         DEFAULT_STORE,
-        REQUESTS_DIR,
+        EXPORTS,
         STAGE_ROOT,
         Context,
         Method,
         Sampler,
+        Staged,
         cpu_seconds,
         load_state,
         loop_backing,
+        loop_read_bytes,
         mounts_under,
         net_rx_bytes,
         net_tx_bytes,
@@ -252,7 +256,13 @@ def sweep(job_dir: "str") -> "list[str]":
             problems.append(f"mount {m.target}: {exc}")
     detach_loops(loops)
     try:
-        remove_tree(job_dir)
+        if os.path.isdir(job_dir) and not os.path.islink(job_dir):
+            for name in os.listdir(job_dir):
+                remove_tree(os.path.join(job_dir, name))
+        # the job's own directory sits in the root-owned /tmp/shoal the Prolog made: the Epilog
+        # removes it; where no Prolog made it (a site without one) the job may
+        with contextlib.suppress(PermissionError):
+            remove_tree(job_dir)
     except Exception as exc:
         problems.append(f"{job_dir}: {exc}")
     return problems
@@ -288,25 +298,28 @@ def do_cleanup(ctx: "Context", image: "str | None") -> "dict[str, Any]":
             mname = state.get("method")
             extra = state.get("extra") or {}
             ictx.staged_extra = extra
-            if isinstance(extra.get("loop_device"), str):
-                loops.append((extra["loop_device"], extra.get("loop_backing")))
             if not mname:
                 continue
             rec["method"] = mname if rec["method"] in (None, mname) else "several"
-            method = get_method(mname)
-            if method.privileged and os.geteuid() != 0 and state.get("by") == "prolog":
+            if state.get("by") == "prolog":
                 deferred.append(name)  # the Epilog (root) unmounts what the Prolog mounted
                 continue
+            if isinstance(extra.get("loop_device"), str):
+                loops.append((extra["loop_device"], extra.get("loop_backing")))
+            method = get_method(mname)
             try:
                 figures[name] = method.cleanup(ictx)
                 os.unlink(ictx.state_file)
             except Exception as exc:
                 errors.append(f"{name}: {type(exc).__name__}: {exc}")
-        if not image and not deferred:
+        if not image:
             errors += sweep(ctx.job_dir)
-    for d in (ctx.job_dir, ctx.stage_root):  # only when nothing else is staged there
-        with contextlib.suppress(OSError):
-            os.rmdir(d)
+    with contextlib.suppress(priv.Refused):
+        deferred += [n for n in priv.root_job_images(ctx.job)
+                     if n not in deferred and (image is None or n == image)]
+    # the job's own directory only (/tmp/shoal stays: the Prolog trusts it as node-init made it)
+    with contextlib.suppress(OSError):
+        os.rmdir(ctx.job_dir)
     rec["figures"] = figures
     rec["deferred_to_epilog"] = deferred
     left: "list[str]" = []
@@ -316,7 +329,7 @@ def do_cleanup(ctx: "Context", image: "str | None") -> "dict[str, Any]":
         left += [f"loop device {d}" for d, b in loops if _still_bound(d, b)]
         if os.path.lexists(ictx.staged_dir) and image not in deferred:
             left.append(f"file {ictx.staged_dir}")
-    elif not deferred:
+    else:
         left = leftovers(ctx, loops)
     rec["left"] = left
     rec["ok"] = not errors and not rec["left"]
@@ -388,62 +401,134 @@ def do_registry_push(ctx: "Context", url: "str") -> "dict[str, Any]":
     return rec
 
 
-def read_request(store: "str", job: "str", job_uid: "int | None") -> "dict[str, Any] | None":
-    """The job's staging request, if its owner left one (validated: this runs as root)."""
-    path = os.path.join(store, REQUESTS_DIR, f"{job}.json")
+def _env_id(name: "str") -> "int | None":
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else None
+
+
+def prolog_stage(store: "str", job: "str", image: "str", method: "Method") -> "dict[str, Any]":
+    """Mount IMAGE for JOB as root, onto a directory root made under privileged.MOUNT_ROOT.
+
+    Directly when this process may mount (a site's Prolog, real root), else through the mount
+    broker (a virtual cluster's node root has no CAP_SYS_ADMIN; the broker re-reads the request
+    from slurmctld and acts only on what the job record says).
+    """
+    ctx = Context(job, image, store, {}, priv.MOUNT_ROOT)
+    rec = base_record("stage", ctx, method.name)
+    rec["image_digest"] = image_digest(ctx)
+    rx0, t0, w0 = net_rx_bytes(), time.monotonic(), time.time()
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # novermin: int flags, not a union type
-    except OSError:
-        return None
-    with os.fdopen(fd) as f:
-        st = os.fstat(f.fileno())
-        if job_uid is not None and st.st_uid not in (0, job_uid):
-            raise DistError(f"{path} is owned by uid {st.st_uid}, not the job's user", None)
-        req = json.load(f)
-    if not isinstance(req, dict) or str(req.get("job")) != job:
-        raise DistError(f"{path} is not a request for job {job}", None)
-    if not isinstance(req.get("image"), str) or not names.is_image_name(req["image"]):
-        raise DistError(f"{path}: bad image name {req.get('image')!r}", None)
-    return req
+        src = priv.store_artifact(store, image, EXPORTS[method.artifact],
+                                  DEFAULT_NAMES[method.artifact].format(image=image))
+        dest = priv.mount_dir(job, image)
+        if priv.can_mount():
+            staged = method.root_mount(src, dest)
+            extra = dict(staged.extra)
+        else:
+            answer = priv.broker_call({"op": "mount", "job": job})
+            extra = {k: answer[k] for k in ("loop_device", "loop_backing", "loop_read_base",
+                                            "fuse_pid") if k in answer}
+            staged = Staged(dest, extra=extra)
+            extra["mounted_by"] = "broker"
+        end = time.monotonic()
+        base = extra.get("loop_read_base") or 0
+        dev = extra.get("loop_device")
+        read = (loop_read_bytes(dev) or 0) - base if isinstance(dev, str) else 0
+        rec.update({
+            "ok": True, "staged": dest, "start": t0, "end": end, "wall_start": w0,
+            "wall_end": time.time(), "seconds": round(end - t0, 6),
+            "storage_bytes_read": read, "net_rx_bytes": net_rx_bytes() - rx0,
+            "local_bytes_peak": 0, "staged_by": "prolog",
+        })
+        rec.update(extra)
+    except priv.Refused as exc:
+        rec["error"], rec["hint"] = str(exc), "ask for a plain image name of the admin's store"
+        extra = {}
+    except Exception as exc:
+        fail(rec, exc)
+        extra = {}
+    return {"method": method.name, "by": "prolog", "staged": rec.get("staged"), "extra": extra,
+            "record": rec}
 
 
 def do_prolog(store: "str", stage_root: "str") -> "int":
-    job = os.environ.get("SLURM_JOB_ID", "")
-    if not job.isdigit():
-        return 0
-    uid_s = os.environ.get("SLURM_JOB_UID", "")
-    uid = int(uid_s) if uid_s.isdigit() else None
+    """Slurm Prolog (root, every node of every job): the job's user area, and the mount the job
+    asked for in its comment. Always exits 0: a failing Prolog would drain the node; a failed
+    staging is reported by the job's own ``stage`` step from the record left here."""
     try:
-        req = read_request(store, job, uid)
+        job = priv.job_id(os.environ.get("SLURM_JOB_ID"))
+    except priv.Refused:
+        return 0
+    uid = _env_id("SLURM_JOB_UID")
+    gid = _env_id("SLURM_JOB_GID")
+    if uid is None:
+        return 0
+    try:
+        priv.user_job_dir(stage_root, job, uid, gid if gid is not None else uid)
+    except (priv.Refused, OSError) as exc:
+        sys.stderr.write(f"shoal prolog: job {job}: user area: {exc}\n")
+    try:
+        req = priv.parse_comment(os.environ.get("SLURM_JOB_COMMENT"))
         if req is None:
             return 0
-        ctx = Context(job, req["image"], store, {}, stage_root)
-        method = get_method(str(req.get("method")))
-        if not method.privileged or method.collective:
-            return 0  # unprivileged methods and broadcasts are staged by the job's own steps
-        rec = do_stage(ctx, method, by="prolog")
-        if uid is not None:
-            os.chown(ctx.job_dir, uid, -1)
-        if not rec["ok"]:
-            save_state(ctx, {"method": method.name, "by": "prolog", "record": rec})
-        sys.stderr.write(f"shoal prolog: job {job}: {json.dumps(rec)}\n")
-    except Exception as exc:
+        method = get_method(req[0])
+        if not method.prolog:
+            return 0  # asked for so the mount broker accepts the job's own step (sbcast-squashfs)
+        state = prolog_stage(store, job, req[1], method)
+        priv.save_root_state(job, req[1], state)
+        sys.stderr.write(f"shoal prolog: job {job}: {json.dumps(state['record'])}\n")
+    except Exception as exc:  # never fail the Prolog (it would drain the node)
         sys.stderr.write(f"shoal prolog: job {job}: {type(exc).__name__}: {exc}\n")
     return 0
 
 
+def epilog_unmount(job: "str") -> "list[str]":
+    """Undo the Prolog's mounts of JOB (root-owned MOUNT_ROOT/JOB: no user path involved)."""
+    problems: "list[str]" = []
+    jdir = os.path.join(priv.MOUNT_ROOT, job)  # set from --mount-root
+    if not os.path.isdir(jdir) or os.path.islink(jdir):
+        return problems
+    if not priv.can_mount() and os.path.exists(priv.BROKER_SOCKET):
+        try:
+            priv.broker_call({"op": "umount", "job": job})
+        except priv.Refused as exc:
+            problems.append(str(exc))
+    else:
+        for image in priv.root_job_images(job):
+            state = priv.load_root_state(job, image) or {}
+            with contextlib.suppress(DistError):
+                method = get_method(str(state.get("method")))
+                try:
+                    method.root_unmount(os.path.join(jdir, image), state.get("extra") or {})
+                except Exception as exc:
+                    problems.append(f"{image}: {exc}")
+    if mounts_under(jdir):
+        problems.append(f"{jdir} still has mounts")
+        return problems
+    remove_tree(jdir)
+    return problems
+
+
 def do_epilog(stage_root: "str") -> "int":
-    job = os.environ.get("SLURM_JOB_ID", "")
-    if not job.isdigit():
-        return 0
     try:
-        problems = sweep(os.path.join(stage_root, job))
-        with contextlib.suppress(OSError):
-            os.rmdir(stage_root)
-        if problems:
-            sys.stderr.write(f"shoal epilog: job {job}: {'; '.join(problems)}\n")
+        job = priv.job_id(os.environ.get("SLURM_JOB_ID"))
+    except priv.Refused:
+        return 0
+    uid = _env_id("SLURM_JOB_UID")
+    gid = _env_id("SLURM_JOB_GID")
+    problems: "list[str]" = []
+    try:
+        problems += epilog_unmount(job)
     except Exception as exc:
-        sys.stderr.write(f"shoal epilog: job {job}: {type(exc).__name__}: {exc}\n")
+        problems.append(f"{type(exc).__name__}: {exc}")
+    if uid is not None:
+        try:
+            problems += priv.remove_user_job_dir(stage_root, job, uid,
+                                                 gid if gid is not None else uid, sweep)
+        except Exception as exc:
+            problems.append(f"{type(exc).__name__}: {exc}")
+    if problems:
+        sys.stderr.write(f"shoal epilog: job {job}: {'; '.join(problems)}\n")
     return 0
 
 
@@ -451,6 +536,7 @@ def main(argv: "list[str] | None" = None) -> "int":
     ap = argparse.ArgumentParser(prog="nodeagent", description="shoal node agent")
     ap.add_argument("--store", default=DEFAULT_STORE)
     ap.add_argument("--stage-root", default=STAGE_ROOT, help=argparse.SUPPRESS)
+    ap.add_argument("--mount-root", default=priv.MOUNT_ROOT, help=argparse.SUPPRESS)
     sub = ap.add_subparsers(dest="cmd")
     sub.required = True  # add_subparsers(required=) is Python 3.7+
     for name in ("check", "stage", "verify", "cleanup"):
@@ -490,6 +576,7 @@ def main(argv: "list[str] | None" = None) -> "int":
     sub.add_parser("epilog")
     sub.add_parser("methods")
     args = ap.parse_args(argv)
+    priv.MOUNT_ROOT = args.mount_root
     if args.cmd == "job":
         # the steps it starts on the nodes run this same bundle
         return do_job(agent=os.path.abspath(sys.argv[0]), store=args.store,

@@ -10,13 +10,10 @@ and stores state + records in one transaction. A failed job is recorded with its
 study goes on. Ctrl-C cancels the study's jobs (scancel), marks their runs INTERRUPTED, and
 re-raises. ``dry_run`` is a branch here: it plans and renders scripts but writes nothing.
 
-Privileged methods (kernel loop mounts) need root on the nodes. Jobs of a root harness (the
-virtual cluster: Slurm is reached as root) run as root and mount in their own stage step. Jobs of
-an unprivileged user (a site) go through shoal's Prolog instead, as ``shoal run`` does (see
-shoal.staging.nodeagent): with ``prolog_requests`` set, a run of a privileged method without a
-broadcast step is submitted held, its request is written to STORE/.shoal/requests/<job>.json,
-then the job is released; the Prolog (root) mounts before the job starts and the job's stage step
-reports the Prolog's record. The request is removed when the run is collected.
+Mount methods (kernel and FUSE SquashFS) need root on the nodes, which neither a site's user nor
+a virtual cluster's confined node root has: with ``via_prolog`` a run of such a method is submitted
+with the job comment ``shoal-stage=METHOD:IMAGE`` (shoal.staging.privileged); shoal's Prolog
+(root) mounts before the job starts and the job's stage step reports the Prolog's record.
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import os
 import platform
 import re
 import socket
@@ -104,7 +100,6 @@ class _Active:
     started: float | None = None  # monotonic time the job was first seen running
     pending_since: float | None = None
     missing: int = 0
-    request: Path | None = None  # Prolog request of a held submission, removed at collection
     output_size: int = -1
     end_seen: bool = False  # the batch script's last line is in the output file
     concurrency: int = 1  # most jobs of the study in Slurm at once during this run's life
@@ -193,7 +188,7 @@ class StudyRunner:
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
-        prolog_requests: Path | None = None,
+        via_prolog: bool = False,
     ) -> None:
         self.spec = spec
         self.experiments = list(experiments)
@@ -212,8 +207,8 @@ class StudyRunner:
         self.summary = Summary()
         self._submit_failures = 0
         self._drop_warned = False
-        # the store as this process sees it: where Prolog requests go (None: jobs mount directly)
-        self.prolog_requests = prolog_requests
+        # mounts by shoal's Prolog (root), asked for in the job comment; else the job mounts
+        self.via_prolog = via_prolog
 
     # -- phases ---------------------------------------------------------------------------------
     def execute(self, environment: Environment | None = None) -> Summary:
@@ -296,22 +291,9 @@ class StudyRunner:
         host_output = self.host_logs / output_name(key, attempt)
         row = self.db.begin_run(key, script_path=str(script), output_path=str(host_output),
                                 attempt=attempt)
-        held = self._via_prolog(key)
-        request: Path | None = None
+        comment = self._prolog_comment(key)
         try:
-            job_id = self.client.submit(script, ["--hold"] if held else [])
-            if held:
-                try:
-                    request = write_prolog_request(self.prolog_requests, job_id, key.experiment)
-                    self.client.release(job_id)
-                except (CommandError, ShoalError, OSError):
-                    self.client.cancel([job_id])
-                    if request is not None:
-                        request.unlink(missing_ok=True)
-                    raise
-        except OSError as exc:
-            self._fail(row, key, f"prolog request: {exc}")
-            return
+            job_id = self.client.submit(script, [f"--comment={comment}"] if comment else [])
         except (CommandError, ShoalError) as exc:
             self._submit_failures += 1
             self._fail(row, key, f"sbatch: {exc.message}")
@@ -325,18 +307,19 @@ class StudyRunner:
         self.db.update_run(row.id, state=RunState.SUBMITTED, job_id=job_id,
                            submit_time=time.time())
         self.active[row.id] = _Active(self.db.run(row.id), key, host_output, job_id,
-                                      request=request, cache=cache)
+                                      cache=cache)
         for act in self.active.values():
             act.concurrency = max(act.concurrency, len(self.active))
 
-    def _via_prolog(self, key: RunKey) -> bool:
-        if self.prolog_requests is None:
-            return False
+    def _prolog_comment(self, key: RunKey) -> str | None:
+        """The job comment asking shoal's Prolog to mount the run's image, if it should."""
+        if not self.via_prolog:
+            return None
+        from shoal.staging.privileged import stage_comment
         from shoal.staging.registry import get_method
 
         m = get_method(key.experiment.method)
-        # a broadcast arrives after the Prolog ran: those methods need root in the job itself
-        return m.privileged and not m.collective
+        return stage_comment(m.name, key.experiment.image) if m.prolog or m.privileged else None
 
     def _reattach(self, row: RunRow) -> None:
         key = self._key(row)
@@ -440,8 +423,6 @@ class StudyRunner:
     def _finish(self, act: _Active, job: Job | None, override: str | None = None) -> None:
         """Collect the records of a finished (or given-up) job and store the run's final state."""
         del self.active[act.row.id]
-        if act.request is not None:
-            act.request.unlink(missing_ok=True)
         text = ""
         with contextlib.suppress(OSError):  # no file: reported below as a problem
             text = act.host_output.read_text(errors="replace")
@@ -553,26 +534,4 @@ def dry_run(spec: StudySpec, experiments: Sequence[Experiment], db: StudyDB | No
     if len(p.todo) > len(shown):
         console.print(f"(the other {len(p.todo) - len(shown)} scripts differ only in the "
                       "repetition, attempt and output file)")
-    return p
-
-
-def write_prolog_request(store: Path | None, job_id: int, e: Experiment) -> Path:
-    """The request shoal's Prolog reads to stage E's image as root (format of shoal.staging)."""
-    import json
-
-    from shoal.staging.base import REQUESTS_DIR
-
-    if store is None:
-        raise StudyError("no image store for Prolog requests")
-    p = store / REQUESTS_DIR / f"{job_id}.json"
-    if not p.parent.is_dir():
-        p.parent.mkdir(parents=True, exist_ok=True)
-        # every user of a site writes requests here; the Prolog only accepts a request owned by
-        # the job's user (or root), so a sticky world-writable directory (like /tmp) is enough
-        with contextlib.suppress(OSError):
-            os.chmod(p.parent, 0o1777)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps({"format": 1, "job": str(job_id), "image": e.image,
-                               "method": e.method}))
-    os.replace(tmp, p)
     return p

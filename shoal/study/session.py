@@ -20,6 +20,7 @@ from rich.console import Console
 
 from shoal import paths
 from shoal.errors import StudyError
+from shoal.fsutil import makedirs_nofollow
 from shoal.slurm.client import SlurmClient
 from shoal.study.db import DB_NAME, StudyDB
 from shoal.study.jobscript import JobContext
@@ -160,7 +161,9 @@ def link_cluster(spec: StudySpec, out: Path, *, connect: bool) -> ClusterLink:
         **{k: cfg.get(k) for k in ("cpus_per_node", "memory_mb_per_node", "tmpfs_size")},
         "shared_storage": storage,
     }
-    return ClusterLink(client, ctx, cdir.pfs / rel, dict(state.network), paths.store_root(), extra)
+    # root writes there, below the world-writable /pfs: made without following a user's symlink
+    host_logs = makedirs_nofollow(cdir.pfs, rel)
+    return ClusterLink(client, ctx, host_logs, dict(state.network), paths.store_root(), extra)
 
 
 def prepare_images(spec: StudySpec, store: Path, console: Console) -> dict[str, str]:
@@ -186,11 +189,12 @@ def prepare_images(spec: StudySpec, store: Path, console: Console) -> dict[str, 
     return digests
 
 
-def prolog_store(spec: StudySpec, store: Path) -> Path | None:
-    """Where privileged staging requests go (the Prolog path), or None when steps may be root."""
-    if spec.privileged == "prolog" or (spec.privileged == "auto" and os.geteuid() != 0):
-        return store
-    return None
+def via_prolog(spec: StudySpec) -> bool:
+    """Whether mounts go through shoal's Prolog (job comment) rather than the job's own steps.
+
+    Always on a virtual cluster: its node root may not mount (docs/SECURITY.md)."""
+    return (spec.cluster.kind == "virtual" or spec.privileged == "prolog"
+            or (spec.privileged == "auto" and os.geteuid() != 0))
 
 
 def check_memory(exps: Sequence[Experiment], store: Path, tmpfs_size: object) -> None:
@@ -273,7 +277,7 @@ def _run_linked(spec: StudySpec, link: ClusterLink, out: Path | None, dry: bool,
         runner = StudyRunner(spec, exps, db, link.client, out_dir, ctx,
                              host_logs=link.host_logs, console=console,
                              rerun_failed=rerun_failed,
-                             prolog_requests=prolog_store(spec, link.store_local))
+                             via_prolog=via_prolog(spec))
         env = collect_environment(link.client, spec, network_params=link.network_params,
                                   image_digests=digests)
         env = dataclasses.replace(

@@ -109,9 +109,14 @@ def test_file_written_on_controller_is_seen_on_every_node(cluster: ClusterState)
 
 def test_cluster_user_reads_and_writes_pfs(cluster: ClusterState) -> None:
     shoal_exec("node1", "runuser", "-u", "shoal", "--", "sh", "-c",
-               "mkdir -p /pfs/u && echo from-node1 > /pfs/u/f && echo more >> /pfs/u/f")
-    out = shoal_exec("node2", "runuser", "-u", "shoal", "--", "cat", "/pfs/u/f")
-    assert out.split() == ["from-node1", "more"]
+               "echo from-node1 > /pfs/u-f")
+    out = shoal_exec("node2", "runuser", "-u", "shoal", "--", "cat", "/pfs/u-f")
+    assert out.split() == ["from-node1"]
+    # per-user permissions (default_permissions, docs/SECURITY.md): the user writes no file that
+    # is not its own, and SFTP makes root the owner of what it creates (like all_squash)
+    denied = run([*SHOAL, "cluster", "exec", "--name", NAME, "--node", "node2", "--", "runuser",
+                  "-u", "shoal", "--", "sh", "-c", "echo x >> /pfs/u-f"], check=False, timeout=60)
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
 
 
 def test_absolute_symlinks_are_kept(cluster: ClusterState) -> None:

@@ -120,7 +120,7 @@ def test_sshfs_options(tmp_path: Path) -> None:
     assert argv[:5] == ["sshfs", "-F", "none", "root@10.250.7.3:/pfs", "/pfs"]
     opts = argv[argv.index("-o") + 1].split(",")
     assert "allow_other" in opts
-    assert "default_permissions" not in opts and "reconnect" not in opts
+    assert "default_permissions" in opts and "reconnect" not in opts
     assert "kernel_cache" not in opts and "auto_cache" not in opts
     assert "Ciphers=aes128-gcm@openssh.com" in opts and "Compression=no" in opts
     assert f"IdentityFile={files.client_key}" in opts

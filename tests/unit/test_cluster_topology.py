@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +110,26 @@ def test_config_bound_is_within_the_plan() -> None:
 
 def test_namespace_end_uses_the_plans_prefix_length() -> None:
     assert f'"$SHOAL_IP/{Addressing(1).prefix_len}"' in scripts.text(scripts.NET_UP)
+
+
+def test_free_index_skips_indexes_with_leftover_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.cluster import state as state_mod
+
+    monkeypatch.setattr(state_mod, "_host_ten_nets", lambda: {4})
+    monkeypatch.setattr("shoal.cluster.state.os.listdir",
+                        lambda p: ["eth0", "lo", "sv3n2", "sb5x1", "st6x1a", "shb-x", "sv"])
+    assert state_mod._link_indexes() == {3, 5, 6}
+    assert state_mod.free_index({1, 2}) == 7
+
+
+def test_neighbour_table_is_raised_never_lowered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.cluster import netns
+
+    for name, value in (("gc_thresh2", "512"), ("gc_thresh3", "1024")):
+        (tmp_path / name).write_text(value)
+    monkeypatch.setattr(netns, "NEIGH_SYSCTL", tmp_path)
+    netns.ensure_neighbour_table(100)  # 400 entries: the defaults hold
+    assert (tmp_path / "gc_thresh3").read_text() == "1024"
+    netns.ensure_neighbour_table(1026)  # 1024 nodes + controller + storage
+    assert (tmp_path / "gc_thresh3").read_text() == str(4 * 1026)
+    assert (tmp_path / "gc_thresh2").read_text() == str(2 * 1026)

@@ -23,8 +23,8 @@ class FakeSlurm(Runner):
         super().__init__()
         self.calls: list[list[str]] = []
         self.stage = stage or (lambda n: {"ok": True, "staged": "/tmp/shoal/7/img"})
-        self.seen_request_at_release: bool | None = None
         self.store: Path | None = None
+        self.completing = 2
 
     def run(self, argv: Sequence[str], **kw: Any) -> Completed:
         self.calls.append(list(argv))
@@ -32,8 +32,9 @@ class FakeSlurm(Runner):
         out = ""
         if a[0] == "sbatch":
             out = "7\n"
-        elif a[:2] == ["scontrol", "release"] and self.store is not None:
-            self.seen_request_at_release = (self.store / ".shoal/requests/7.json").exists()
+        elif a[:2] == ["squeue", "-h"]:
+            out = "CG\n" if self.completing > 0 else ""  # the Epilog runs, then the job is gone
+            self.completing -= 1
         elif a[0] == "squeue":
             out = json.dumps({"jobs": [{"job_id": 7, "name": "shoal", "job_state": "RUNNING",
                                         "nodes": "n[1-3]"}]})
@@ -108,7 +109,7 @@ def test_failed_and_silent_nodes_are_named_and_others_cleaned(tmp_path: Path) ->
     assert "--nodelist=n1,n3" in cleanup[0]  # the nodes that answered
 
 
-def test_run_allocates_held_writes_request_and_releases(tmp_path: Path) -> None:
+def test_run_asks_the_prolog_in_the_job_comment(tmp_path: Path) -> None:
     site = env(tmp_path)
     fake = FakeSlurm()
     fake.store = site.store_local
@@ -116,22 +117,25 @@ def test_run_allocates_held_writes_request_and_releases(tmp_path: Path) -> None:
         ran = driver.run_in_image(site, "img", "squashfs-kernel", ["hostname"], nodes=3)
     calls = strip(fake.calls)
     sbatch = calls[0]
-    assert sbatch[0] == "sbatch" and "--hold" in sbatch and "--nodes=3" in sbatch
-    assert fake.seen_request_at_release is True  # the Prolog can see it
-    assert not (site.store_local / ".shoal/requests/7.json").exists()  # removed after
-    assert calls[-1] == ["scancel", "7"]
+    assert sbatch[0] == "sbatch" and "--nodes=3" in sbatch
+    # the request is the job record's (slurmctld keeps it), not a file a user could write
+    assert "--comment=shoal-stage=squashfs-kernel:img" in sbatch
+    assert not (site.store_local / ".shoal/requests").exists()
+    # released, and waited for until the Epilog undid the Prolog's mount
+    assert calls[-4] == ["scancel", "7"] and calls[-1][:2] == ["squeue", "-h"]
     run = next(c for c in calls if "ch-run" in c)
     assert run[run.index("ch-run") + 1:] == ["/tmp/shoal/7/img", "--", "hostname"]
     assert ran.stdout == "hello\n" and sorted(ran.cleanup) == NODES
 
 
-def test_run_without_request_for_unprivileged(tmp_path: Path) -> None:
+def test_run_without_comment_for_copying_methods(tmp_path: Path) -> None:
     site = env(tmp_path)
     fake = FakeSlurm()
     fake.store = site.store_local
     with use_runner(fake):
-        driver.run_in_image(site, "img", "squashfuse", ["true"], nodes=3)
-    assert fake.seen_request_at_release is False
+        driver.run_in_image(site, "img", "untar", ["true"], nodes=3)
+    assert not any(a.startswith("--comment") for a in strip(fake.calls)[0])
+
 
 
 def test_unknown_image_lists_known(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from shoal.bundle import write_bundle
-from shoal.errors import DistError, PrivilegeError
+from shoal.errors import PrivilegeError
 from shoal.staging import base, registry
 from tests.python36 import python36
 
@@ -152,7 +152,8 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 def agent_run(agent: Agent, store: Path, stage_root: Path, *args: str,
               env: dict[str, str] | None = None) -> dict[str, Any]:
     proc = subprocess.run(
-        agent.argv("--store", str(store), "--stage-root", str(stage_root), *args),
+        agent.argv("--store", str(store), "--stage-root", str(stage_root),
+                   "--mount-root", str(stage_root.parent / "jobs"), *args),
         capture_output=True, text=True, timeout=120, env=env,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
@@ -314,51 +315,100 @@ def test_privileged_methods_fail_up_front_unprivileged(store: Path, tmp_path: Pa
     assert not (tmp_path / "shoal").exists()
 
 
-def test_prolog_epilog(store: Path, agent: Agent, tmpfs: Path) -> None:
-    root = tmpfs / "shoal"
-    req = store / ".shoal" / "requests" / f"{JOB}.json"
-    req.parent.mkdir(parents=True, exist_ok=True)
-    req.write_text(json.dumps({"format": 1, "job": JOB, "image": IMAGE,
-                               "method": "squashfs-kernel"}))
-    env = {"PATH": os.environ["PATH"], "SLURM_JOB_ID": JOB, "SLURM_JOB_UID": "0"}
+def _hook(agent: Agent, store: Path, tmpfs: Path, hook: str, env: dict[str, str]) -> None:
+    proc = subprocess.run(agent.argv("--store", str(store), "--stage-root", str(tmpfs / "shoal"),
+                                     "--mount-root", str(tmpfs / "jobs"), hook),
+                          env={"PATH": os.environ["PATH"], **env}, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if registry.get_method(m).prolog])
+def test_prolog_epilog(method: str, store: Path, agent: Agent, tmpfs: Path) -> None:
+    """The job comment slurmctld keeps asks; the Prolog mounts on a root-made directory; the
+    job's user gets its own area; the Epilog undoes both."""
+    env = {"SLURM_JOB_ID": JOB, "SLURM_JOB_UID": "1000", "SLURM_JOB_GID": "1000",
+           "SLURM_JOB_COMMENT": f"shoal-stage={method}:{IMAGE}"}
+    os.chmod(tmpfs / "..", 0o755)
+    _hook(agent, store, tmpfs, "prolog", env)
+    staged = tmpfs / "jobs" / JOB / IMAGE
+    assert os.path.ismount(staged)
+    st = os.stat(tmpfs / "jobs" / JOB)
+    assert st.st_uid == 0 and not st.st_mode & 0o022
+    user = os.stat(tmpfs / "shoal" / JOB)
+    assert (user.st_uid, oct(user.st_mode & 0o777)) == (1000, "0o700")
+    # the job's own step reports the Prolog's staging
+    rec = agent_run(agent, store, tmpfs / "shoal", "stage", "--job", JOB, "--image", IMAGE,
+                    "--method", method)
+    assert rec["ok"] and rec["staged_by"] == "prolog" and rec["reported_by"] == "step"
+    assert rec["staged"] == str(staged)
+    _hook(agent, store, tmpfs, "epilog", env)
+    assert not (tmpfs / "jobs" / JOB).exists() and not (tmpfs / "shoal" / JOB).exists()
+    assert loops_on(str(store / IMAGE / f"{IMAGE}.sqfs")) == []
+
+
+def test_prolog_refuses_what_the_admin_did_not_put_in_the_store(store: Path, agent: Agent,
+                                                                 tmpfs: Path) -> None:
+    env = {"SLURM_JOB_ID": JOB, "SLURM_JOB_UID": "1000", "SLURM_JOB_GID": "1000"}
+    # a user's image: its directory belongs to the user
+    own = store / "users-own"
+    shutil.copytree(store / IMAGE, own)
+    os.chown(own, 1000, 1000)
     try:
-        proc = subprocess.run([*agent.argv("--store", str(store)), "--stage-root",
-                               str(root), "prolog"], env=env, capture_output=True, text=True,
-                              timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        staged = root / JOB / IMAGE
-        assert os.path.ismount(staged)
-        # the job's own step reports the Prolog's staging
-        rec = agent_run(agent, store, root, "stage", "--job", JOB, "--image", IMAGE,
-                        "--method", "squashfs-kernel")
-        assert rec["ok"] and rec["staged_by"] == "prolog" and rec["reported_by"] == "step"
-        proc = subprocess.run([*agent.argv("--stage-root", str(root)), "epilog"],
-                              env=env, capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        assert not (root / JOB).exists()
-        assert loops_on(str(store / IMAGE / f"{IMAGE}.sqfs")) == []
+        for comment in ("shoal-stage=squashfs-kernel:../etc", "shoal-stage=squashfs-kernel:nope",
+                        "shoal-stage=squashfs-kernel:users-own", "shoal-stage=untar:" + IMAGE,
+                        f"shoal-stage=squashfs-kernel:{IMAGE}/x"):
+            _hook(agent, store, tmpfs, "prolog", {**env, "SLURM_JOB_COMMENT": comment})
+            assert _mounts_under(tmpfs) == [str(tmpfs)], comment
+            _hook(agent, store, tmpfs, "epilog", env)
     finally:
-        req.unlink()
+        shutil.rmtree(own)
 
 
-def test_prolog_ignores_foreign_or_bad_requests(store: Path, tmp_path: Path) -> None:
-    from shoal.staging.nodeagent import read_request
+def test_user_area_survives_no_planted_symlink(tmp_path: Path) -> None:
+    """Attack 1 of issue 13 at the unit level: a symlink a user planted where the next job's
+    directory goes is moved aside, never followed; the Epilog removes only the job's own dir."""
+    from shoal.staging import privileged as priv
 
-    reqs = store / ".shoal" / "requests"
-    reqs.mkdir(parents=True, exist_ok=True)
-    req = reqs / "77.json"
-    try:
-        req.write_text(json.dumps({"job": "77", "image": "../etc", "method": "squashfs-kernel"}))
-        with pytest.raises(DistError, match="bad image name"):
-            read_request(str(store), "77", 0)
-        req.write_text(json.dumps({"job": "77", "image": IMAGE, "method": "squashfs-kernel"}))
-        assert read_request(str(store), "77", 1234) is not None  # root-owned: accepted
-        os.chown(req, 4321, -1)
-        with pytest.raises(DistError, match="not the job's user"):
-            read_request(str(store), "77", 1234)
-        assert read_request(str(store), "78", 0) is None
-    finally:
-        req.unlink(missing_ok=True)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(mode=0o1777)
+    os.chmod(tmp, 0o1777)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "passwd").write_text("root:x:0:0\n")
+    (tmp / "shoal").symlink_to(victim)
+    os.lchown(tmp / "shoal", 1000, 1000)
+    d = priv.user_job_dir(str(tmp / "shoal"), "7", 1000, 1000)
+    assert not (tmp / "shoal").is_symlink() and os.stat(tmp / "shoal").st_uid == 0
+    assert os.stat(victim).st_uid == 0 and os.stat(d).st_uid == 1000
+    # the user's job plants a link in its own dir; the Epilog sweeps as the user
+    (Path(d) / "x").symlink_to(victim / "passwd")
+    from shoal.staging.nodeagent import sweep
+
+    assert priv.remove_user_job_dir(str(tmp / "shoal"), "7", 1000, 1000, sweep) == []
+    assert (victim / "passwd").read_text() == "root:x:0:0\n" and not Path(d).exists()
+
+
+@pytest.mark.parametrize("comment,want", [
+    (None, None), ("", None), ("a note", None),
+    ("shoal-stage=squashfs-kernel:img", ("squashfs-kernel", "img")),
+    ("note shoal-stage=squashfuse:a.b-c_1 more", ("squashfuse", "a.b-c_1")),
+])
+def test_parse_comment(comment: str | None, want: tuple[str, str] | None) -> None:
+    from shoal.staging.privileged import parse_comment
+
+    assert parse_comment(comment) == want
+
+
+@pytest.mark.parametrize("comment", [
+    "shoal-stage=squashfs-kernel", "shoal-stage=x:../etc", "shoal-stage=x:/abs",
+    "shoal-stage=X:img", "shoal-stage=a:b shoal-stage=c:d", "shoal-stage=x:.hidden",
+])
+def test_parse_comment_refuses(comment: str) -> None:
+    from shoal.staging.privileged import Refused, parse_comment
+
+    with pytest.raises(Refused):
+        parse_comment(comment)
 
 
 def test_bundle_needs_only_the_standard_library(agent: Agent) -> None:

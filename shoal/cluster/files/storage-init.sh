@@ -18,5 +18,8 @@ mount -t tmpfs -o size=1m,mode=0755 tmpfs "$E"
 mkdir "$E/pfs"
 mount --bind "$SHOAL_PFS" "$E/pfs"
 mount --bind "$SHOAL_STORE" "$E/pfs/store"
+# The image store (and the node agent under store/.shoal) is the admin's: served read-only, so no
+# client, root on a node included, can replace an image or the agent root runs.
+mount -o remount,bind,ro "$E/pfs/store"
 # supervisord (no control socket) runs sshd and the OCI registries; it keeps them up
 exec /usr/bin/supervisord -n -c "$SHOAL_STORAGE_SUPERVISORD"

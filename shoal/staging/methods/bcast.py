@@ -21,13 +21,11 @@ from shoal.staging.base import (
     Staged,
     check_space,
     image_bytes,
-    mount_at,
     register,
     remove_tree,
     require_exists,
-    require_root,
 )
-from shoal.staging.methods.squashfs_kernel import loop_mount, loop_unmount
+from shoal.staging.methods.squashfs_kernel import local_mount, local_unmount, require_local_mount
 
 # what stage copies from the broadcast's record into the node's stage record
 # (kept short: the whole record must stay a readable line; the bcast step's records have it all)
@@ -114,7 +112,7 @@ class BcastSquashfs(_Bcast):
     description = "pipelined broadcast of the SquashFS file among the nodes, loop-mounted (root)"
 
     def check(self, ctx: "Context") -> "None":
-        require_root(self.name)
+        require_local_mount(self.name)
         super().check(ctx)
 
     def local_bytes_needed(self, ctx: "Context") -> "int":
@@ -125,16 +123,14 @@ class BcastSquashfs(_Bcast):
         local = ctx.local_artifact("sqfs")
         if not os.path.isfile(local) or os.path.getsize(local) != rec.get("bytes"):
             raise DistError(f"the broadcast left no complete {local} on this node", None)
-        # the privileged part: the same loop mount as squashfs-kernel and sbcast-squashfs
-        staged = loop_mount(local, ctx.staged_dir)
+        # the privileged part: the same loop mount as sbcast-squashfs (root, or the broker)
+        staged = local_mount(ctx, local)
         staged.storage_bytes_read = int(rec.get("storage_bytes_read") or 0)
         staged.extra.update(self._extra(rec))
         return staged
 
     def cleanup(self, ctx: "Context") -> "dict[str, Any]":
-        m = mount_at(ctx.staged_dir)
-        out = loop_unmount(ctx.staged_dir, m.source if m else None)
-        out.pop("mount_bytes_read", None)  # node-local reads, not shared storage
+        out = local_unmount(ctx)
         remove_tree(ctx.local_artifact("sqfs"))
         remove_tree(record_path(ctx))
         return out

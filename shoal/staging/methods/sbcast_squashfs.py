@@ -1,6 +1,11 @@
 """sbcast-squashfs: sbcast the SquashFS file to node-local storage, then loop-mount it there.
 
-Needs root on the node for the mount (the Prolog cannot help: the file arrives after it ran).
+The mount needs CAP_SYS_ADMIN on the node, and the Prolog cannot help: the file arrives after it
+ran. Real root (a site's job step as root) mounts directly. Anyone else, including a virtual
+cluster's confined node root, hands the broadcast copy, as an open descriptor, to shoal's mount
+broker (shoal/cluster/broker.py), which mounts it at /run/shoal/jobs/<job>/<image> only if the
+job's comment asked for it and the copy is byte for byte the admin's store file (and then makes it
+root-owned and read-only, so nobody changes what the kernel parses).
 """
 
 import os
@@ -12,12 +17,10 @@ from shoal.staging.base import (
     Method,
     Staged,
     check_space,
-    mount_at,
     register,
     remove_tree,
-    require_root,
 )
-from shoal.staging.methods.squashfs_kernel import loop_mount, loop_unmount
+from shoal.staging.methods.squashfs_kernel import local_mount, local_unmount, require_local_mount
 
 
 @register("sbcast-squashfs")
@@ -29,7 +32,7 @@ class SbcastSquashfs(Method):
     description = "sbcast the SquashFS file to node-local storage, loop-mount it there (root)"
 
     def check(self, ctx: "Context") -> "None":
-        require_root(self.name)
+        require_local_mount(self.name)
         check_space(ctx, self.local_bytes_needed(ctx))
 
     def local_bytes_needed(self, ctx: "Context") -> "int":
@@ -40,14 +43,13 @@ class SbcastSquashfs(Method):
         if not os.path.isfile(local):
             raise DistError(f"sbcast did not deliver {local} to this node",
                             "look at the sbcast error in the driver's output")
-        staged = loop_mount(local, ctx.staged_dir)
+        size = os.path.getsize(local)
+        staged = local_mount(ctx, local)
         staged.storage_bytes_read = 0  # the loop device reads the node-local copy
-        staged.extra["broadcast_bytes"] = os.path.getsize(local)
+        staged.extra["broadcast_bytes"] = size
         return staged
 
     def cleanup(self, ctx: "Context") -> "dict[str, Any]":
-        m = mount_at(ctx.staged_dir)
-        out = loop_unmount(ctx.staged_dir, m.source if m else None)
-        out.pop("mount_bytes_read", None)  # node-local reads, not shared storage
+        out = local_unmount(ctx)
         remove_tree(ctx.local_artifact("sqfs"))
         return out

@@ -7,8 +7,9 @@ does it (``nodeagent.py prolog``) from the job's request; otherwise check fails 
 import os
 from typing import Any
 
-from shoal.errors import DistError
+from shoal.errors import DistError, PrivilegeError
 from shoal.runner import run
+from shoal.staging import privileged as priv
 from shoal.staging.base import (
     Context,
     Method,
@@ -58,11 +59,65 @@ def loop_unmount(dest: "str", dev: "str | None", read_base: "int" = 0) -> "dict[
     return out
 
 
+# ---- a broadcast copy (sbcast-squashfs, bcast-squashfs): mounted after the Prolog ran -----------
+
+
+def require_local_mount(method: "str") -> "None":
+    """check(): fail up front unless this step may mount or a mount broker can do it."""
+    if priv.can_mount() or os.path.exists(priv.BROKER_USER_SOCKET):
+        return
+    require_root(method)
+    raise PrivilegeError(
+        f"method {method}: this node's root may not mount and there is no mount broker",
+        "run on a site whose job steps are real root, or use squashfs-kernel")
+
+
+def local_mount(ctx: "Context", local: "str") -> "Staged":
+    """Loop-mount the node-local copy LOCAL of the image's SquashFS.
+
+    Real root mounts it at the job's staged_dir. Anyone else (a user's job step, a virtual
+    cluster's confined node root) hands it, as an open descriptor, to shoal's mount broker,
+    which mounts it at /run/shoal/jobs/<job>/<image> only if the job's comment asked for this
+    method and image and the copy is byte for byte the admin's store file; it then makes the
+    copy root-owned and read-only, so nobody changes what the kernel parses.
+    """
+    if priv.can_mount():
+        return loop_mount(local, ctx.staged_dir)
+    fd = os.open(local, priv.FILE_NOFOLLOW)
+    try:
+        answer = priv.broker_call({"op": "mount-local", "job": ctx.job, "image": ctx.image},
+                                  priv.BROKER_USER_SOCKET, fd=fd)
+    except priv.Refused as exc:
+        raise DistError(str(exc), "ask for the method in the job comment (shoal run does)") from None
+    finally:
+        os.close(fd)
+    extra: "dict[str, Any]" = {k: answer[k] for k in ("loop_device", "loop_backing", "loop_read_base")
+                             if k in answer}
+    extra["mounted_by"] = "broker"
+    return Staged(str(answer["staged"]), extra=extra)
+
+
+def local_unmount(ctx: "Context") -> "dict[str, Any]":
+    """Undo local_mount (the copy itself is the caller's to remove)."""
+    if ctx.staged_extra.get("mounted_by") == "broker":
+        try:
+            priv.broker_call({"op": "umount-local", "job": ctx.job, "image": ctx.image},
+                             priv.BROKER_USER_SOCKET)
+        except priv.Refused as exc:
+            raise DistError(str(exc), "the job's Epilog unmounts it") from None
+        return {}
+    m = mount_at(ctx.staged_dir)
+    out = loop_unmount(ctx.staged_dir, m.source if m else None)
+    out.pop("mount_bytes_read", None)  # node-local reads, not shared storage
+    return out
+
+
 @register("squashfs-kernel")
 class SquashfsKernel(Method):
     artifact = "sqfs"
     phase = "mount"
     privileged = True
+    prolog = True
     description = "loop-mount the SquashFS file on shared storage (root or Prolog)"
 
     def check(self, ctx: "Context") -> "None":
@@ -76,3 +131,10 @@ class SquashfsKernel(Method):
         m = mount_at(ctx.staged_dir)
         return loop_unmount(ctx.staged_dir, m.source if m else None,
                             int(ctx.staged_extra.get("loop_read_base") or 0))
+
+    def root_mount(self, src: "str", dest: "str") -> "Staged":
+        return loop_mount(src, dest)
+
+    def root_unmount(self, dest: "str", extra: "dict[str, Any]") -> "dict[str, Any]":
+        m = mount_at(dest)
+        return loop_unmount(dest, m.source if m else None, int(extra.get("loop_read_base") or 0))

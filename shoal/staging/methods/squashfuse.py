@@ -47,9 +47,13 @@ def proc_figures(pid: "int") -> "dict[str, int]":
     return out
 
 
+ROOT_FUSE_OPTIONS = "ro,allow_other,nosuid,nodev"
+
+
 @register("squashfuse")
 class Squashfuse(Method):
     artifact = "sqfs"
+    prolog = True
     phase = "mount"
     description = "FUSE-mount the SquashFS file on shared storage (unprivileged)"
 
@@ -84,3 +88,18 @@ class Squashfuse(Method):
         if os.path.isdir(ctx.staged_dir):
             os.rmdir(ctx.staged_dir)
         return out
+
+    def root_mount(self, src: "str", dest: "str") -> "Staged":
+        # root's FUSE mount: other users may read it (allow_other), and like every mount root
+        # makes for a job it honours no setuid bit or device file of the image
+        run(["squashfuse", "-o", ROOT_FUSE_OPTIONS, src, dest], timeout=120,
+            what=f"squashfuse {src}")
+        if mount_at(dest) is None:
+            raise DistError(f"squashfuse did not mount {src} on {dest}", None)
+        return Staged(dest, extra={"fuse_pid": fuse_pid(dest)})
+
+    def root_unmount(self, dest: "str", extra: "dict[str, Any]") -> "dict[str, Any]":
+        unmount(dest, fuse=True)
+        if os.path.isdir(dest):
+            os.rmdir(dest)
+        return {}

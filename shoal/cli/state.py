@@ -24,7 +24,9 @@ console = Console(highlight=False)
 def _client(cluster: str | None, socket: str | None, url: str | None) -> StateClient:
     if cluster:
         from shoal.cluster import statebackend
+        from shoal.cluster.state import ClusterDir
 
+        ClusterDir(cluster).load()  # "no virtual cluster named ..." rather than a socket error
         return StateClient(socket_path=str(statebackend.socket_path(cluster)))
     return StateClient(socket_path=socket, url=url)
 

@@ -2,6 +2,10 @@
 
 SHOAL_STATE  (default /var/lib/shoal)   cluster state dirs, the image store
 SHOAL_CACHE  (default /var/cache/shoal) debootstrap base, Charliecloud build storage
+SHOAL_STORE  (default $SHOAL_STATE/store) the image store
+
+Each variable wins over the site configuration (/etc/shoal/shoal.toml: store, state, cache; see
+shoal.siteconfig), which wins over the defaults.
 """
 
 from __future__ import annotations
@@ -15,12 +19,19 @@ PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 REPO_ROOT = PACKAGE_PARENT
 
 
+def _site(key: str) -> str | None:
+    from shoal import siteconfig
+
+    value = getattr(siteconfig.load(), key)
+    return value if isinstance(value, str) else None
+
+
 def state_root() -> Path:
-    return Path(os.environ.get("SHOAL_STATE", "/var/lib/shoal"))
+    return Path(os.environ.get("SHOAL_STATE") or _site("state") or "/var/lib/shoal")
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("SHOAL_CACHE", "/var/cache/shoal"))
+    return Path(os.environ.get("SHOAL_CACHE") or _site("cache") or "/var/cache/shoal")
 
 
 def clusters_root() -> Path:
@@ -29,7 +40,7 @@ def clusters_root() -> Path:
 
 def store_root() -> Path:
     """The image store on the host; every virtual cluster mounts it at /pfs/store."""
-    return Path(os.environ.get("SHOAL_STORE", str(state_root() / "store")))
+    return Path(os.environ.get("SHOAL_STORE") or _site("store") or str(state_root() / "store"))
 
 
 # Inside a virtual cluster (controller and nodes) the store is seen here.

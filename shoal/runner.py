@@ -149,6 +149,19 @@ def wait(pid: "int", timeout: "float") -> "int":
     return code
 
 
+def stop(pid: int) -> None:
+    """Kill spawned process `pid` with its whole process group and reap it (no-op if it is not
+    one of ours or already collected)."""
+    proc = next((p for p in _children if p.pid == pid), None)
+    if proc is None:
+        return
+    _kill_group(pid)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    if proc.returncode is not None:
+        _children.remove(proc)
+
+
 def reap() -> "None":
     """Collect exited spawned processes."""
     for p in list(_children):

@@ -104,10 +104,12 @@ def down(cluster: str, keep_state: bool, as_json: bool) -> None:
 @json_option
 def list_(as_json: bool) -> None:
     """List virtual clusters on this machine."""
+    from shoal.cluster.status import live_phase
+
     if as_json:
         jsonout.emit("cluster.list", {"clusters": [
             {"name": st.name, "nodes": len(st.nodes), "subnet": f"10.250.{st.index}.0/24",
-             "network": str(st.network["name"]), "phase": st.phase,
+             "network": str(st.network["name"]), "phase": live_phase(st),
              "boot_seconds": float(st.boot_seconds)} for st in list_states()]})
         return
     table = Table()
@@ -115,7 +117,7 @@ def list_(as_json: bool) -> None:
         table.add_column(col)
     for st in list_states():
         table.add_row(st.name, str(len(st.nodes)), Addressing(st.index).subnet, st.network["name"],
-                      st.phase, f"{st.boot_seconds:.1f}")
+                      live_phase(st), f"{st.boot_seconds:.1f}")
     console.print(table)
 
 
@@ -127,9 +129,10 @@ def list_(as_json: bool) -> None:
                    "in one hostlist row).")
 def status(cluster: str, as_json: bool, every: bool) -> None:
     """Nodes, Slurm state, supervisord programs and memory (PSS) per node."""
-    from shoal.cluster.status import NodeStatus, cluster_status
+    from shoal.cluster.status import NodeStatus, cluster_status, faults
 
     st, nodes = cluster_status(cluster)
+    problems = faults(st, nodes)
     if as_json:
         doc = {
             "name": st.name,
@@ -149,7 +152,9 @@ def status(cluster: str, as_json: bool, every: bool) -> None:
                 for n in nodes
             ],
         }
+        doc["faults"] = problems
         jsonout.emit("cluster.status", doc)
+        _exit_on_faults(cluster, problems)
         return
     from shoal.cluster.capacity import median
 
@@ -180,6 +185,17 @@ def status(cluster: str, as_json: bool, every: bool) -> None:
         console.print(f"PSS per idle node: median {median(idle):.1f} MiB, max {max(idle):.1f} MiB "
                       f"({len(idle)} idle of {len(nodes)}); all nodes "
                       f"{sum(n.pss_bytes for n in nodes) / 2**30:.2f} GiB")
+    _exit_on_faults(cluster, problems)
+
+
+def _exit_on_faults(name: str, problems: list[str]) -> None:
+    if problems:
+        shown = ", ".join(problems[:6]) + (f" (+{len(problems) - 6} more)" if len(problems) > 6 else "")
+        raise ClusterError(
+            f"cluster {name!r} is not healthy: {shown}",
+            f"see `shoal cluster logs --cluster {name} --node NODE`; a dead node stays dead: "
+            f"`shoal cluster down --cluster {name}` and `up` again",
+        )
 
 
 @cluster.command("capacity")
@@ -214,7 +230,11 @@ def exec(cluster: str, node: str | None, cmd: tuple[str, ...]) -> None:
     host = node or "ctl"
     if node is not None and node not in st.nodes:
         raise ClusterError(f"no node {node!r} in cluster {cluster!r}", f"nodes: {', '.join(st.nodes)}")
-    argv = enter_prefix(st, host) + list(cmd)
+    # the login environment of a site whose users run MPI in containers: plain `srun` gets PMIx
+    # (slurm.conf keeps MpiDefault=none so shoal's own steps stay cheap; SLURM_MPI_TYPE is srun's
+    # --mpi default, and batch jobs inherit it from sbatch)
+    login_env = ["SLURM_MPI_TYPE=pmix"] if node is None else []
+    argv = enter_prefix(st, host) + login_env + list(cmd)
     cwd = _cwd_inside(pid1(st, host))
     if cwd is not None:
         argv.insert(1, f"--wdns={cwd}")

@@ -13,9 +13,11 @@ from shoal.cli.options import LazyConsole, cluster_option, json_option, time_opt
 from shoal.errors import DistError
 from shoal.slurm import timespec
 from shoal.staging import driver
-from shoal.staging.registry import method_names
+from shoal.staging.registry import get_method, method_names
 
 console = LazyConsole()
+# `shoal run`'s stdout is the command's, as with srun: its staging table goes to stderr
+err_console = LazyConsole(stderr=True)
 
 
 def _mib(v: object) -> str:
@@ -25,10 +27,11 @@ def _mib(v: object) -> str:
 def dist_table(result: driver.DistResult) -> Table:
     t = Table(title=f"{result.method}: {result.image} on {len(result.nodes)} nodes "
                     f"(job {result.job}, {result.seconds:.2f} s"
-                    + (f", sbcast {result.collective_seconds:.2f} s"
+                    + (f", {get_method(result.method).collective} "
+                       f"{result.collective_seconds:.2f} s"
                        if result.collective_seconds is not None else "") + ")")
-    for col in ("node", "ok", "stage s", "shared read MiB", "net rx MiB", "local peak MiB",
-                "verify", "staged / error"):
+    for col in ("node", "ok", "stage s", "shared read MiB", "net rx MiB", "net tx MiB", "CPU s",
+                "local peak MiB", "verify", "staged / error"):
         t.add_column(col, justify="right" if col.endswith(("s", "MiB")) else "left")
     for node in result.nodes:
         rec = result.records.get(node, {})
@@ -38,6 +41,8 @@ def dist_table(result: driver.DistResult) -> Table:
             node, "[green]yes[/]" if ok else "[red]NO[/]",
             f"{rec['seconds']:.3f}" if isinstance(rec.get("seconds"), float) else "-",
             _mib(rec.get("storage_bytes_read")), _mib(rec.get("net_rx_bytes")),
+            _mib(rec.get("net_tx_bytes")),
+            f"{rec['cpu_seconds']:.2f}" if isinstance(rec.get("cpu_seconds"), float) else "-",
             _mib(rec.get("local_bytes_peak")),
             "-" if not isinstance(v, dict) else ("ok" if v.get("ok") else "[red]BAD[/]"),
             str(rec.get("staged")) if ok else f"[red]{result.failed.get(node, '')}[/]",
@@ -63,6 +68,13 @@ _sbatch_option = click.option(
     "--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
     help="Extra sbatch option for the allocation shoal creates, e.g. --sbatch-arg=--account=proj "
          "--sbatch-arg=--qos=debug (repeatable; also --constraint, --reservation, ...).")
+
+
+def _site_args(args: tuple[str, ...]) -> tuple[str, ...]:
+    """The site's sbatch options (/etc/shoal/shoal.toml), then the command's (which win)."""
+    from shoal import siteconfig
+
+    return (*siteconfig.load().sbatch_args, *args)
 
 
 @click.command("dist")
@@ -106,7 +118,7 @@ def dist(image: str | None, method: str | None, verify: bool, do_cleanup: bool,
             raise DistError("not inside an allocation ($SLURM_JOB_ID unset)",
                             "run inside salloc/sbatch, give --job, or --nodes N to allocate")
         alloc = driver.allocate(site, nodes, time_limit=timespec.to_slurm(time_limit),
-                                partition=partition, sbatch_args=sbatch_args)
+                                partition=partition, sbatch_args=_site_args(sbatch_args))
         owned = True
     try:
         result = driver.distribute(site, alloc, method, image, verify=verify, fanout=fanout,
@@ -154,13 +166,13 @@ def run_cmd(ctx: click.Context, image: str, method: str, nodes: int | None, clus
     site = driver.site_for(cluster)
 
     def staged(result: driver.DistResult) -> None:
-        console.print(dist_table(result))
+        err_console.print(dist_table(result))
 
     ran = driver.run_in_image(
         site, image, method, command, nodes=nodes, ntasks_per_node=ntasks_per_node,
         srun_args=srun_args, time_limit=timespec.to_slurm(time_limit), verify=verify,
         fanout=fanout, compress=compress, timeout=timeout, on_staged=staged, chunk=chunk,
-        sbatch_args=sbatch_args, partition=partition,
+        sbatch_args=_site_args(sbatch_args), partition=partition,
     )
     if as_json:
         jsonout.emit("run", {

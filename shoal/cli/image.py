@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from rich.table import Table
 
@@ -79,6 +81,31 @@ def export_cmd(name: str, formats: tuple[str, ...], dest: str | None, as_json: b
         table.add_row(fmt, str(p), f"{_size(p) / 1e6:.1f}", sha[:21])
     console.print(table)
     console.print(f"{m.file_count} files, {m.bytes / 1e6:.1f} MB, tree digest {m.tree_digest}")
+
+
+@image.command("import")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("name")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "oci", "docker-archive", "tar", "dir", "squashfs"]),
+              help="What SOURCE is (auto: recognised by its content).")
+@json_option
+def import_cmd(source: Path, name: str, fmt: str, as_json: bool) -> None:
+    """Import an image built elsewhere as NAME: an OCI or docker-archive tarball (layers and
+    whiteouts applied), a root fs tarball, a Charliecloud directory or a SquashFS file. It goes
+    into the store in every format, with a manifest, like `shoal image export`."""
+    from shoal.images.importer import import_image
+    from shoal.images.store import entry_dir
+
+    with console.status(f"importing {source} as {name} ..."):
+        m, kind = import_image(name, source, fmt)
+    if as_json:
+        jsonout.emit("image.import", {"store": str(paths.store_root()), "source": str(source),
+                                      "source_format": kind, "image": m.to_json()})
+        return
+    console.print(f"{name}: imported from {source} ({kind}) into {entry_dir(name)}")
+    console.print(f"  {m.file_count} files, {m.bytes / 1e6:.1f} MB, tree digest {m.tree_digest}, "
+                  f"exports: {', '.join(m.exports)}")
 
 
 @image.command("list")

@@ -87,6 +87,11 @@ SCHEMAS: dict[str, Schema] = {
                             "programs": _d({"type": "object"}, "program -> supervisord state")})),
     }),
     "image.list": _obj({"store": _STR, "images": _arr(_MANIFEST)}),
+    "image.import": _obj({"store": _STR, "source": _STR,
+                          "source_format": _d({"type": "string", "enum": [
+                              "oci", "docker-archive", "tar", "dir", "squashfs"]},
+                              "what the source was recognised as"),
+                          "image": _MANIFEST}),
     "image.export": _obj({"store": _STR, "image": _MANIFEST}),
     "image.verify": _obj({"name": _STR, "ok": _BOOL,
                           "problems": _arr(_obj({"what": _STR, "path": _STR, "detail": _STR}))}),

@@ -12,8 +12,9 @@ from rich.table import Table
 
 from shoal.cli import jsonout
 from shoal.cli.options import LazyConsole, json_option
-from shoal.model import data, fit, predict, store
-from shoal.model.site import load_site
+
+# shoal.model imports numpy and scipy (~0.5 s): each command imports what it uses, so that
+# `shoal --help` and the other commands start fast (tests/security/test_startup.py)
 
 console = LazyConsole()
 
@@ -40,6 +41,8 @@ def model() -> None:
 @json_option
 def fit_cmd(results: Path, out: Path, as_json: bool) -> None:
     """Fit per method and workload from RESULTS (a study directory or its JSONL export)."""
+    from shoal.model import data, fit, store
+
     groups = fit.fit(data.load(results))
     store.save(groups, out, source=str(results))
     if as_json:
@@ -69,6 +72,9 @@ def fit_cmd(results: Path, out: Path, as_json: bool) -> None:
 @json_option
 def predict_cmd(model_path: Path, site_path: Path, nodes_text: str, as_json: bool) -> None:
     """Predicted time-to-solution per method and workload at a site, winners and crossovers."""
+    from shoal.model import predict, store
+    from shoal.model.site import load_site
+
     nodes = _nodes(nodes_text)
     groups = store.load(model_path)
     site = load_site(site_path)
@@ -123,6 +129,8 @@ def predict_cmd(model_path: Path, site_path: Path, nodes_text: str, as_json: boo
 @json_option
 def validate_cmd(results: Path, as_json: bool) -> None:
     """Leave-one-node-count-out and leave-one-network-out errors of the model on RESULTS."""
+    from shoal.model import data, fit
+
     obs = data.load(results)
     rows: list[dict[str, Any]] = []
     for (m, w), errs in sorted(fit.leave_largest_n_out(obs).items()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
@@ -12,8 +13,13 @@ from shoal.cli.options import LazyConsole, cluster_option, json_option
 from shoal.errors import StudyError
 from shoal.study import session
 from shoal.study.db import StudyDB
-from shoal.study.report import Report, compare_dirs, write_report
-from shoal.study.stats import Interval
+
+if TYPE_CHECKING:
+    # report (and stats) pull in numpy and matplotlib (~1 s): imported by the commands that use
+    # them, so `shoal --help` and every other command start fast
+    from shoal.study.report import Report
+    from shoal.study.runner import Summary
+    from shoal.study.stats import Interval
 
 console = LazyConsole()
 
@@ -76,7 +82,19 @@ def print_summary(res: session.RunOutcome) -> None:
                   str(summary.reattached), ", ".join(f"{v} {k.lower()}"
                                                      for k, v in sorted(counts.items())))
     console.print(table)
+    check_outcome(summary, res.out_dir)
     console.print(f"report: shoal study report {res.out_dir}")
+
+
+def check_outcome(summary: Summary, out_dir: Path) -> None:
+    """A study invocation whose every run failed is a failure (non-zero exit), not a result."""
+    if summary.failed and not summary.completed:
+        run, reason = summary.failures[0] if summary.failures else ("?", "no reason recorded")
+        reason = " ".join(reason.split())  # one line
+        raise StudyError(
+            f"all {summary.failed} runs failed; first: {run}: {reason}"[:400],
+            f"see `shoal study status {out_dir}`; fix the cause, then run again with --rerun-failed",
+        )
 
 
 @study.command()
@@ -135,6 +153,8 @@ def status(out_dir: Path, as_json: bool) -> None:
 @json_option
 def report(out_dir: Path, site: Path | None, model_path: Path | None, as_json: bool) -> None:
     """Write DIR/report.md and DIR/report.html (with plots) and print the answers."""
+    from shoal.study.report import write_report
+
     if model_path is not None and site is None:
         raise click.UsageError("--model needs --site")
     rep = write_report(out_dir, site=site, model=model_path)
@@ -192,6 +212,8 @@ def export_cmd(out_dir: Path, fmt: str, dest: Path | None) -> None:
 @json_option
 def compare(dir_a: Path, dir_b: Path, as_json: bool) -> None:
     """Two result sets side by side (e.g. two network profiles), matched by factors."""
+    from shoal.study.report import compare_dirs
+
     rows = compare_dirs(dir_a, dir_b)
     if not rows:
         raise StudyError("neither directory has completed runs",

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from shoal import paths, siteconfig
 from shoal.bundle import publish, write_bundle
 from shoal.cluster import capacity, cgroups, confine, controller, netns, node, scripts, secrets, storage
 from shoal.cluster.config import ClusterConfig
@@ -43,7 +44,7 @@ from shoal.cluster.state import ClusterDir, ClusterState, free_index, list_state
 from shoal.errors import ClusterError, DependencyError, PrivilegeError, ShoalError
 from shoal.fsutil import write_file
 from shoal.paths import store_root
-from shoal.runner import reap, run, spawn
+from shoal.runner import reap, run, spawn, stop
 
 log = logging.getLogger("shoal.cluster")
 
@@ -134,8 +135,9 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
             f"a crashed cluster may have left it: `shoal cluster down --name {cfg.name}`",
         )
     cd.save(state)  # from here on, `down` can remove everything
+    host_helpers: list[int] = []  # processes `up` starts outside the cluster's namespaces
     try:
-        _boot(cfg, cd, state, Path(image.path), clock)
+        _boot(cfg, cd, state, Path(image.path), clock, host_helpers)
         _wait_idle(cd, state, BOOT_TIMEOUT, clock)
         if cfg.state_service:
             from shoal.cluster import statebackend
@@ -147,9 +149,14 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
                     raise  # it is Slurm's only health source: no cluster without it
                 # Slurm's own timeouts still watch the nodes: the cluster is usable without it.
                 log.warning("%s (%s)", exc.message, exc.hint)
-    except BaseException:
-        with contextlib.suppress(ShoalError, OSError):
-            down(cfg.name)
+    except BaseException as exc:
+        left = _undo_failed_up(cfg.name, host_helpers)
+        if left:
+            raise ClusterError(
+                f"boot of cluster {cfg.name!r} failed ({type(exc).__name__}: {exc}) and its "
+                f"cleanup left: {', '.join(left)}"[:400],
+                f"remove the rest with `shoal cluster down --name {cfg.name}`",
+            ) from exc
         raise
     state.phase = "up"
     state.boot_seconds = time.monotonic() - t0
@@ -159,6 +166,23 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
         (cd.root / "boot-phases.json").write_text(json.dumps(clock.marks, indent=1))
         record_node_cost(state)
     return UpResult(state, state.boot_seconds, image.size_bytes, dict(clock.marks))
+
+
+def _undo_failed_up(name: str, host_helpers: list[int]) -> list[str]:
+    """Remove what a failed or interrupted `up` created. A second Ctrl-C (or a SIGTERM) must not
+    cut this short: that left namespaces, the bridge and daemons behind with a state stuck in
+    phase "creating". Returns what could not be removed."""
+    main = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        for pid in host_helpers:
+            stop(pid)
+        return down(name)
+    except (ShoalError, OSError) as exc:
+        return [f"({exc})"]
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def record_node_cost(state: ClusterState, sample: int = capacity.SAMPLE_NODES) -> None:
@@ -199,24 +223,33 @@ def booted(cfg: ClusterConfig) -> Iterator[UpResult]:
                                f"run `shoal cluster down --name {cfg.name}` again")
 
 
-def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path, clock: _Clock) -> None:
+def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path, clock: _Clock,
+          host_helpers: list[int]) -> None:
     """Everything of `up` between the saved state and the wait for idle nodes, in order."""
     addr = Addressing(state.index)
     for d in (cd.etc_slurm, cd.home, cd.pfs / "store", cd.ctl / "log", cd.ctl / "spool", cd.logs):
         d.mkdir(parents=True, exist_ok=True)
     os.chmod(cd.pfs, 0o1777)
     # Mount points the controller binds over on the host's root filesystem.
-    for p in ("/pfs", "/etc/slurm", "/root/.ssh"):
+    for p in ("/pfs", "/etc/slurm", "/etc/shoal", "/root/.ssh"):
         Path(p).mkdir(parents=True, exist_ok=True)
     store = store_root()
     store.mkdir(parents=True, exist_ok=True)
 
+    # the site configuration of this cluster's login node and nodes (bound at /etc/shoal): what a
+    # site's admin writes once, so that `shoal run` there finds the store where the nodes do
+    write_file(cd.root / "etc-shoal" / "shoal.toml", siteconfig.render(paths.CLUSTER_STORE_PATH))
     keys = secrets.create(cd, cfg.name, state.index)
     _write_slurm_config(cfg, cd, addr, keys.db_password)
     secrets.place_user_home(cd, keys)
     controller.prepare(cd, keys, render_hosts(cfg, addr), cfg.accounting)
     # mariadb-install-db takes seconds: it runs while the nodes are being prepared
     install_db = controller.start_install_db(cd) if cfg.accounting else None
+    if install_db is not None:
+        # it runs on the host, outside the cluster's namespaces, so `down` does not find it: a
+        # failed `up` stops it (left running, it wrote the datadir again after `down` removed
+        # the state directory)
+        host_helpers.append(install_db)
 
     muid, mgid = node.image_ids(image, "munge")
     node_munge = secrets.place_node_munge(cd, keys, muid, mgid)
@@ -248,6 +281,7 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path, 
         "SHOAL_PFS": str(cd.pfs),
         "SHOAL_STORE": str(store),
         "SHOAL_ETC_SLURM": str(cd.etc_slurm),
+        "SHOAL_ETC_SHOAL": str(cd.root / "etc-shoal"),
         "SHOAL_TBF": tbf,
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
     }

@@ -38,7 +38,8 @@ def prepare_node(cd: ClusterDir, name: str) -> None:
         if (nd / sub).exists():
             shutil.rmtree(nd / sub)
     up_ = nd / "upper"
-    for sub in ("work", "root", "upper/.oldroot", "upper/pfs", "upper/etc/slurm", "upper/var/log/slurm"):
+    for sub in ("work", "root", "upper/.oldroot", "upper/pfs", "upper/etc/slurm", "upper/etc/shoal",
+                "upper/var/log/slurm"):
         (nd / sub).mkdir(parents=True, exist_ok=True)
     write_file(up_ / "etc/hosts", (cd.ctl / "etc" / "hosts").read_text())
     write_file(up_ / "etc/hostname", name + "\n")

@@ -131,11 +131,17 @@ class ClusterDir:
                 f"cannot read state of cluster {self.name!r}: {exc}",
                 f"remove it with `shoal cluster down --name {self.name}`",
             ) from exc
+        if not isinstance(data, dict):
+            raise ClusterError(f"state of cluster {self.name!r} is not a JSON object",
+                               f"remove it with `shoal cluster down --name {self.name}`")
         data.pop("version", None)
-        # a cluster booted by another shoal version (seven engineers, one machine; or an upgrade)
-        # may record more than this one knows: read what we know, keep working
+        # fields a newer shoal added are ignored: `list` and `down` must work across versions
         known = {f.name for f in fields(ClusterState)}
-        return ClusterState(**{k: v for k, v in data.items() if k in known})
+        try:
+            return ClusterState(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:  # a required field missing
+            raise ClusterError(f"cannot read state of cluster {self.name!r}: {exc}",
+                               f"remove it with `shoal cluster down --name {self.name}`") from None
 
     def save(self, state: ClusterState) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,39 @@ def rss_of_netns(ns: str) -> tuple[int, int]:
     return mem.rss, mem.processes
 
 
+def dead_hosts(state: ClusterState) -> list[str]:
+    """Hosts (controller, storage host, nodes) whose container is gone: a cluster with any is
+    not up, whatever its state file says (a node's PID 1 that died stays dead)."""
+    hosts = state.all_hosts()
+    dead = [h for h in hosts if not host_running(state, h)]
+    if state.storage == "sshfs" and state.storage_pid and not netns.is_alive(state.storage_pid):
+        dead.append("storage")
+    return dead
+
+
+def live_phase(state: ClusterState) -> str:
+    """The phase to show: the state file's, or "degraded" when an up cluster lost a host."""
+    if state.phase != "up":
+        return state.phase
+    dead = dead_hosts(state)
+    if not dead:
+        return "up"
+    shown = ", ".join(dead[:3]) + (f" +{len(dead) - 3}" if len(dead) > 3 else "")
+    return f"degraded ({shown} not running)"
+
+
+# supervisord states of a program that is up or on its way up (right after boot, say)
+_HEALTHY = ("RUNNING", "STARTING")
+
+
+def faults(state: ClusterState, nodes: list[NodeStatus]) -> list[str]:
+    """What makes `cluster status` exit non-zero: dead hosts and programs not RUNNING."""
+    out = [f"{h} not running" for h in dead_hosts(state)]
+    for n in nodes:
+        out += [f"{n.name}:{p.name} {p.state}" for p in n.programs if p.state not in _HEALTHY]
+    return out
+
+
 def _programs(state: ClusterState, node: str, timeout: float = 5.0) -> list[Program]:
     try:
         return supervisor_of(state, node, timeout=timeout).programs()

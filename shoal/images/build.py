@@ -28,7 +28,11 @@ from shoal.images.base import ensure_base
 from shoal.images.progress import step
 from shoal.runner import run
 
-CH_IMAGE = ["/usr/bin/python3", "/usr/bin/ch-image"]
+# /usr/bin: the charliecloud-builders package; /usr/local/bin: what `make setup` installs from it
+# without its docker.io and buildah dependencies (scripts/install-debs.sh)
+CH_IMAGE_SCRIPT = next((p for p in ("/usr/bin/ch-image", "/usr/local/bin/ch-image")
+                        if os.path.exists(p)), "/usr/bin/ch-image")
+CH_IMAGE = ["/usr/bin/python3", CH_IMAGE_SCRIPT]
 BASE_IMAGE = "shoal-base"
 BUILD_TIMEOUT = 3600.0
 IMPORT_TIMEOUT = 1200.0

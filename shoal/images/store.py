@@ -410,6 +410,62 @@ def verify(name: str, check_dir: bool = True) -> tuple[Manifest, list[Problem]]:
     return m, problems
 
 
+def checked_export(name: str, fmt: ExportFormat, root: Path | None = None) -> Path:
+    """Path of export FMT of image NAME after checking it is what its manifest says (size and
+    sha256); ImageError naming the corruption otherwise.
+
+    Staging must never hand nodes a damaged file: the kernel mounts a corrupted SquashFS without
+    complaint and a job runs in it, reading garbage or EIO only where it happens to touch a bad
+    block. Hashing costs one read of the file, so the result is remembered in a stamp beside it
+    (keyed by inode, size, mtime and ctime: any write or replacement changes one of them), and
+    the file is hashed again only after it changed. Without write access to the store (a job user
+    at a site) the stamp is not written and every call hashes.
+    """
+    root = root or paths.store_root()
+    entry = root / names.image_name(name)
+    mpath = entry / MANIFEST
+    try:
+        m = Manifest.from_json(json.loads(mpath.read_text()), str(mpath))
+    except FileNotFoundError:
+        raise ImageError(f"image {name!r} is not in the store {root}",
+                         f"export it first: shoal image export {name}") from None
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"cannot read {mpath}: {exc}", f"re-export: shoal image export {name}") from None
+    fname = m.exports.get(fmt.value)
+    if fname is None or fname not in m.files:
+        raise ImageError(f"image {name!r} has no {fmt.value} export",
+                         f"export it: shoal image export {name} --format {fmt.value}")
+    path = entry / fname
+    want, want_size = m.files[fname], m.sizes.get(fname)
+    hint = f"re-export it: shoal image export {name}  (shoal image verify {name} lists every problem)"
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ImageError(f"{path}: {exc.strerror}", hint) from None
+    if want_size is not None and st.st_size != want_size:
+        kind = "truncated" if st.st_size < want_size else "changed"
+        raise ImageError(f"{path} is {kind}: {st.st_size} bytes, the manifest says {want_size}", hint)
+    key = {"ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+           "ctime_ns": st.st_ctime_ns, "sha256": want}
+    stamp = entry / f".verified-{fname}.json"
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(stamp.read_text()) == key:
+            return path
+    try:
+        got = file_sha256(path)
+    except OSError as exc:
+        raise ImageError(f"{path} cannot be read ({exc.strerror}): the file or its storage is "
+                         "damaged", hint) from None
+    if got != want:
+        raise ImageError(f"{path} is corrupted: sha256 {got[:16]}…, the manifest says {want[:16]}…",
+                         hint)
+    with contextlib.suppress(OSError):
+        tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(key))
+        os.replace(tmp, stamp)
+    return path
+
+
 def iter_entries() -> Iterator[tuple[str, Path]]:
     for n in list_names():
         yield n, entry_dir(n)

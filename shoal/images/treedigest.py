@@ -81,7 +81,12 @@ def tree_digest(root: "str | os.PathLike[str]") -> "TreeDigest":
     h = hashlib.sha256(DIGEST_FORMAT.encode() + b"\n")
     files = size = entries = 0
     for rel, st, full in iter_records(root):
-        h.update(entry_record(rel, st, full))
+        try:
+            h.update(entry_record(rel, st, full))
+        except OSError as exc:
+            if exc.filename is None:  # a read error (EIO of a damaged image) names no file
+                exc.filename = os.fsdecode(full)
+            raise
         entries += 1
         if stat.S_ISREG(st.st_mode):
             files += 1

@@ -64,7 +64,9 @@ DEFAULT_FANOUT = 1
 MIN_CHUNK = 4096
 MAX_CHUNK = 64 << 20
 STALL = 15.0  # seconds without progress on a connection before it counts as broken
-START_WAIT = 30.0  # how long a node waits for its parent to listen / its children to connect
+# how long a node waits for its parent to listen / its children to connect: generous, because
+# 32 Python start-ups on 2 shared cores at load 60 took seconds each (docs/PERFORMANCE.md)
+START_WAIT = 60.0
 REFEED_WAIT = 15.0  # how long a node waits for the orphans of a lost child to come back
 CONNECT_TIMEOUT = 3.0
 MAX_REPORT = 1 << 20

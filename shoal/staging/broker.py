@@ -213,6 +213,7 @@ class Broker:
             # the job's user reads through allow_other; no setuid, no devices
             run([*pre, "squashfuse", "-o", "ro,allow_other,nosuid,nodev", src, dest],
                 timeout=120, what=f"squashfuse {src} on {node}")
+            self.adopt(state, node, dest)
         else:
             # losetup in the node's mount namespace: on sshfs storage the loop device reads the
             # file through the node's own sshfs mount, across its shaped link
@@ -220,6 +221,31 @@ class Broker:
         answer["seconds"] = round(time.monotonic() - t0, 6)
         self.log(f"{node} job {job} (uid {rec.get('user_id')}): {method.name} {image} on {dest}")
         return answer
+
+    def adopt(self, state: ClusterState, node: str, dest: str) -> None:
+        """Put the squashfuse daemon serving DEST into NODE's cgroups: it works for the node's
+        job, so its CPU time and memory are the node's (shoal.cluster.cgroups), as if the node
+        had mounted it itself. Every node of a job has one with the same arguments: the node's
+        is the one in the node's mount namespace."""
+        from shoal.cluster.enter import pid1
+
+        want = os.readlink(f"/proc/{pid1(state, node)}/ns/mnt")
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if not argv or os.path.basename(argv[0]) != b"squashfuse" or dest.encode() not in argv:
+                continue
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry}/ns/mnt") != want:
+                    continue
+            for ctrl in ("cpu", "cpuacct", "memory", "devices"):
+                procs = Path("/sys/fs/cgroup", ctrl, "shoal", self.cluster, node, "cgroup.procs")
+                with contextlib.suppress(OSError):
+                    procs.write_text(entry)
 
     def umount(self, node: str, job: str, image: str | None = None) -> dict[str, Any]:
         """Unmount what is below /run/shoal/jobs/JOB (or only its IMAGE) in NODE; detach the

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal import paths
+from shoal import names, paths
 from shoal.bundle import publish
-from shoal.errors import DistError, SlurmError
+from shoal.errors import DistError, ImageError, SlurmError
 from shoal.runner import run
 from shoal.slurm.client import Job, JobState, SlurmClient
-from shoal.staging.base import Context, Method
+from shoal.staging.base import EXPORTS, Context, Method
 from shoal.staging.jobstep import (
     BCAST_CHUNK as BCAST_CHUNK,  # the default, for callers
 )
@@ -254,11 +254,21 @@ def sbcast(site: Site, alloc: Allocation, src: str, dest: str, *, fanout: int, c
     return time.monotonic() - t0
 
 
-def check_image(site: Site, image: str) -> None:
+def check_image(site: Site, image: str, method: Method | None = None) -> None:
+    """IMAGE is in the store and, for a method that stages one of its files, that file is what
+    the manifest says: a corrupted SquashFS mounts fine and a job would run in it."""
+    names.image_name(image)
     if not (site.store_local / image / "manifest.json").is_file():
         known = sorted(p.parent.name for p in site.store_local.glob("*/manifest.json"))
         raise DistError(f"image {image!r} is not in the store {site.store_local}",
                         f"known: {', '.join(known) or 'none'}; export it: shoal image export")
+    if method is not None and method.artifact in ("tar", "sqfs"):
+        from shoal.images.store import ExportFormat, checked_export
+
+        try:
+            checked_export(image, ExportFormat(EXPORTS[method.artifact]), site.store_local)
+        except ImageError as exc:
+            raise DistError(f"{method.name} will not stage {image!r}: {exc.message}", exc.hint) from None
 
 
 def prepare(cluster: str | None, method: Method, image: str, store: Path) -> dict[str, Any] | None:
@@ -299,7 +309,7 @@ def distribute(
     in the middle).
     """
     method = get_method(method_name)
-    check_image(site, image)
+    check_image(site, image, method)
     nodes = list(alloc.nodes)
     if site.cluster is not None:
         # a virtual cluster's nodes keep their copies in this one machine's memory
@@ -430,7 +440,7 @@ def run_in_image(
 ) -> RunResult:
     """`shoal run`: allocate or reuse, stage, srun ch-run STAGED -- CMD on every node, clean up."""
     method = get_method(method_name)
-    check_image(site, image)
+    check_image(site, image, method)
     alloc = current_allocation(site) if nodes is None else None
     if alloc is None:
         # mounts are the Prolog's (root) job, asked for in the job's comment

@@ -103,6 +103,19 @@ def last_json(text: "str") -> "dict[str, Any] | None":
     return None
 
 
+_CANT_OPEN = re.compile(r"can't open file '([^']+)'")
+
+
+def missing_agent(stderr: "str") -> "str":
+    """Why a node ran nothing when python3 could not open the agent bundle (else "")."""
+    m = _CANT_OPEN.search(stderr)
+    if not m:
+        return ""
+    return (f"the node agent {m.group(1)} is not there on the node: the nodes must see the "
+            f"image store at the path this side uses (set `store` in /etc/shoal/shoal.toml, "
+            f"or SHOAL_STORE, to the store's path on the nodes)")
+
+
 def tail(text: "str", n: "int" = 2) -> "str":
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return " | ".join(lines[-n:])[-300:]
@@ -165,7 +178,7 @@ def run_agent(argv: "list[str]", nodes: "list[str]", timeout: "float", what: "st
         done = run(argv, timeout=timeout, check=False, what=what, env=env)
         stdout = done.stdout
         if done.returncode != 0:
-            why = tail(done.stderr)
+            why = missing_agent(done.stderr) or tail(done.stderr)
     except CommandTimeout as exc:
         stdout = exc.stdout
         why = f"no answer within {timeout:g} s"
@@ -219,7 +232,7 @@ def do_workload(ctx: "Context", name: "str", timeout: "float") -> "dict[str, Any
         argv = [a.format(script=script, t0=f"{w0:.6f}") for a in wl.argv]
         ranks = max(1, int(os.environ.get("SLURM_CPUS_ON_NODE") or "1")) if wl.per_core else 1
 
-        def one(_: int) -> Any:
+        def one(_: "int") -> "Any":
             return run(["ch-run", staged, "--", *argv], timeout=timeout, check=False,
                        env=user_env(), what=f"workload {name}")
 

@@ -40,6 +40,7 @@ shoal's mount broker, which re-reads the job record from slurmctld. The Epilog u
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -156,9 +157,11 @@ def do_stage(ctx: "Context", method: "Method", by: "str" = "step") -> "dict[str,
             base = baseline(ctx)
         save_state(ctx, {"method": method.name, "baseline": base, "by": by})
         rec["start"] = base["t0"]
+        t_call = time.monotonic()
         with Sampler(ctx.job_dir).running() as sampler:
             staged = method.stage(ctx)
         end = time.monotonic()
+        rec["stage_call_seconds"] = round(end - t_call, 6)  # the method's own work (mount, unpack)
         wall_end = time.time()
         io1 = proc_io()
         w0 = base.get("w0")
@@ -168,8 +171,10 @@ def do_stage(ctx: "Context", method: "Method", by: "str" = "step") -> "dict[str,
             "wall_end": wall_end,
             "seconds": round(end - base["t0"], 6),
             "storage_bytes_read": staged.storage_bytes_read,
-            "net_rx_bytes": net_rx_bytes() - base["rx0"],
-            "net_tx_bytes": net_tx_bytes() - int(base.get("tx0") or 0),
+            # never below 0: an interface removed meanwhile takes its counters with it (on a
+            # shared host netns, as in the unit tests, other people's veths come and go)
+            "net_rx_bytes": max(0, net_rx_bytes() - base["rx0"]),
+            "net_tx_bytes": max(0, net_tx_bytes() - int(base.get("tx0") or 0)),
             "local_bytes_peak": max(0, sampler.peak - base["used0"]),
             "io_read_bytes": io1.get("read_bytes", 0) - io0.get("read_bytes", 0),
             "io_rchar": io1.get("rchar", 0) - io0.get("rchar", 0),
@@ -207,11 +212,24 @@ def do_verify(ctx: "Context") -> "dict[str, Any]":
         from shoal.images.treedigest import tree_digest
 
         t0 = time.monotonic()
-        got = tree_digest(state["staged"]).digest
+        try:
+            got = tree_digest(state["staged"]).digest
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            # a damaged SquashFS (or tarball) mounts or unpacks, then fails on the first bad
+            # block read: say that, not "[Errno 5] Input/output error"
+            where = exc.filename or state["staged"]
+            raise DistError(
+                f"image {ctx.image!r} is corrupted: reading {where} in the staged tree failed "
+                f"with an I/O error (its {state.get('method') or 'staged'} source on storage is "
+                "damaged)", f"check the store: shoal image verify {ctx.image}; then re-export it",
+            ) from None
         rec.update({"expected": want, "digest": got, "seconds": round(time.monotonic() - t0, 6)})
         rec["ok"] = got == want
         if not rec["ok"]:
-            rec["error"] = f"staged tree digest {got} differs from the manifest's {want}"
+            rec["error"] = (f"image {ctx.image!r} is corrupted: staged tree digest {got} differs "
+                            f"from the manifest's {want}")
             rec["hint"] = "the image was corrupted in transit or on storage: shoal image verify"
     except Exception as exc:
         fail(rec, exc)

@@ -322,6 +322,9 @@ def write_report(out_dir: str | Path, kinds: Mapping[str, str] = DEFAULT_METHOD_
     with StudyDB.in_dir(out, create=False) as db:
         blocks, answers, plots = build_blocks(db, out, kinds)
         study = db.study()
+        rec, notation = top_lines(db)
+    # for people who read one line: first, right under the title; N and n explained once
+    blocks[1:1] = ([Para(f"**Recommendation:** {rec}")] if rec else []) + [Para(notation)]
     if site is not None:
         blocks += scale_blocks(out, site, model)
     title = f"shoal study {study[1] if study else ''}".strip()
@@ -334,7 +337,25 @@ def write_report(out_dir: str | Path, kinds: Mapping[str, str] = DEFAULT_METHOD_
     extra = json.loads(envs[-1].get("extra_json") or "{}") if envs else {}
     write_answers_json(out / "answers.json", answers, study[1] if study else "",
                        float(extra.get("margin") or DEFAULT_MARGIN))
-    return Report(md, hp, plots, answers)
+    return Report(md, hp, plots, answers, rec.replace("**", "") if rec else None)
+
+
+def top_lines(db: StudyDB) -> tuple[str | None, str]:
+    """The recommendation (None unless the data support one) and the notation line."""
+    from shoal.study.recommend import recommendation
+
+    envs = db.environments()
+    where = "this cluster"
+    if envs:
+        e = envs[-1]
+        what = [str(v) for v in (e["cluster_kind"], e["cluster_name"]) if v]
+        where = f"this cluster ({' '.join([*what, ''])}network {e['network_profile']})"
+        where = where.replace(" network", ", network") if what else where
+    rec = recommendation(aggregate(db.results()), where)
+    notation = ("Notation: **N** is the number of nodes of a job (the `nodes` columns); **n** is "
+                "the number of completed repetitions behind a figure (the `n` column). Times are "
+                "seconds, median [95 % interval] over the n repetitions.")
+    return rec, notation
 
 
 # -- compare ------------------------------------------------------------------------------------

@@ -82,6 +82,13 @@ def load_run_spec(spec_path: Path, cluster_name: str | None = None) -> StudySpec
     return spec
 
 
+def _sbatch_args(spec: StudySpec) -> tuple[str, ...]:
+    """The site's sbatch options (/etc/shoal/shoal.toml), then the spec's (which win)."""
+    from shoal import siteconfig
+
+    return (*siteconfig.load().sbatch_args, *spec.sbatch_args)
+
+
 class ClusterNotUp(StudyError):
     """The spec's virtual cluster is not running (`shoal study run` boots it)."""
 
@@ -114,7 +121,7 @@ def link_cluster(spec: StudySpec, out: Path, *, connect: bool) -> ClusterLink:
         logs = out.resolve() / "logs"
         ctx = JobContext(logs_dir=str(logs), agent=f"{store}/.shoal/agent.pyz",
                          store_dir=str(store), partition=spec.partition,
-                         time_limit_s=spec.timeout, extra_sbatch=spec.sbatch_args)
+                         time_limit_s=spec.timeout, extra_sbatch=_sbatch_args(spec))
         return ClusterLink(SlurmClient(), ctx, logs, {}, store)
     from shoal.cluster.enter import slurm_prefix
     from shoal.cluster.state import ClusterDir
@@ -125,7 +132,7 @@ def link_cluster(spec: StudySpec, out: Path, *, connect: bool) -> ClusterLink:
     rel = f"shoal-study/{spec.name}-{tag}"
     ctx = JobContext(logs_dir=f"/pfs/{rel}", agent=f"{paths.CLUSTER_STORE_PATH}/.shoal/agent.pyz",
                      store_dir=paths.CLUSTER_STORE_PATH, partition=spec.partition,
-                     time_limit_s=spec.timeout, extra_sbatch=spec.sbatch_args)
+                     time_limit_s=spec.timeout, extra_sbatch=_sbatch_args(spec))
     if not connect:
         return ClusterLink(SlurmClient(), ctx, cdir.pfs / rel, {}, paths.store_root())
     if not cdir.exists() or cdir.load().phase != "up":
@@ -186,7 +193,25 @@ def prepare_images(spec: StudySpec, store: Path, console: Console) -> dict[str, 
             raise StudyError(f"cannot read {manifest}: {exc}", "re-export the image") from None
         if isinstance(d, str):
             digests[name] = d
+        _check_exports(spec, name, store, console)
     return digests
+
+
+def _check_exports(spec: StudySpec, image: str, store: Path, console: Console) -> None:
+    """The files the spec's methods stage are what the manifest says: every job of a corrupted
+    SquashFS would otherwise mount it and run (shoal.images.store.checked_export, cached)."""
+    from shoal.errors import ImageError
+    from shoal.images.store import ExportFormat, checked_export
+    from shoal.staging.base import EXPORTS
+    from shoal.staging.registry import get_method
+
+    kinds = sorted({get_method(m).artifact for m in spec.methods} & {"tar", "sqfs"})
+    for kind in kinds:
+        try:
+            with console.status(f"image {image}: checking its {EXPORTS[kind]} export"):
+                checked_export(image, ExportFormat(EXPORTS[kind]), store)
+        except ImageError as exc:
+            raise StudyError(exc.message, exc.hint) from None
 
 
 def via_prolog(spec: StudySpec) -> bool:

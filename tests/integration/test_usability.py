@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,13 +50,14 @@ srun rm -rf /var/tmp/{tag}
     job = pfs_dir / f"{tag}.sh"
     job.write_text(script)
     try:
-        res = cluster.ctl("env", "USER=root", "sbatch", "--wait", f"--output=/pfs/{tag}.out",
-                          f"/pfs/{tag}.sh", timeout=300, check=False)
+        # submitted from the login shell a user gets (`shoal cluster exec`)
+        res = shoal("cluster", "exec", "--cluster", cluster.name, "--", "env", "USER=root",
+                    "sbatch", "--wait", f"--output=/pfs/{tag}.out", f"/pfs/{tag}.sh")
         out = (pfs_dir / f"{tag}.out").read_text()
         assert res.returncode == 0, out
         assert "ring passed size=2" in out, out
         assert "PMIX ERROR" not in out and "gds_ds12" not in out, out
-        assert "No such file" not in out
+        assert "execve" not in out and "ch-convert: No such file" not in out
     finally:
         for p in (job, pfs_dir / f"{tag}.out"):
             p.unlink(missing_ok=True)
@@ -71,3 +73,64 @@ def test_run_passes_exit_code_and_sbatch_args(cluster: ClusterHandle, mpihello_i
     job = doc["staging"]["job"]
     name = cluster.ctl("sacct", "-n", "-X", "-P", "-o", "JobName", "-j", job).stdout.strip()
     assert name == "usabtest"
+
+
+def test_login_node_runs_with_the_site_configuration(cluster: ClusterHandle,
+                                                    mpihello_in_store: str) -> None:
+    """On the login node, with no SHOAL_* variables and no --cluster (the Slurm on PATH, as on a
+    real site), the cluster's /etc/shoal/shoal.toml points shoal at /pfs/store, where the nodes see
+    it; before, shoal took the host default /var/lib/shoal/store, which the nodes do not have.
+    The login node hides /root (and so this venv's interpreter): shoal runs there the way a site
+    installs it, Debian's python3 with the checkout and its dependencies on the path."""
+    site = cluster.ctl("cat", "/etc/shoal/shoal.toml").stdout
+    assert 'store = "/pfs/store"' in site
+    assert 'store = "/pfs/store"' in cluster.on(cluster.nodes[0], "cat", "/etc/shoal/shoal.toml").stdout
+    site_packages = next((REPO / ".venv" / "lib").glob("python3*/site-packages"))
+    res = cluster.ctl("env", f"PYTHONPATH={REPO}:{site_packages}", "/usr/bin/python3", "-m",
+                      "shoal.cli.main", "run", "--image", "mpihello", "--method", "untar",
+                      "--nodes", "2", "--", "cat", "/etc/debian_version", check=False, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == [res.stdout.split()[0]] * 2  # one line per node, nothing else
+
+
+def test_study_run_boots_the_specs_cluster_and_takes_it_down(mpihello_in_store: str,
+                                                             tmp_path: Path) -> None:
+    """`shoal study run SPEC` with the spec's cluster not up: booted, used, taken down (said on
+    stderr; --json says cluster_booted)."""
+    from shoal.cluster.state import ClusterDir
+
+    name = "usabst"
+    if os.geteuid() != 0:
+        pytest.skip("boots a cluster: needs root")
+    assert not ClusterDir(name).exists(), f"leftover cluster {name}: shoal cluster down --cluster {name}"
+    spec = tmp_path / "s.toml"
+    spec.write_text(f"""[study]
+name = "boot"
+repetitions = 1
+timeout = "00:03:00"
+[cluster]
+kind = "virtual"
+name = "{name}"
+nodes = 1
+[matrix]
+images = ["mpihello"]
+methods = ["untar"]
+workloads = ["catwalk"]
+node_counts = [1]
+""")
+    try:
+        # results where the login node sees them (it has its own /tmp)
+        out = REPO / "results" / f"test-usab-boot-{os.getpid()}"
+        res = shoal("study", "run", str(spec), "--out", str(out), "--json", timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+        doc = json.loads(res.stdout)
+        assert doc["kind"] == "study.run" and doc["cluster_booted"] and not doc["cluster_kept"]
+        assert doc["completed"] >= 1 and doc["failed"] == 0, res.stderr[-3000:]  # (+ warm-up run)
+        assert f"cluster {name!r} is not up: booting it" in res.stderr or "booted cluster" in res.stderr
+        assert not ClusterDir(name).exists()
+    finally:
+        shutil.rmtree(REPO / "results" / f"test-usab-boot-{os.getpid()}", ignore_errors=True)
+        if ClusterDir(name).exists():
+            from shoal.cluster import manager
+
+            manager.down(name)

@@ -235,7 +235,9 @@ def test_cli_names(private_state: Path, argv: list[str], name: str) -> None:
 
     with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
         code = main([*argv, name])
-    assert code != 0  # nothing of that name exists in the private state
+    valid = names.is_image_name(name) if argv[0] == "image" else names.is_cluster_name(name)
+    if not valid:
+        assert code == 2, (argv, name, code, err.getvalue())  # refused as bad input
     assert "Traceback" not in err.getvalue()
     assert _tree(private_state) == before  # nothing created, nothing removed
 

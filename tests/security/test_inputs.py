@@ -134,7 +134,7 @@ def test_names_are_full_matches() -> None:
     ({"tmpfs_size": "99999999999G"}, "more than this machine's memory"),
     ({"tmpfs_size": "2G\n"}, "not a size"),
     ({"cpus_per_node": 256}, "(1-128)"),
-    ({"nodes": 100000}, "(1 to 512 nodes)"),
+    ({"nodes": 100000}, "1 to 512"),
     ({"nodes": 512, "cpus_per_node": 128}, "virtual CPUs"),
     ({"extra_slurm_conf": ["SchedulerParameters=x\nProlog=/tmp/evil"]}, "newline"),
     ({"extra_slurm_conf": ["Prolog=/tmp/evil"]}, "shoal sets itself"),
@@ -288,3 +288,17 @@ def test_damaged_study_database(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_errors_are_shoal_errors() -> None:
     # the root every expected failure here derives from: the CLI's one handler prints it
     assert issubclass(ConfigError, ShoalError) and issubclass(StudyError, ShoalError)
+
+
+# -- item 9 (harness side): a study whose every run failed exits non-zero ----------------------
+
+
+def test_study_with_every_run_failed_is_an_error(tmp_path: Path) -> None:
+    from shoal.cli.study import check_outcome
+    from shoal.study.runner import Summary
+
+    with pytest.raises(StudyError, match="all 3 runs failed; first: a r0: node1: boom x") as exc:
+        check_outcome(Summary(failed=3, failures=[("a r0", "node1: boom\n x")]), tmp_path)
+    assert exc.value.hint and "--rerun-failed" in exc.value.hint
+    check_outcome(Summary(completed=1, failed=2), tmp_path)  # partial: results exist
+    check_outcome(Summary(), tmp_path)  # nothing to do (all done before)

@@ -37,7 +37,7 @@ a = json.loads(sys.argv[2])
 b = Broadcast(a["nodes"], a["rank"], a["dest"], a["size"], a["want"], a["token"].encode(),
               time.monotonic() + a["timeout"], src=a.get("src"), chunk=a["chunk"],
               fanout=a["fanout"], peers=[tuple(p) for p in a["peers"]], rate=a.get("rate", 0),
-              unpack_dir=a.get("unpack_dir"), keep_dest=a.get("keep_dest", True), stall=5.0)
+              unpack_dir=a.get("unpack_dir"), keep_dest=a.get("keep_dest", True))
 print(json.dumps(b.run()))
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,9 +60,17 @@ class FakeSlurm(Runner):
 def env(tmp_path: Path) -> driver.Site:
     store = tmp_path / "store"
     (store / "img").mkdir(parents=True)
+    # export files whose manifest vouches for them: the driver checks size and sha256 before
+    # it stages a file (shoal.images.store.checked_export)
+    files = {}
+    for name in ("img.tar.gz", "img.sqfs"):
+        (store / "img" / name).write_bytes(b"0123456789")
+        files[name] = hashlib.sha256(b"0123456789").hexdigest()
     (store / "img" / "manifest.json").write_text(json.dumps(
-        {"exports": {"tar.gz": "img.tar.gz", "squashfs": "img.sqfs", "dir": "dir"},
-         "sizes": {"img.tar.gz": 10}, "bytes": 100, "tree_digest": "d"}))
+        {"format_version": 1, "name": "img", "files": files,
+         "exports": {"tar.gz": "img.tar.gz", "squashfs": "img.sqfs", "dir": "dir"},
+         "sizes": {"img.tar.gz": 10, "img.sqfs": 10}, "bytes": 100, "tree_digest": "d",
+         "file_count": 1, "inputs_hash": "h", "created": "now"}))
     return driver.Site(("pre",), store, "/pfs/store", "/pfs/store")
 
 

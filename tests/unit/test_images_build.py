@@ -97,7 +97,7 @@ def test_build_runs_ch_image_once_then_hits_the_cache(cache: Path, recipe_dir: P
     assert verbs[1][:4] == ["--no-cache", "build", "--force", "-t"]
     assert len(fake.calls) == 2  # one import, one build; the second call built nothing
     for argv, env in fake.calls:
-        assert argv[:2] == ["/usr/bin/python3", "/usr/bin/ch-image"]
+        assert argv[:2] == ["/usr/bin/python3", build.CH_IMAGE_SCRIPT]
         assert env["CH_IMAGE_STORAGE"] == str(cache / "ch")
         assert env["USER"]
     marker = json.loads((cache / "ch-built" / "demo.json").read_text())

@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("shoal.state",),  # the node state engine: the cluster is one of its backends, never imported
     ("shoal.slurm",),
     ("shoal", "shoal.runner", "shoal.errors", "shoal.paths", "shoal.fsutil", "shoal.bundle",
-     "shoal.names", "shoal.limits", "shoal.workloads"),
+     "shoal.names", "shoal.limits", "shoal.workloads", "shoal.siteconfig"),
 )
 
 

@@ -197,6 +197,23 @@ def test_experiment_ids_in_tables_match_expansion(study_dir: Path) -> None:
     assert Experiment("hello", "sbcast", "statwalk", 2).id in md
 
 
+def test_recommendation_only_where_the_data_support_it(study_dir: Path) -> None:
+    from shoal.study.recommend import recommendation
+
+    with StudyDB.in_dir(study_dir, create=False) as db:
+        cells = aggregate(db.results())
+    line = recommendation(cells, "here")
+    # catwalk at N=4: squashfs-kernel is clearly fastest; statwalk's mount methods overlap
+    assert line == "At N = 4 nodes on here, use **squashfs-kernel** for data-heavy workloads (catwalk)."
+    # take squashfuse's catwalk cells into the kernel mount's range: no winner, no line
+    for k, c in cells.items():
+        if k.workload == "catwalk" and k.method == "squashfuse":
+            kern = cells[CellKey(k.image, "squashfs-kernel", k.workload, k.nodes)]
+            c.runs = dict(kern.runs)
+    assert recommendation(cells) is None
+    assert recommendation({}) is None
+
+
 def test_caveats_name_bind_storage_and_cpu_bound_runs(study_dir: Path) -> None:
     from shoal.study.report import add_caveats
 

@@ -16,6 +16,10 @@ set -eu
 . "$SHOAL_NET_UP"
 hostname ctl
 mount -t proc proc /proc
+# This mount namespace began as a copy of the host's, with every cluster's /run/netns/* mount:
+# held here, they keep those network namespaces (and their veths) alive after their cluster's
+# `down` (ip netns del only unmounts on the host). Drop the copies (found by bench_updown.py).
+umount -R -l /run/netns 2>/dev/null || true
 mount -t tmpfs -o size=64m,mode=0755 tmpfs /run
 mkdir -p /run/munge /run/mysqld /run/shoal
 chown munge:munge /run/munge
@@ -32,6 +36,7 @@ fi
 # lost when the host replaces /etc/passwd by rename, as useradd does)
 mount -t overlay overlay -o "lowerdir=$SHOAL_CTL/etc:/etc" /etc
 mount --bind "$SHOAL_ETC_SLURM" /etc/slurm
+mount --bind "$SHOAL_ETC_SHOAL" /etc/shoal  # this cluster's site configuration (store = /pfs/store)
 # private scratch
 for d in /tmp /var/tmp /dev/shm; do
     mount -t tmpfs -o size=256m,mode=1777,nosuid,nodev tmpfs "$d"

@@ -7,7 +7,7 @@
 #   SHOAL_NET_UP     net-up.sh to source       SHOAL_IP, SHOAL_TBF   address and shaping
 #   SHOAL_HOST       node name (hostname)      SHOAL_ROOT            where the root is assembled
 #   SHOAL_LOWER/UPPER/WORK   overlay layers    SHOAL_TMPFS           size of the node's /tmp
-#   SHOAL_HOME, SHOAL_PFS, SHOAL_STORE, SHOAL_ETC_SLURM, SHOAL_ETC_MUNGE   host dirs bound in
+#   SHOAL_HOME, SHOAL_PFS, SHOAL_STORE, SHOAL_ETC_SLURM, SHOAL_ETC_SHOAL, SHOAL_ETC_MUNGE   host dirs bound in
 #   SHOAL_MUNGE_UID/GID   the image's munge user    SHOAL_SSHFS_MOUNT   (storage = "sshfs") mount script
 #   SHOAL_DEVICES_CGROUP  the node's devices cgroup (host path; may be empty: no devices cgroup)
 #   SHOAL_BROKER_SOCKET   this node's mount broker socket (host path)
@@ -91,6 +91,8 @@ if [ -n "${SHOAL_STORAGE_LINK:-}" ] && [ -d "$SHOAL_STORAGE_LINK" ]; then
 fi
 mount --bind "$SHOAL_ETC_SLURM" "$R/etc/slurm"
 mount -o remount,bind,ro "$R/etc/slurm"
+mount --bind "$SHOAL_ETC_SHOAL" "$R/etc/shoal"
+mount -o remount,bind,ro "$R/etc/shoal"
 mount --bind "$SHOAL_ETC_MUNGE" "$R/etc/munge"
 cd "$R"
 pivot_root . .oldroot

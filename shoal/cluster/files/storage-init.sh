@@ -9,6 +9,10 @@ set -eu
 . "$SHOAL_NET_UP"
 hostname storage
 mount -t proc proc /proc
+# This mount namespace began as a copy of the host's, with every cluster's /run/netns/* mount:
+# held here, they keep those network namespaces (and their veths) alive after their cluster's
+# `down` (ip netns del only unmounts on the host). Drop the copies (found by bench_updown.py).
+umount -R -l /run/netns 2>/dev/null || true
 mount -t tmpfs -o size=16m,mode=0755 tmpfs /run
 mkdir -p /run/sshd
 # sshd's ChrootDirectory must be root-owned and not writable by others all the way down,

@@ -91,7 +91,7 @@ def measure(n: int, name: str, settle: float, sruns: int, console: Console) -> d
         row.update(boot_s=round(res.boot_seconds, 1), phases=res.phases,
                    boot_cpu_s=round(cpu_busy_seconds() - cpu0, 1), load_after_boot=os.getloadavg()[0])
         console.print(f"{n} nodes idle in {res.boot_seconds:.1f} s: {res.phases}")
-        srun = [*enter_prefix(state, "ctl"), "srun", f"-N{n}", "hostname"]
+        srun = [*enter_prefix(state, "ctl"), "srun", f"-N{n}", "--chdir=/tmp", "hostname"]
         times = []
         for _ in range(sruns):
             t, out = timed(srun, 300)

@@ -35,11 +35,13 @@ from shoal import paths
 from shoal.errors import ClusterError, DistError
 
 MB = 1 << 20
-# Measured on 64 idle nodes (bench/bench_cluster.py, 2026-11-29): used until this machine has
-# measured a cluster of its own.
-DEFAULT_NODE_PSS_MB = 24.8
-DEFAULT_NODE_USS_MB = 20.0
-DEFAULT_MEASURED_NODES = 64
+# Measured on 256 idle nodes (bench/bench_cluster.py, 2026-11-29, docs/PERFORMANCE.md): used
+# until this machine has measured a cluster of its own.
+DEFAULT_NODE_PSS_MB = 16.5
+DEFAULT_NODE_USS_MB = 16.4
+DEFAULT_MEASURED_NODES = 256
+# Kernel memory per node (slab, stacks, page tables: 1.4-1.5 MiB measured) and its tmpfs pages
+# (upper layer, /run): MemAvailable fell by 17-20 MiB per node against a PSS of 16.5.
 KERNEL_MB_PER_NODE = 3.0
 # slurmctld, slurmdbd, MariaDB (32 MB buffer pool), munged, supervisord on the controller
 CONTROLLER_MB = 400.0

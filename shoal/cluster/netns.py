@@ -83,9 +83,9 @@ def create_network(plan: BridgePlan, links: list[tuple[str, str, str]], profile:
 
 
 NEIGH_SYSCTL = Path("/proc/sys/net/ipv4/neigh/default")
-# ARP entries per host of all clusters: the controller knows every node; a node knows the
+# ARP entries per host of all clusters, with room: the controller knows every node; a node knows the
 # controller, its parent and children in Slurm's fan-out tree, and the peers it ssh'es to.
-NEIGH_PER_HOST = 4
+NEIGH_PER_HOST = 16
 
 
 def ensure_neighbour_table(hosts: int) -> None:
@@ -94,7 +94,7 @@ def ensure_neighbour_table(hosts: int) -> None:
     The table and its gc_thresh limits are one for ALL network namespaces (only the host's netns
     has the sysctls): past gc_thresh3 (1024 by default) the kernel drops new entries ("neighbour
     table overflow") and traffic stalls; past gc_thresh2 it collects entries after 5 s. One
-    cluster of 256 nodes alone needs ~800 entries during `srun -N256`.
+    cluster of 256 nodes overflowed 1224 entries during its first `srun -N256` (hung 300 s).
     """
     want3 = NEIGH_PER_HOST * hosts
     for name, want in (("gc_thresh2", want3 // 2), ("gc_thresh3", want3)):

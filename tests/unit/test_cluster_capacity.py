@@ -44,7 +44,7 @@ def test_refusal_says_the_real_limit(state: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ClusterError) as exc:
         capacity.check_nodes(most + 1)
     assert f"{most + 1} nodes need about" in exc.value.message
-    assert "PSS 24.8 MiB per idle node measured by the benchmark on 64 nodes" in exc.value.message
+    assert "PSS 16.5 MiB per idle node measured by the benchmark on 256 nodes" in exc.value.message
     assert exc.value.hint is not None and f"at most {most} nodes fit now" in exc.value.hint
     capacity.check_nodes(most)
 

@@ -128,8 +128,8 @@ def test_neighbour_table_is_raised_never_lowered(tmp_path: Path, monkeypatch: py
     for name, value in (("gc_thresh2", "512"), ("gc_thresh3", "1024")):
         (tmp_path / name).write_text(value)
     monkeypatch.setattr(netns, "NEIGH_SYSCTL", tmp_path)
-    netns.ensure_neighbour_table(100)  # 400 entries: the defaults hold
+    netns.ensure_neighbour_table(1024 // netns.NEIGH_PER_HOST)  # the defaults hold
     assert (tmp_path / "gc_thresh3").read_text() == "1024"
     netns.ensure_neighbour_table(1026)  # 1024 nodes + controller + storage
-    assert (tmp_path / "gc_thresh3").read_text() == str(4 * 1026)
-    assert (tmp_path / "gc_thresh2").read_text() == str(2 * 1026)
+    assert (tmp_path / "gc_thresh3").read_text() == str(netns.NEIGH_PER_HOST * 1026)
+    assert (tmp_path / "gc_thresh2").read_text() == str(netns.NEIGH_PER_HOST * 1026 // 2)

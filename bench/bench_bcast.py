@@ -1,4 +1,4 @@
-"""Broadcast and registry benchmark (issue 12): bcast vs sbcast vs the floors, registry load.
+"""Broadcast and registry benchmark: bcast vs sbcast vs the floors, registry load.
 
     .venv/bin/python bench/bench_bcast.py [--nodes 16,32] [--reps 2] [--chunk 524288]
                                           [--fanout 1] [--json FILE] [--no-registry] [--no-tar]
@@ -131,8 +131,9 @@ def run_one(site: driver.Site, alloc: driver.Allocation, method: str, chunk: int
                            "driver_s": res.seconds, "load": round(load, 2),
                            "storage_tx_bytes": served}
     recs = res.records
-    row["stage_max_s"] = max((float(r.get("seconds") or 0) for r in recs.values()), default=None)
-    row["cpu_per_node"] = {n: r.get("cpu_seconds") for n, r in sorted(recs.items())}
+    row["stage_max_s"] = max((float(r.get("stage_seconds") or 0) for r in recs.values()),
+                             default=None)
+    row["cpu_per_node"] = {n: r.get("stage_cpu_seconds") for n, r in sorted(recs.items())}
     b = res.extra.get("bcast") or {}
     if b:
         # the copy starts when the root begins its one read of shared storage (agents that are

@@ -3,7 +3,7 @@ hostname`, `shoal cluster status`, `down`, memory per idle node (PSS, USS, RSS, 
 MemAvailable), and the host's load, for each cluster size in turn.
 
 Run as root: `.venv/bin/python bench/bench_cluster.py --nodes 4,16,64,128,256 [--json F]`.
-Targets (issue 15): 256 nodes all IDLE <= 90 s, `srun -N256 hostname` <= 10 s, status <= 5 s,
+Targets: 256 nodes all IDLE <= 90 s, `srun -N256 hostname` <= 10 s, status <= 5 s,
 down <= 30 s leaving nothing. Each size is booted, measured after a short settle, and taken down
 (also on failure or Ctrl-C) before the next one. Other users of the machine distort the times:
 the load average is printed beside every row, and the CPU time the machine spent during the boot.

@@ -1,4 +1,4 @@
-"""Distribution benchmark (issue 4): staging time of every method at 1-16 nodes vs its physical limit.
+"""Distribution benchmark: staging time of every method at 1-16 nodes vs its physical limit.
 
     .venv/bin/python bench/bench_dist.py [--quick] [--nodes 1,2,4,8,16] [--methods M,...]
                                          [--images mpihello,bdlarge] [--walk lazy|all|none]
@@ -15,7 +15,7 @@ defers; `--walk all` also walks the node-local copies), then the nodes are clean
 Staging time per node is timed on the node (from `check` for broadcast methods, so the sbcast
 counts); the job waits for the slowest node, so the ratio uses the max.
 
-Physical limits (shared/study.md), B = per-link rate, the storage host's link is B too:
+Physical limits (docs/STUDY.md), B = per-link rate, the storage host's link is B too:
   untar                all N nodes read the tarball S from one server:   N * S / B
   sbcast, sbcast-sq.   non-pipelined k-ary tree from the controller:    L * w * S / B,
                        L = ceil(log_k N) (at least 1), w = min(k, N), k = --fanout
@@ -153,9 +153,9 @@ def run_one(site: driver.Site, alloc: driver.Allocation, agent: str, method: str
             row.error = "; ".join(f"{n}: {w}" for n, w in sorted(res.failed.items()))[:300]
             return row
         staged = True
-        row.stage_s = [float(r["seconds"]) for r in recs]
-        row.rx_bytes = [int(r.get("net_rx_bytes") or 0) for r in recs]
-        row.storage_bytes = [int(r.get("storage_bytes_read") or 0) for r in recs]
+        row.stage_s = [float(r["stage_seconds"]) for r in recs]
+        row.rx_bytes = [int(r.get("bytes_net_rx") or 0) for r in recs]
+        row.storage_bytes = [int(r.get("stage_bytes_from_storage") or 0) for r in recs]
         if walk:
             wrecs, wfailed = driver.agent_step(
                 site, alloc, alloc.nodes, agent, "workload", "--job", alloc.job, "--image",

@@ -1,4 +1,4 @@
-"""Benchmark (issue 13): N `cluster up` / `down` cycles leave zero namespaces, interfaces, mounts,
+"""Benchmark: N `cluster up` / `down` cycles leave zero namespaces, interfaces, mounts,
 loop devices, processes or state behind.
 
 Run as root: `.venv/bin/python bench/bench_updown.py [--cycles 100] [--name updown]`.

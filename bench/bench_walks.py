@@ -1,4 +1,4 @@
-"""Walk benchmark (issue 3): catwalk/statwalk rates in a container on node-local tmpfs vs the limit.
+"""Walk benchmark: catwalk/statwalk rates in a container on node-local tmpfs vs the limit.
 
     .venv/bin/python bench/bench_walks.py [--images bwsmall,mpihello] [--reps 3] [--json FILE]
 

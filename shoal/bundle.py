@@ -46,12 +46,15 @@ MODULES = (
     "shoal/staging/methods/registry.py",
     "shoal/images/treedigest.py",
     "shoal/slurm/hostlist.py",
-    # read as data by the `workload` step and copied into the container's view of /tmp
+    # the workload registry, and its scripts: read as data by the `workload` step and copied
+    # into the container's view of /tmp
+    "shoal/workloads/__init__.py",
     "shoal/workloads/catwalk.py",
     "shoal/workloads/startread.py",
     "shoal/workloads/statwalk.py",
 )
-PACKAGES = ("shoal", "shoal/staging", "shoal/images", "shoal/slurm", "shoal/workloads")
+# packages whose __init__ is empty in the bundle (the others have theirs in MODULES)
+PACKAGES = ("shoal", "shoal/staging", "shoal/images", "shoal/slurm")
 MAIN = (
     "import sys\n"
     "from shoal.staging.nodeagent import main\n"

@@ -51,6 +51,13 @@ def _need_root() -> None:
         pytest.skip("virtual cluster tests need root")
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked `root` or `cluster` are skipped, saying why, when not run as root."""
+    for mark in ("root", "cluster"):
+        if item.get_closest_marker(mark) is not None and os.geteuid() != 0:
+            pytest.skip(f"marked {mark}: needs root")
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[ClusterHandle]:
     _need_root()

@@ -39,11 +39,11 @@ def dist_table(result: driver.DistResult) -> Table:
         v = rec.get("verify")
         t.add_row(
             node, "[green]yes[/]" if ok else "[red]NO[/]",
-            f"{rec['seconds']:.3f}" if isinstance(rec.get("seconds"), float) else "-",
-            _mib(rec.get("storage_bytes_read")), _mib(rec.get("net_rx_bytes")),
-            _mib(rec.get("net_tx_bytes")),
-            f"{rec['cpu_seconds']:.2f}" if isinstance(rec.get("cpu_seconds"), float) else "-",
-            _mib(rec.get("local_bytes_peak")),
+            f"{rec['stage_seconds']:.3f}" if isinstance(rec.get("stage_seconds"), float) else "-",
+            _mib(rec.get("stage_bytes_from_storage")), _mib(rec.get("bytes_net_rx")),
+            _mib(rec.get("bytes_net_tx")),
+            f"{rec['stage_cpu_seconds']:.2f}" if isinstance(rec.get("stage_cpu_seconds"), float) else "-",
+            _mib(rec.get("peak_bytes")),
             "-" if not isinstance(v, dict) else ("ok" if v.get("ok") else "[red]BAD[/]"),
             str(rec.get("staged")) if ok else f"[red]{result.failed.get(node, '')}[/]",
         )

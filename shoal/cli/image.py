@@ -210,31 +210,11 @@ def synth_cmd(name: str, profile: str, scale: float, seed: int, base_name: str, 
               force: bool) -> None:
     """Synthesize image NAME with a controlled file population under /data; export it with
     `shoal image export NAME`."""
-    import hashlib
-    import shutil
+    from shoal.images.catalog import synthesize
 
-    from shoal.images.build import image_dir, write_marker
-    from shoal.images.catalog import known_images, resolve, validate_name
-    from shoal.images.synth import synth_image
-
-    validate_name(name)
-    if name in known_images():
-        raise ImageError(f"{name!r} is a built-in image", "choose another name for the synthetic image")
-    base = resolve(base_name)
-    if profile.startswith("like:"):
-        profile = "like:" + str(resolve(profile.removeprefix("like:")).path)
-    dest = image_dir(name)
-    if dest.exists():
-        if not force:
-            raise ImageError(f"image {name!r} exists", "use --force to replace it, or another name")
-        shutil.rmtree(dest)
     with console.status(f"synthesizing {name} ({profile}) ..."):
-        rep = synth_image(profile, dest, scale, seed, base_dir=base.path,
-                          content=content)  # type: ignore[arg-type]
-    inputs = hashlib.sha256(
-        f"synth {profile} {scale} {seed} {content} base {base.inputs_hash}".encode()
-    ).hexdigest()[:24]
-    write_marker(name, {"inputs_hash": inputs, "synth": rep.to_dict()})
+        dest, rep = synthesize(name, profile, scale=scale, seed=seed, base_name=base_name,
+                               content=content, force=force)
     table = Table(title=f"synthetic image {name} (/data of {dest})")
     for col in ("profile", "files", "dirs", "bytes", "min size", "max size", "seed"):
         table.add_column(col, justify="right")

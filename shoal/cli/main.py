@@ -17,7 +17,7 @@ err_console = Console(stderr=True, highlight=False)
 
 # command -> (module, attribute): each subsystem's commands are imported only when used. The
 # study commands pull in matplotlib and the model commands scipy: importing every module for
-# every command cost `shoal cluster status` 3-7 s before it did anything (issue 15).
+# every command cost `shoal cluster status` 3-7 s before it did anything.
 COMMANDS: dict[str, tuple[str, str]] = {
     "cluster": ("shoal.cli.cluster", "cluster"),
     "image": ("shoal.cli.image", "image"),

@@ -42,8 +42,8 @@ from shoal.cluster.slurmconf import (
 )
 from shoal.cluster.state import ClusterDir, ClusterState, free_index, list_states
 from shoal.errors import ClusterError, DependencyError, PrivilegeError, ShoalError
-from shoal.fsutil import write_file
-from shoal.paths import store_root
+from shoal.fsutil import locked, write_file
+from shoal.paths import clusters_root, store_root
 from shoal.runner import reap, run, spawn, stop
 
 log = logging.getLogger("shoal.cluster")
@@ -116,25 +116,28 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
     image = ensure_layer1()
     clock = _Clock()
     t0 = clock.t0
-    taken = {s.index for s in list_states()} | _indices_with_interfaces()
-    state = ClusterState(
-        name=cfg.name,
-        index=free_index(taken),
-        nodes=cfg.node_names(),
-        network={**cfg.profile.as_dict(), "storage": cfg.storage},
-        storage=cfg.storage,
-        config={k: v for k, v in asdict(cfg).items() if k != "source"},
-        layer1_image=str(image.path),
-        layer1_hash=image.hash,
-        created=time.time(),
-    )
-    clash = [br for br in state.bridge_plan.bridges if Path(f"/sys/class/net/{br}").exists()]
-    if clash:
-        raise ClusterError(
-            f"bridge {clash[0]} already exists on this host",
-            f"a crashed cluster may have left it: `shoal cluster down --name {cfg.name}`",
+    # One `up` at a time picks an index and saves it: two at once would take the same index and
+    # collide on its veth names.
+    with locked(clusters_root() / ".index.lock"):
+        taken = {s.index for s in list_states()} | _indices_with_interfaces()
+        state = ClusterState(
+            name=cfg.name,
+            index=free_index(taken),
+            nodes=cfg.node_names(),
+            network={**cfg.profile.as_dict(), "storage": cfg.storage},
+            storage=cfg.storage,
+            config={k: v for k, v in asdict(cfg).items() if k != "source"},
+            layer1_image=str(image.path),
+            layer1_hash=image.hash,
+            created=time.time(),
         )
-    cd.save(state)  # from here on, `down` can remove everything
+        clash = [br for br in state.bridge_plan.bridges if Path(f"/sys/class/net/{br}").exists()]
+        if clash:
+            raise ClusterError(
+                f"bridge {clash[0]} already exists on this host",
+                f"a crashed cluster may have left it: `shoal cluster down --name {cfg.name}`",
+            )
+        cd.save(state)  # from here on, `down` can remove everything
     host_helpers: list[int] = []  # processes `up` starts outside the cluster's namespaces
     try:
         _boot(cfg, cd, state, Path(image.path), clock, host_helpers)
@@ -203,7 +206,7 @@ def booted(cfg: ClusterConfig) -> Iterator[UpResult]:
 
     A cluster of the same name left by a killed earlier run is removed first; the teardown always
     runs, is not cut short by a second Ctrl-C or a SIGTERM, and raises ClusterError naming
-    anything it could not remove.
+    anything it could not remove. A block may take the cluster down itself (a test of `down`).
     """
     if ClusterDir(cfg.name).exists():
         down(cfg.name)
@@ -214,7 +217,7 @@ def booted(cfg: ClusterConfig) -> Iterator[UpResult]:
         main = threading.current_thread() is threading.main_thread()
         saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:
-            left = down(cfg.name)
+            left = down(cfg.name) if ClusterDir(cfg.name).exists() else []
         finally:
             for sig, handler in saved.items():
                 signal.signal(sig, handler)
@@ -535,8 +538,13 @@ def down(name: str, keep_state: bool = False) -> list[str]:
     if state.broker_pid and confine.is_broker(state.broker_pid, name):
         netns.kill_all([state.broker_pid], grace=5.0)
     reap()
+    # The host ends of the veths first: deleting a netns frees its veth pair later, in the
+    # kernel's own time, and a new cluster given this index at once would find the names taken.
+    veths = [state.host_veth(h) for h in dict.fromkeys([*state.netns_hosts(), "storage"])]
+    netns.delete_links(veths)
     netns.delete_network(state.bridge_plan, namespaces)
     remaining = netns.leftovers(state.bridge_plan, namespaces)
+    remaining += [f"veth {v}" for v in veths if netns.link_exists(v)]
     remaining += [f"pid {p}" for p in netns.pids_in_netns(inodes)]
     if state.broker_pid and confine.is_broker(state.broker_pid, name):
         remaining.append(f"mount broker pid {state.broker_pid}")

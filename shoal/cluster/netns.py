@@ -171,6 +171,18 @@ def _link_exists(name: str) -> bool:
     return Path(f"/sys/class/net/{name}").exists()
 
 
+def link_exists(name: str) -> bool:
+    """Is there a network interface NAME on the host?"""
+    return _link_exists(name)
+
+
+def delete_links(names: list[str]) -> None:
+    """Delete host interfaces (a veth takes its peer with it, at once). Idempotent."""
+    lines = [f"link del {n}" for n in names if _link_exists(n)]
+    if lines:
+        run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", check=False)
+
+
 def leftovers(plan: BridgePlan, namespaces: list[str]) -> list[str]:
     out = [f"netns {ns}" for ns in namespaces if (NETNS_DIR / ns).exists()]
     out += [f"veth {a}" for a, _, _ in plan.trunks if _link_exists(a)]

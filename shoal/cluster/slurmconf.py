@@ -27,7 +27,7 @@ def render_slurm_conf(cfg: ClusterConfig, addr: Addressing, ctl_dir: str) -> str
         "SlurmdSpoolDir=/var/spool/slurmd",
         "SlurmdPidFile=/run/slurmd.pid",
         "SlurmdLogFile=/var/log/slurm/slurmd.log",
-        # Namespaced nodes: no per-node cgroup tree of their own (pitfalls.md).
+        # Namespaced nodes: no per-node cgroup tree of their own (docs/PLATFORM.md).
         "ProctrackType=proctrack/linuxproc",
         "TaskPlugin=task/none",
         "JobAcctGatherType=jobacct_gather/none",

@@ -8,14 +8,17 @@ shoal (not only a checkout) can build them. All are built on the same cached Deb
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from shoal import names, paths
 from shoal.errors import ImageError
-from shoal.images.build import BuiltImage, build_image, image_dir, read_marker
+from shoal.images.build import BuiltImage, build_image, image_dir, read_marker, write_marker
 from shoal.images.layer1 import ensure_layer1
 from shoal.images.store import add_to_store, load_manifest, manifest_path
+from shoal.images.synth import SynthReport, synth_image
 
 NAME_RE = names.IMAGE_NAME_RE
 
@@ -92,3 +95,29 @@ def ensure_in_store(name: str) -> str:
             pass  # unreadable manifest: export again
     add_to_store(name, built.path, built.inputs_hash)
     return name
+
+
+def synthesize(name: str, profile: str, *, scale: float = 1.0, seed: int = 0,
+               base_name: str = "mpihello", content: str = "random",
+               force: bool = False) -> tuple[Path, SynthReport]:
+    """Synthesize image NAME (a controlled file population under /data on image BASE_NAME) into
+    ch-image storage, with a marker whose inputs hash names profile, scale, seed, content and base;
+    returns its tree and what was made. ``like:IMAGE`` profiles copy IMAGE's size distribution."""
+    validate_name(name)
+    if name in known_images():
+        raise ImageError(f"{name!r} is a built-in image", "choose another name for the synthetic image")
+    base = resolve(base_name)
+    if profile.startswith("like:"):
+        profile = "like:" + str(resolve(profile.removeprefix("like:")).path)
+    dest = image_dir(name)
+    if dest.exists():
+        if not force:
+            raise ImageError(f"image {name!r} exists", "use --force to replace it, or another name")
+        shutil.rmtree(dest)
+    rep = synth_image(profile, dest, scale, seed, base_dir=base.path,
+                      content=content)  # type: ignore[arg-type]
+    inputs = hashlib.sha256(
+        f"synth {profile} {scale} {seed} {content} base {base.inputs_hash}".encode()
+    ).hexdigest()[:24]
+    write_marker(name, {"inputs_hash": inputs, "synth": rep.to_dict()})
+    return dest, rep

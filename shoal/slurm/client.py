@@ -201,13 +201,12 @@ class SlurmClient:
     def submit(self, script: str | Path, args: Sequence[str] = ()) -> int:
         """sbatch --parsable SCRIPT; returns the job id. #SBATCH lines in the script hold options."""
         out = self._run(["sbatch", "--parsable", *args, str(script)], what="sbatch").stdout
-        # --parsable prints "JOBID" or "JOBID;CLUSTER"; warnings may come on lines before it.
-        lines = [ln.strip() for ln in out.strip().splitlines() if ln.strip()]
-        if lines:
-            m = re.match(r"^(\d+)(;.*)?$", lines[-1])
-            if m:
-                return int(m.group(1))
-        raise SlurmError(f"sbatch printed no job id: {out.strip()[:200]!r}")
+        return parse_sbatch_parsable(out)
+
+    def submit_command(self, command: str, args: Sequence[str] = ()) -> int:
+        """sbatch --parsable ARGS --wrap COMMAND (a job without a script file); returns its id."""
+        out = self._run(["sbatch", "--parsable", *args, "--wrap", command], what="sbatch").stdout
+        return parse_sbatch_parsable(out)
 
     def release(self, job_id: int) -> None:
         """scontrol release: let a job submitted with --hold be scheduled."""
@@ -391,13 +390,18 @@ def parse_sacct_job(raw: Mapping[str, Any]) -> Job:
     elif status == "SIGNALED":
         sig_d = ec.get("signal") or {}
         sig = int(sig_d["signal_id"]) if isinstance(sig_d.get("signal_id"), int) else None
+    job_state = JobState.parse(state.get("current") if isinstance(state, dict) else state)
+    if status == "SUCCESS" and job_state is not JobState.COMPLETED:
+        # seen on a real 22.05 (tests/unit/data/sacct_22.05_jobs_captured.json): a batch script
+        # that exited 3 is FAILED with exit_code SUCCESS/0; squeue has the real code
+        code = None
     node_list = str(raw.get("nodes") or "")
     if node_list == "None assigned":
         node_list = ""
     return Job(
         job_id=int(raw["job_id"]),
         name=str(raw.get("name") or ""),
-        state=JobState.parse(state.get("current") if isinstance(state, dict) else state),
+        state=job_state,
         reason=str(state.get("reason") or "") if isinstance(state, dict) else "",
         exit_code=code,
         signal=sig,
@@ -424,6 +428,17 @@ def parse_sinfo_node(raw: Mapping[str, Any]) -> Node:
         reason=str(raw.get("reason") or ""),
         version=str(raw.get("slurmd_version") or ""),
     )
+
+
+def parse_sbatch_parsable(out: str) -> int:
+    """The job id from `sbatch --parsable` output: "JOBID" or "JOBID;CLUSTER" on the last line
+    (warnings may come on lines before it)."""
+    lines = [ln.strip() for ln in out.strip().splitlines() if ln.strip()]
+    if lines:
+        m = re.match(r"^(\d+)(;.*)?$", lines[-1])
+        if m:
+            return int(m.group(1))
+    raise SlurmError(f"sbatch printed no job id: {out.strip()[:200]!r}")
 
 
 def parse_sinfo_states(text: str) -> dict[str, str]:

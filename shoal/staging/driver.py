@@ -27,6 +27,7 @@ from typing import Any
 
 from shoal import names, paths
 from shoal.bundle import publish
+from shoal.cluster.enter import slurm_prefix
 from shoal.errors import DistError, ImageError, SlurmError
 from shoal.runner import run
 from shoal.slurm.client import Job, JobState, SlurmClient
@@ -73,10 +74,6 @@ def site_for(cluster: str | None) -> Site:
     store = paths.store_root()
     if cluster is None:
         return Site((), store, str(store), str(store))
-    try:
-        from shoal.cluster.enter import slurm_prefix
-    except ImportError as exc:  # pragma: no cover - the lead's module is part of shoal
-        raise DistError("this shoal has no virtual cluster support", None) from exc
     prefix = slurm_prefix(cluster)
     # the controller and the nodes both see the host's store at /pfs/store
     return Site(tuple(prefix), store, paths.CLUSTER_STORE_PATH, paths.CLUSTER_STORE_PATH, cluster)
@@ -166,22 +163,19 @@ def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[
     the others. sbatch_args are the site's own options (--account, --qos, --constraint,
     --reservation, ...), placed after shoal's so that they win where both set one.
     """
-    argv = ["sbatch", "--parsable", "--hold", "--no-kill", f"--nodes={nodes}",
-            "--ntasks-per-node=1", f"--time={time_limit}", "--job-name=shoal",
-            "--output=/dev/null", "--error=/dev/null"]
+    args = ["--hold", "--no-kill", f"--nodes={nodes}", "--ntasks-per-node=1", f"--time={time_limit}",
+            "--job-name=shoal", "--output=/dev/null", "--error=/dev/null"]
     if partition:
-        argv.append(f"--partition={partition}")
+        args.append(f"--partition={partition}")
     if comment:
-        argv.append(f"--comment={comment}")
-    argv += [*sbatch_args, "--wrap", "exec sleep 2147483647"]
-    out = run(site.argv(*argv), timeout=SUBMIT_TIMEOUT, what="sbatch (shoal allocation)")
-    job = out.stdout.strip().split(";")[0]
-    if not job.isdigit():
-        raise SlurmError(f"sbatch answered {out.stdout.strip()!r}, not a job id", None)
+        args.append(f"--comment={comment}")
+    args += sbatch_args
+    client = SlurmClient(site.prefix, timeout=SUBMIT_TIMEOUT)
+    job = str(client.submit_command("exec sleep 2147483647", args))
     try:
         if before_start is not None:
             before_start(job)
-        SlurmClient(site.prefix, timeout=SUBMIT_TIMEOUT).release(int(job))
+        client.release(int(job))
         deadline = time.monotonic() + START_TIMEOUT
         state = ""
         while time.monotonic() < deadline:
@@ -200,7 +194,7 @@ def allocate(site: Site, nodes: int, *, time_limit: str, before_start: Callable[
 
 
 def release(site: Site, job: str) -> None:
-    run(site.argv("scancel", job), timeout=SUBMIT_TIMEOUT, check=False)
+    SlurmClient(site.prefix, timeout=SUBMIT_TIMEOUT).cancel([int(job)])
 
 
 def wait_released(site: Site, job: str, timeout: float = EPILOG_TIMEOUT) -> None:

@@ -38,7 +38,7 @@ import pkgutil
 import re
 import sys
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 from shoal.errors import CommandTimeout, DistError, ShoalError
 from shoal.runner import run
@@ -46,49 +46,13 @@ from shoal.slurm.hostlist import expand
 from shoal.staging.base import Context, load_state, proc_io
 from shoal.staging.record import base_record, fail, node_name
 from shoal.staging.registry import get_method
+from shoal.workloads import Workload, get_workload
 
 STEP_MIN_TIMEOUT = 30.0
 CLEANUP_TIMEOUT = 120.0
 DEFAULT_JOB_TIMEOUT = 600.0
 # PMIx's shared-memory data store warns about locks inside ch-run containers: hash instead
 MPI_ENV = "ALL,PMIX_MCA_gds=hash"
-
-
-class Workload(NamedTuple):
-    """What runs in the container. kind "node": one process per node (the agent's ``workload``
-    step times it on the node); kind "mpi": one MPI job over the allocation, one rank per node.
-    In argv, {script} is the bundled script copied to the node, {t0} the launch time (epoch)."""
-
-    name: "str"
-    kind: "str"
-    argv: "tuple[str, ...]"
-    script: "str | None" = None
-    # "node" workloads only: one process per allocated core of the node (SLURM_CPUS_ON_NODE),
-    # all started at once, as an MPI code's ranks start (pynamic: every rank imports everything)
-    per_core: "bool" = False
-
-
-WORKLOADS: "dict[str, Workload]" = {
-    w.name: w
-    for w in (
-        Workload("catwalk", "node", ("python3", "{script}", "/"), "catwalk.py"),
-        Workload("statwalk", "node", ("python3", "{script}", "/"), "statwalk.py"),
-        # an application's start-up: a few % of the image's files read (shoal/workloads/startread.py)
-        Workload("startread", "node", ("python3", "{script}", "/"), "startread.py"),
-        Workload("pynamic", "node", ("python3", "/opt/pynamic/pynamic_driver.py", "--t0", "{t0}"),
-                 per_core=True),
-        Workload("mpihello", "mpi", ("mpihello",)),
-        Workload("lammps", "mpi", ("lammps-lj",)),
-    )
-}
-
-
-def get_workload(name: "str") -> "Workload":
-    try:
-        return WORKLOADS[name]
-    except KeyError:
-        raise DistError(f"unknown workload {name!r}",
-                        f"known workloads: {', '.join(sorted(WORKLOADS))}") from None
 
 
 def last_json(text: "str") -> "dict[str, Any] | None":
@@ -415,7 +379,7 @@ def merge(node: "str", *, method: "str", image: "str", workload: "str", job: "st
     for v in (c.get("figures") or {}).values():
         if isinstance(v, dict):
             figures.update(v)
-    storage = _int(s.get("storage_bytes_read"))
+    storage = _int(s.get("stage_bytes_from_storage"))
     mount_reads = _int(figures.get("mount_bytes_read"))
     if mount_reads is not None:
         storage = mount_reads  # the mount's whole life: staging and the workload's reads
@@ -426,19 +390,19 @@ def merge(node: "str", *, method: "str", image: "str", workload: "str", job: "st
     rec: "dict[str, Any]" = {
         "node": node, "ok": error is None, "error": error, "method": method, "image": image,
         "job": job, "image_digest": s.get("image_digest"),
-        "stage_start": _num(s.get("wall_start")), "stage_end": _num(s.get("wall_end")),
-        "stage_seconds": _num(s.get("seconds")),
+        "stage_start": _num(s.get("stage_start")), "stage_end": _num(s.get("stage_end")),
+        "stage_seconds": _num(s.get("stage_seconds")),
         "bytes_from_storage": storage,
-        "bytes_net_rx": _int(s.get("net_rx_bytes")),
-        "bytes_net_tx": _int(s.get("net_tx_bytes")),
-        "stage_cpu_seconds": _num(s.get("cpu_seconds")),
-        "peak_bytes": _int(s.get("local_bytes_peak")),
+        "bytes_net_rx": _int(s.get("bytes_net_rx")),
+        "bytes_net_tx": _int(s.get("bytes_net_tx")),
+        "stage_cpu_seconds": _num(s.get("stage_cpu_seconds")),
+        "peak_bytes": _int(s.get("peak_bytes")),
         "workload": workload, "workload_seconds": _num(w.get("seconds")),
         "fom": w.get("fom") if isinstance(w.get("fom"), dict) else {},
         "workload_scope": scope,
         "workload_start": _num(w.get("wall_start")), "workload_end": _num(w.get("wall_end")),
         "workload_rchar": _int(w.get("rchar")),
-        "stage_bytes_from_storage": _int(s.get("storage_bytes_read")),
+        "stage_bytes_from_storage": _int(s.get("stage_bytes_from_storage")),
         "collective_seconds": collective_s, "job_stage_seconds": job_stage_s,
         "staged": s.get("staged"), "staged_by": s.get("staged_by"),
         "broadcast_bytes": _int(s.get("broadcast_bytes")),

@@ -167,15 +167,16 @@ def do_stage(ctx: "Context", method: "Method", by: "str" = "step") -> "dict[str,
         w0 = base.get("w0")
         rec.update({
             "ok": True, "staged": staged.path, "end": end,
-            "wall_start": w0 if isinstance(w0, float) else wall_end - (end - base["t0"]),
-            "wall_end": wall_end,
-            "seconds": round(end - base["t0"], 6),
-            "storage_bytes_read": staged.storage_bytes_read,
+            # named as in the job record (shoal.staging.record.STAGE_KEYS)
+            "stage_start": w0 if isinstance(w0, float) else wall_end - (end - base["t0"]),
+            "stage_end": wall_end,
+            "stage_seconds": round(end - base["t0"], 6),
+            "stage_bytes_from_storage": staged.storage_bytes_read,
             # never below 0: an interface removed meanwhile takes its counters with it (on a
             # shared host netns, as in the unit tests, other people's veths come and go)
-            "net_rx_bytes": max(0, net_rx_bytes() - base["rx0"]),
-            "net_tx_bytes": max(0, net_tx_bytes() - int(base.get("tx0") or 0)),
-            "local_bytes_peak": max(0, sampler.peak - base["used0"]),
+            "bytes_net_rx": max(0, net_rx_bytes() - base["rx0"]),
+            "bytes_net_tx": max(0, net_tx_bytes() - int(base.get("tx0") or 0)),
+            "peak_bytes": max(0, sampler.peak - base["used0"]),
             "io_read_bytes": io1.get("read_bytes", 0) - io0.get("read_bytes", 0),
             "io_rchar": io1.get("rchar", 0) - io0.get("rchar", 0),
             "staged_by": by,
@@ -184,7 +185,7 @@ def do_stage(ctx: "Context", method: "Method", by: "str" = "step") -> "dict[str,
         if ctx.phases:  # sub-phases the method timed itself (shoal.staging.accounting.phase)
             rec["phases"] = ctx.phases
         # this step's CPU, plus what a collective step spent on this node (bcast's process)
-        rec["cpu_seconds"] = round(cpu_seconds() - cpu0 + float(
+        rec["stage_cpu_seconds"] = round(cpu_seconds() - cpu0 + float(
             staged.extra.get("collective_cpu_seconds") or 0), 4)
         save_state(ctx, {"method": method.name, "baseline": base, "by": by,
                          "staged": staged.path, "extra": staged.extra, "record": rec})
@@ -453,10 +454,11 @@ def prolog_stage(store: "str", job: "str", image: "str", method: "Method") -> "d
         dev = extra.get("loop_device")
         read = (loop_read_bytes(dev) or 0) - base if isinstance(dev, str) else 0
         rec.update({
-            "ok": True, "staged": dest, "start": t0, "end": end, "wall_start": w0,
-            "wall_end": time.time(), "seconds": round(end - t0, 6),
-            "storage_bytes_read": read, "net_rx_bytes": net_rx_bytes() - rx0,
-            "local_bytes_peak": 0, "staged_by": "prolog",
+            # the stage record's names (shoal.staging.record.STAGE_KEYS)
+            "ok": True, "staged": dest, "start": t0, "end": end, "stage_start": w0,
+            "stage_end": time.time(), "stage_seconds": round(end - t0, 6),
+            "stage_bytes_from_storage": read, "bytes_net_rx": net_rx_bytes() - rx0,
+            "peak_bytes": 0, "staged_by": "prolog",
         })
         rec.update(extra)
     except priv.Refused as exc:

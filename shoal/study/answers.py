@@ -1,4 +1,4 @@
-"""The five questions of the study, answered from the data, as prose AND as structured data.
+"""The five questions of the study (docs/STUDY.md), answered from the data, as prose AND as structured data.
 
 Each ``Answer`` carries a verdict in prose (for report.md), a machine-readable ``code``, the
 ``effect`` with its interval where one number answers the question, one ``Finding`` per comparison
@@ -24,60 +24,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from shoal.study import stats
 from shoal.study.analysis import DEFAULT_METHOD_KINDS, Cell, CellKey
+from shoal.study.answer_schema import ANSWERS_FORMAT, NOT_SUPPORTED, Answer, Finding
 
-NOT_SUPPORTED = "not supported by the data"
-ANSWERS_FORMAT = 1
+__all__ = ["ANSWERS_FORMAT", "DEFAULT_MARGIN", "NOT_SUPPORTED", "Answer", "Finding", "answer_all"]
+
 DEFAULT_MARGIN = 0.10
-
-
-def _interval(ci: stats.Interval | None) -> dict[str, Any] | None:
-    if ci is None:
-        return None
-    return {"estimate": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n,
-            "coverage": ci.coverage, "method": ci.method, "label": stats.label(ci)}
-
-
-@dataclass
-class Finding:
-    """One comparison an answer rests on."""
-
-    group: dict[str, Any]  # workload, image, nodes, methods compared ...
-    verdict: str  # machine-readable: a method name, "overlap", "equivalent", "interaction", ...
-    effect: float | None = None  # ratio or slope the verdict is about
-    interval: stats.Interval | None = None
-    experiments: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"group": self.group, "verdict": self.verdict, "effect": self.effect,
-                "interval": _interval(self.interval), "experiments": self.experiments}
-
-
-@dataclass
-class Answer:
-    number: int
-    question: str
-    verdict: str
-    headers: list[str] = field(default_factory=list)
-    rows: list[list[str]] = field(default_factory=list)
-    cites: list[str] = field(default_factory=list)
-    code: str = "not_supported"  # machine-readable verdict
-    effect: float | None = None
-    interval: stats.Interval | None = None
-    findings: list[Finding] = field(default_factory=list)
-    caveats: list[str] = field(default_factory=list)
-    variants: dict[str, Any] = field(default_factory=dict)  # e.g. Q2 without sbcast-squashfs
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"number": self.number, "question": self.question, "verdict": self.verdict,
-                "code": self.code, "effect": self.effect, "interval": _interval(self.interval),
-                "experiments": sorted(set(self.cites)),
-                "findings": [f.to_dict() for f in self.findings], "caveats": self.caveats,
-                "variants": self.variants}
 
 
 def _fmt(ci: stats.Interval | None, unit: str = "s") -> str:
@@ -160,20 +114,22 @@ def q1_network(cells: Mapping[CellKey, Cell], kinds: Mapping[str, str]) -> Answe
                            "network")
 
 
-COPY_THEN_MOUNT = "sbcast-squashfs"
+COPY_THEN_MOUNT = ("sbcast-squashfs", "bcast-squashfs")
 
 
 def q2_local(cells: Mapping[CellKey, Cell], kinds: Mapping[str, str]) -> Answer:
-    """Answered with every node-local method, and again without the SquashFS-after-copy one
-    (it copies a compressed file and mounts it: not an unpacked tree in memory)."""
+    """Answered with every node-local method, and again without the SquashFS-after-copy ones
+    (they copy a compressed file and mount it: not an unpacked tree in memory)."""
     q = "Which in-memory (node-local copy) method is fastest?"
     ans = _fastest_answer(2, q, cells, kinds, "local")
-    if any(k.method == COPY_THEN_MOUNT for k in cells):
-        without = {k: c for k, c in cells.items() if k.method != COPY_THEN_MOUNT}
+    present = sorted({k.method for k in cells} & set(COPY_THEN_MOUNT))
+    if present:
+        names = " and ".join(present)
+        without = {k: c for k, c in cells.items() if k.method not in COPY_THEN_MOUNT}
         alt = _fastest_answer(2, q, without, kinds, "local")
-        ans.variants[f"without {COPY_THEN_MOUNT}"] = {"verdict": alt.verdict, "code": alt.code}
-        ans.verdict = (f"with {COPY_THEN_MOUNT}: {ans.verdict} Without it (unpacked trees "
-                       f"only): {alt.verdict}")
+        ans.variants[f"without {names}"] = {"verdict": alt.verdict, "code": alt.code}
+        ans.verdict = (f"with {names}: {ans.verdict} Without (unpacked trees only): "
+                       f"{alt.verdict}")
     return ans
 
 
@@ -405,11 +361,21 @@ def q5_sbcast(cells: Mapping[CellKey, Cell], sbcast: str = "sbcast",
     return ans
 
 
+# A cell needs this many completed runs to enter any comparison: one run has no interval (an
+# interval of zero width would "separate" from everything and decide verdicts on noise).
+MIN_RUNS = 2
+
+
 def answer_all(cells: Mapping[CellKey, Cell],
                kinds: Mapping[str, str] = DEFAULT_METHOD_KINDS,
                margin: float = DEFAULT_MARGIN) -> list[Answer]:
-    answers = [q1_network(cells, kinds), q2_local(cells, kinds), q3_interaction(cells, kinds),
-               q4_fuse(cells, margin=margin), q5_sbcast(cells)]
+    usable = {k: c for k, c in cells.items() if len(c.runs) >= MIN_RUNS}
+    left_out = len(cells) - len(usable)
+    answers = [q1_network(usable, kinds), q2_local(usable, kinds), q3_interaction(usable, kinds),
+               q4_fuse(usable, margin=margin), q5_sbcast(usable)]
     for a in answers:
         a.cites = sorted(set(a.cites))
+        if left_out:
+            a.caveats.append(f"{left_out} experiment(s) with fewer than {MIN_RUNS} completed runs "
+                             "were left out of every comparison: a single run has no interval.")
     return answers

@@ -8,29 +8,9 @@ node, plus sbcast for broadcast methods), runs the workload in it, cleans up, an
 line per node (a per-node record) into the job's output file. The harness reads every line of that
 file that parses as a JSON object with a "node" key; other lines are kept only to explain failures.
 
-Per-node record keys (JSON object, one line per node):
-
-    node                str    host name of the node (required)
-    ok                  bool   the node staged the image and ran the workload (required)
-    error               str    why not, when ok is false
-    method              str    distribution method name
-    image_digest        str    sha256 of the image as staged (proves which image ran)
-    stage_start         float  epoch seconds when staging began on the node
-    stage_end           float  epoch seconds when the image was usable on the node
-    stage_seconds       float  stage_end - stage_start (kept even if the clocks are unknown)
-    bytes_from_storage  int    bytes this node read from the shared storage for the run: the
-                               staging copy, reads through a mount of a file on shared storage,
-                               a shared-dir workload's reads, the batch node's sbcast source read
-    bytes_net_rx        int    bytes received over the network by this node while staging
-    peak_bytes          int    peak memory the image used on the node (tmpfs, page cache)
-    workload            str    workload name
-    workload_seconds    float  run time of the workload on this node (MPI workloads: of the
-                               whole MPI step, the same on every node; extra key
-                               workload_scope = "job" then, "node" otherwise)
-    fom                 dict   the workload's own figures of merit (free-form JSON object; MPI
-                               workloads: rank 0's, on every node's record)
-
-Numbers may be null when a method cannot measure them. Unknown keys are kept in ``extra``.
+The record's keys, and the lines that mark the job's start and end, are defined once in
+shoal.staging.record (the node side prints them, this side parses them); keys not in
+JOB_RECORD_KEYS are kept in ``extra``.
 """
 
 from __future__ import annotations
@@ -43,12 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.paths import CLUSTER_STORE_PATH
+from shoal.staging.record import JOB_RECORD_KEYS, job_end_line, job_start_line
 from shoal.study.matrix import RunKey
-
-RECORD_KEYS = (
-    "node", "ok", "error", "method", "image_digest", "stage_start", "stage_end", "stage_seconds",
-    "bytes_from_storage", "bytes_net_rx", "peak_bytes", "workload", "workload_seconds", "fom",
-)
 
 
 @dataclass(frozen=True)
@@ -125,10 +101,10 @@ def render_script(key: RunKey, ctx: JobContext, attempt: int) -> str:
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(ctx.env.items())]
     lines += [
         # the harness times the job from these two lines as well as from Slurm's accounting
-        'echo "# shoal: job $SLURM_JOB_ID start $(date +%s.%N) nodes $SLURM_JOB_NODELIST"',
+        job_start_line(),
         job_body(key, ctx),
         "rc=$?",
-        'echo "# shoal: job $SLURM_JOB_ID end $(date +%s.%N) rc $rc"',
+        job_end_line("$rc"),
         "exit $rc",
         "",
     ]
@@ -209,7 +185,7 @@ def record_from_dict(d: Mapping[str, Any]) -> NodeRecord:
         workload=text("workload"),
         workload_seconds=_num(d, "workload_seconds", float),
         fom=fom,
-        extra={k: v for k, v in d.items() if k not in RECORD_KEYS},
+        extra={k: v for k, v in d.items() if k not in JOB_RECORD_KEYS},
     )
 
 

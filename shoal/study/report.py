@@ -225,7 +225,7 @@ def add_caveats(answers: Sequence[Answer], cells: Mapping[CellKey, Cell],
 
 
 def write_answers_json(path: Path, answers: Sequence[Answer], study: str, margin: float) -> None:
-    """answers.json: the answers as structured data (shoal.study.answers.Answer.to_dict)."""
+    """answers.json: the answers as structured data (shoal.study.answer_schema.Answer.to_dict)."""
     doc = {"format": ANSWERS_FORMAT, "study": study, "margin": margin,
            "answers": [a.to_dict() for a in answers]}
     tmp = path.with_name(f".{path.name}.tmp")

@@ -22,7 +22,6 @@ import collections
 import contextlib
 import dataclasses
 import platform
-import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +44,7 @@ from shoal import runner as cmd
 from shoal.errors import CommandError, ShoalError, StudyError
 from shoal.paths import REPO_ROOT
 from shoal.slurm.client import Backoff, Job, JobState, SlurmVersion
+from shoal.staging.record import END_MARK
 from shoal.study.db import Environment, RunRow, RunState, StudyDB
 from shoal.study.jobscript import JobContext, job_name, output_name, parse_output, render_script
 from shoal.study.matrix import Experiment, RunKey, runs
@@ -66,7 +66,6 @@ RUN_GRACE_S = 60.0  # beyond the Slurm time limit before the harness cancels a j
 # of after the backoff; collection then lags the job's end by a fraction of a second.
 WAKE_SLICE_S = 0.1
 END_REPOLL_S = 0.2
-END_MARK = re.compile(r"^# shoal: job \d+ end ", re.M)
 DROP_CACHES = "/proc/sys/vm/drop_caches"
 
 
@@ -104,6 +103,7 @@ class _Active:
     end_seen: bool = False  # the batch script's last line is in the output file
     concurrency: int = 1  # most jobs of the study in Slurm at once during this run's life
     cache: str = "warm"  # "cold" when the page caches were dropped just before submission
+    drop_seconds: float | None = None  # how long dropping them took (harness time)
 
 
 @dataclass
@@ -207,6 +207,7 @@ class StudyRunner:
         self.summary = Summary()
         self._submit_failures = 0
         self._drop_warned = False
+        self._drop_seconds: float | None = None
         # mounts by shoal's Prolog (root), asked for in the job comment; else the job mounts
         self.via_prolog = via_prolog
 
@@ -272,9 +273,12 @@ class StudyRunner:
         runs go one at a time); "warm" when it cannot (not root, not this host's nodes)."""
         if self.spec.cache != "cold":
             return "warm"
+        t0 = time.monotonic()
         try:
             with open(DROP_CACHES, "w") as f:
                 f.write("3\n")
+            # harness time before the job: seconds when the machine had much cached since
+            self._drop_seconds = round(time.monotonic() - t0, 3)
         except OSError as exc:
             if not self._drop_warned:
                 self.console.log(f"[yellow]cannot drop the page caches ({exc.strerror}): runs "
@@ -307,7 +311,8 @@ class StudyRunner:
         self.db.update_run(row.id, state=RunState.SUBMITTED, job_id=job_id,
                            submit_time=time.time())
         self.active[row.id] = _Active(self.db.run(row.id), key, host_output, job_id,
-                                      cache=cache)
+                                      cache=cache,
+                                      drop_seconds=self._drop_seconds if cache == "cold" else None)
         for act in self.active.values():
             act.concurrency = max(act.concurrency, len(self.active))
 
@@ -433,7 +438,7 @@ class StudyRunner:
         # how the run was made, beside its figures: other jobs of the study at the same time,
         # cold or warm caches, warm-up (discarded by the report)
         how = {"concurrency": act.concurrency, "cache": act.cache,
-               "warmup": act.key.rep < 0}
+               "warmup": act.key.rep < 0, "cache_drop_s": act.drop_seconds}
         parsed = dataclasses.replace(parsed, records=[
             dataclasses.replace(r, extra={**r.extra, **how}) for r in parsed.records])
         nodes = act.key.experiment.nodes

@@ -41,13 +41,13 @@ from typing import Any
 from shoal import limits, names
 from shoal.errors import ConfigError
 from shoal.slurm.timespec import parse_seconds
+from shoal.workloads import WORKLOADS
 
 # The methods shoal.staging will register; passed in explicitly once that registry exists.
 DEFAULT_METHODS: tuple[str, ...] = (
     "untar", "sbcast", "squashfs-kernel", "squashfuse", "shared-dir", "sbcast-squashfs",
 )
-DEFAULT_WORKLOADS: tuple[str, ...] = ("catwalk", "statwalk", "startread", "pynamic", "lammps",
-                                       "mpihello")
+DEFAULT_WORKLOADS: tuple[str, ...] = tuple(WORKLOADS)  # the one registry: shoal.workloads
 FACTORS: tuple[str, ...] = ("image", "method", "workload", "nodes")
 CLUSTER_KINDS = ("virtual", "existing")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from shoal.cluster import manager
-from shoal.cluster.config import NETWORK_PROFILES
+from shoal.cluster.config import NETWORK_PROFILES, validate
 from shoal.cluster.state import ClusterDir, ClusterState
 from shoal.cluster.topology import Addressing
 from shoal.paths import store_root
@@ -64,19 +64,10 @@ def leftovers(state: ClusterState) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[ClusterState]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    if ClusterDir(NAME).exists():  # our own cluster, left by a crashed earlier run
-        manager.down(NAME)
-    try:
-        run([*SHOAL, "cluster", "up", "--nodes", str(len(NODES)), "--name", NAME,
-             "--network", "eth10g", "--storage", "sshfs"], timeout=300)
-        yield ClusterDir(NAME).load()
-    finally:
-        if ClusterDir(NAME).exists():
-            state = ClusterDir(NAME).load()
-            manager.down(NAME)
-            assert leftovers(state) == []
+    cfg = validate({"name": NAME, "nodes": len(NODES), "network": "eth10g", "storage": "sshfs"})
+    with manager.booted(cfg) as res:
+        yield res.state
+    assert leftovers(res.state) == []
 
 
 def test_state_records_storage(cluster: ClusterState) -> None:
@@ -212,8 +203,8 @@ def test_registry_pull_matches_the_store(cluster: ClusterState) -> None:
         assert not result.extra["registry_push"]["pushed"]  # already there: idempotent
         for rec in result.records.values():
             assert rec["verify"]["ok"] and rec["verify"]["digest"] == manifest["tree_digest"]
-            assert rec["registry_bytes"] == size and rec["net_rx_bytes"] >= size
-            assert rec["cpu_seconds"] > 0 and rec["net_tx_bytes"] > 0
+            assert rec["registry_bytes"] == size and rec["bytes_net_rx"] >= size
+            assert rec["stage_cpu_seconds"] > 0 and rec["bytes_net_tx"] > 0
         assert served >= len(NODES) * size  # every node's copy left through the storage link
         # pushing is refused on the cluster network: the public instance is read-only
         out = shoal_exec("node1", "python3", "-c",

@@ -23,20 +23,14 @@ NAME = "upg"
 
 @pytest.fixture
 def two_node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    if ClusterDir(NAME).exists():
-        manager.down(NAME)
     # "New release" of the node image: the current layer1 plus a release file.
     new = Path(f"/var/cache/shoal/test-layer1-{os.getpid()}")
     subprocess.run(["cp", "-a", "--reflink=auto", str(ensure_layer1().path), str(new)], check=True)
     (new / "etc" / "shoal-release").write_text("layer1 test release 2\n")
-    manager.up(ClusterConfig(name=NAME, nodes=2, accounting=False), progress=False)
     try:
-        yield new
+        with manager.booted(ClusterConfig(name=NAME, nodes=2, accounting=False)):
+            yield new
     finally:
-        if ClusterDir(NAME).exists():
-            manager.down(NAME)
         shutil.rmtree(new, ignore_errors=True)
 
 

@@ -1,20 +1,15 @@
 """Every distribution method on the virtual cluster: stage mpihello on 4 nodes, run it (4 MPI
 ranks on 4 hosts), verify, clean up, check nothing is left; and a node dying mid-staging.
 
-Uses $SHOAL_TEST_CLUSTER (a running cluster), or the session's `cluster` fixture
-(tests/conftest.py) when there is one, else boots its own
-4-node cluster for this module and takes it down after. Needs the mpihello image in the store
-(`shoal image build mpihello && shoal image export mpihello`).
+Runs on the session's 4-node cluster (tests/conftest.py) with the mpihello image built and
+exported into the store by the session fixture.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,34 +17,15 @@ from shoal import paths
 from shoal.runner import run
 from shoal.staging import driver
 from shoal.staging.registry import method_names
+from tests.conftest import ClusterHandle
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 IMAGE = "mpihello"
-OWN_NAME = "dh-test"
 
 
 @pytest.fixture(scope="module")
-def cluster_name(request: pytest.FixtureRequest) -> Iterator[str]:
-    if not (paths.store_root() / IMAGE / "manifest.json").is_file():
-        pytest.skip(f"{IMAGE} not in the store: shoal image export {IMAGE}")
-    if os.environ.get("SHOAL_TEST_CLUSTER"):  # a running cluster of at least 4 nodes
-        yield os.environ["SHOAL_TEST_CLUSTER"]
-        return
-    try:
-        c: Any = request.getfixturevalue("cluster")
-        yield c if isinstance(c, str) else str(c.name)
-        return
-    except pytest.FixtureLookupError:
-        pass
-    from shoal.cluster import manager
-    from shoal.cluster.config import ClusterConfig
-
-    cfg = ClusterConfig(name=OWN_NAME, nodes=4)
-    manager.up(cfg, progress=False)
-    try:
-        yield OWN_NAME
-    finally:
-        manager.down(OWN_NAME)
+def cluster_name(cluster: ClusterHandle, mpihello_in_store: str) -> str:
+    return cluster.name
 
 
 def on_node(name: str, node: str, *cmd: str) -> str:
@@ -97,11 +73,11 @@ def test_run_on_four_nodes(method: str, cluster_name: str, tmp_path: Path) -> No
     for rec in result.records.values():
         assert rec["verify"]["ok"] and rec["verify"]["digest"] == manifest["tree_digest"]
         assert rec["image_digest"] == manifest["tree_digest"]
-        assert rec["seconds"] > 0
+        assert rec["stage_seconds"] > 0
     if method in ("sbcast", "sbcast-squashfs"):
         assert result.collective_seconds is not None
         # the broadcast came over the network, not from shared storage
-        assert all(r["net_rx_bytes"] >= r["broadcast_bytes"] for r in result.records.values())
+        assert all(r["bytes_net_rx"] >= r["broadcast_bytes"] for r in result.records.values())
     assert all(c["ok"] and c["left"] == [] for c in ran.cleanup.values())
     assert_clean(cluster_name, hosts)
 
@@ -121,9 +97,13 @@ def test_node_dies_mid_staging(cluster_name: str) -> None:
                      "/etc/supervisor/supervisord.conf"]
 
     def kill_later() -> None:
-        # the node "dies": its slurmd stops, and the step daemons of this job on it are killed
-        # (by pid; slurmstepd would otherwise finish the step without slurmd)
-        time.sleep(1.0)
+        # the node "dies" once a step of the job runs on it (staging has begun): its slurmd
+        # stops, and the step daemons of this job on it are killed (by pid; slurmstepd would
+        # otherwise finish the step without slurmd)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not on_node(
+                cluster_name, victim, "pgrep", "-f", f"slurmstepd: \\[{alloc.job}\\.[0-9]").strip():
+            time.sleep(0.05)
         run([*supervisorctl, "stop", "slurmd"], timeout=60, check=False)
         on_node(cluster_name, victim, "sh", "-c",
                 f"for p in $(pgrep -f 'slurmstepd: \\[{alloc.job}\\.'); do kill -9 $p; done")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,13 +11,11 @@ import pytest
 
 from shoal.images.build import image_dir, markers_dir
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.root]
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 
 
 def test_synth_cli_counts_and_export() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (image storage)")
     name = "tsynthcli"
     try:
         res = subprocess.run([*SHOAL, "image", "synth", name, "--profile", "few-large", "--scale", "0.25",

@@ -1,4 +1,4 @@
-"""Attacks of a job user on a real virtual cluster (issue 13, items 1-5 and the node's confinement),
+"""Attacks of a job user on a real virtual cluster (and the node's confinement),
 each performed as uid 1000 (`shoal` on the login node, or in the jobs it submits), on bind storage
 and on sshfs storage: one 2-node cluster per storage mode for the whole module.
 

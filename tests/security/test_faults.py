@@ -1,4 +1,4 @@
-"""Faults on a real cluster (issue 13, items 9 and 11): a node whose PID 1 died makes `cluster
+"""Faults on a real cluster: a node whose PID 1 died makes `cluster
 status` fail and `cluster list` say so; `down` leaves nothing (namespaces, interfaces, mounts,
 loop devices, processes, state); an `up` interrupted by Ctrl-C, and interrupted again while it
 cleans up, leaves nothing either, not even the host-side mariadb-install-db.

@@ -1,4 +1,4 @@
-"""Bad input from a careless admin or a hostile user (issue 13, items 6-8): every case is refused
+"""Bad input from a careless admin or a hostile user: every case is refused
 with one line and a hint, exits non-zero, and leaves nothing behind (no directory removed or
 created outside the place meant for it). No cluster needed: each runs in a private SHOAL_STATE."""
 

@@ -116,7 +116,7 @@ def test_clock_phases_window_and_run_accounting() -> None:
     assert a["util_storage"] == pytest.approx(0.282, abs=1e-3)
     assert a["bound"] == "cpu"
     rec = jobstep.merge("n1", method="untar", image="img", workload="catwalk", job="7",
-                        batch_node="n1", stage={"storage_bytes_read": 5}, work=None,
+                        batch_node="n1", stage={"stage_bytes_from_storage": 5}, work=None,
                         scope="node", clean=None, error=None, collective_s=None,
                         collective_bytes=0, job_stage_s=1.0, acct=a)
     assert rec["bytes_from_storage"] == 70 * MB and rec["bytes_estimate_from_storage"] == 5

@@ -10,10 +10,11 @@ import pytest
 
 from shoal.bundle import bundle_bytes
 from shoal.staging import jobstep
-from shoal.study.jobscript import RECORD_KEYS, parse_output
+from shoal.staging.record import JOB_RECORD_KEYS
+from shoal.study.jobscript import parse_output
 
-STAGE = {"node": "n1", "ok": True, "seconds": 1.5, "wall_start": 100.0, "wall_end": 101.5,
-         "storage_bytes_read": 70, "net_rx_bytes": 5, "local_bytes_peak": 900,
+STAGE = {"node": "n1", "ok": True, "stage_seconds": 1.5, "stage_start": 100.0, "stage_end": 101.5,
+         "stage_bytes_from_storage": 70, "bytes_net_rx": 5, "peak_bytes": 900,
          "image_digest": "abc", "staged": "/tmp/shoal/7/img", "staged_by": "step"}
 WORK = {"node": "n1", "ok": True, "seconds": 0.25, "wall_start": 102.0, "wall_end": 102.25,
         "fom": {"workload": "catwalk", "files": 3}, "rchar": 1000}
@@ -30,7 +31,7 @@ def merged(node: str = "n1", **kw: Any) -> dict[str, Any]:
 
 def test_merged_record_is_what_the_study_parses() -> None:
     rec = merged()
-    assert set(RECORD_KEYS) <= set(rec)
+    assert set(JOB_RECORD_KEYS) <= set(rec)
     parsed = parse_output(json.dumps(rec) + "\n")
     assert not parsed.problems
     r = parsed.records[0]
@@ -45,10 +46,10 @@ def test_storage_bytes_per_method() -> None:
     clean = {"ok": True, "left": [], "figures": {"img": {"mount_bytes_read": 5000}}}
     assert merged(method="squashfuse", clean=clean)["bytes_from_storage"] == 5000
     # shared-dir: every read of the workload went to shared storage
-    assert merged(method="shared-dir", stage=STAGE | {"storage_bytes_read": 0}
+    assert merged(method="shared-dir", stage=STAGE | {"stage_bytes_from_storage": 0}
                   )["bytes_from_storage"] == 1000
     # sbcast: the batch node read the artifact once; the others nothing from storage
-    sb = STAGE | {"storage_bytes_read": 0}
+    sb = STAGE | {"stage_bytes_from_storage": 0}
     assert merged(method="sbcast", stage=sb, collective_s=0.5,
                   collective_bytes=70)["bytes_from_storage"] == 70
     assert merged("n2", method="sbcast", stage=sb, collective_s=0.5,
@@ -70,10 +71,11 @@ def test_last_json_line_is_the_figure_of_merit() -> None:
 
 def test_every_workload_of_the_spec_is_known() -> None:
     from shoal.study.spec import DEFAULT_WORKLOADS
+    from shoal.workloads import WORKLOADS, get_workload
 
-    assert set(DEFAULT_WORKLOADS) == set(jobstep.WORKLOADS)
+    assert set(DEFAULT_WORKLOADS) == set(WORKLOADS)
     with pytest.raises(Exception, match="unknown workload"):
-        jobstep.get_workload("nope")
+        get_workload("nope")
 
 
 def test_bundle_carries_the_job_step_and_workload_scripts() -> None:
@@ -82,6 +84,8 @@ def test_bundle_carries_the_job_step_and_workload_scripts() -> None:
     names = set(zipfile.ZipFile(io.BytesIO(bundle_bytes())).namelist())
     assert {"shoal/staging/jobstep.py", "shoal/slurm/hostlist.py", "shoal/workloads/catwalk.py",
             "shoal/workloads/statwalk.py", "shoal/workloads/__init__.py"} <= names
-    for w in jobstep.WORKLOADS.values():
+    from shoal.workloads import WORKLOADS
+
+    for w in WORKLOADS.values():
         if w.script:
             assert f"shoal/workloads/{w.script}" in names

@@ -13,7 +13,7 @@ from shoal.errors import ImageError
 from shoal.images import layer1
 from shoal.runner import Completed, Runner, use_runner
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+root_only = pytest.mark.root  # chown
 
 
 class DpkgRunner(Runner):

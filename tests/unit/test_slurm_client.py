@@ -275,3 +275,32 @@ def test_captured_output_of_a_real_22_05_cluster() -> None:
     assert all(n.flags == ("DRAIN",) and not n.usable for n in nodes)
     assert [n.name for n in shown] == [n.name for n in nodes]
     assert shown[0].reason.startswith("Prolog error") and shown[0].version == "22.05.8"
+
+
+def test_captured_finished_jobs_of_a_real_22_05_cluster() -> None:
+    """COMPLETED, FAILED (exit 3) and TIMEOUT as a real cluster reports them
+    (tests/unit/data/capture_slurm.py made these files)."""
+    import json
+
+    ids = {k: int(v) for k, v in json.loads(data("jobs_captured.json")).items()}
+    rec = Recorded({
+        "squeue --json": ok(data("squeue_22.05_jobs_captured.json")),
+        "sacct --json": ok(data("sacct_22.05_jobs_captured.json")),
+    })
+    client = SlurmClient()
+    with use_runner(rec):
+        queue = {j.job_id: j for j in client.queue()}
+        acct = {j.job_id: j for j in client.accounting(ids.values())}
+    for want, job_id in ids.items():
+        assert queue[job_id].state is JobState(want) and acct[job_id].state is JobState(want)
+        assert queue[job_id].state.terminal and queue[job_id].state.ok is (want == "COMPLETED")
+        assert queue[job_id].seconds is not None and acct[job_id].nodes == queue[job_id].nodes
+    ok_, failed, timeout = (ids[s] for s in ("COMPLETED", "FAILED", "TIMEOUT"))
+    assert queue[ok_].exit_code == 0 and acct[ok_].exit_code == 0
+    # squeue has the script's exit code; 22.05's sacct says SUCCESS/0 for it, so it is unknown
+    assert queue[failed].exit_code == 3 and queue[failed].reason == "NonZeroExitCode"
+    assert acct[failed].exit_code is None
+    # the time limit ends the script with SIGTERM after --time=1 (one minute)
+    assert queue[timeout].signal == 15 and queue[timeout].reason == "TimeLimit"
+    seconds = queue[timeout].seconds
+    assert seconds is not None and seconds >= 60

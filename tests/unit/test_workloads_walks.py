@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shoal.workloads import WORKLOADS, script_path
+from shoal.errors import DistError
+from shoal.workloads import script_names, script_path
 
 
 @pytest.fixture()
@@ -48,7 +49,7 @@ def run_script(name: str, *args: str) -> dict[str, object]:
 ALL = {"startread": ("--fraction", "1")}
 
 
-@pytest.mark.parametrize("name", WORKLOADS)
+@pytest.mark.parametrize("name", script_names())
 def test_counts(name: str, tree: tuple[Path, int, int]) -> None:
     root, nfiles, nbytes = tree
     rec = run_script(name, str(root), *ALL.get(name, ()))
@@ -59,7 +60,7 @@ def test_counts(name: str, tree: tuple[Path, int, int]) -> None:
     assert isinstance(rec["seconds"], float) and rec["seconds"] >= 0
 
 
-@pytest.mark.parametrize("name", WORKLOADS)
+@pytest.mark.parametrize("name", script_names())
 def test_skip_override_includes_tmp(name: str, tree: tuple[Path, int, int]) -> None:
     root, nfiles, nbytes = tree
     rec = run_script(name, str(root), "--skip", "/proc", *ALL.get(name, ()))
@@ -90,5 +91,7 @@ def test_startread_reads_the_same_few_percent_every_time(tmp_path: Path) -> None
 
 
 def test_unknown_workload() -> None:
-    with pytest.raises(KeyError):
+    with pytest.raises(DistError, match="unknown workload"):
         script_path("nope")
+    with pytest.raises(DistError, match="no script"):
+        script_path("mpihello")

@@ -12,6 +12,7 @@ import json
 import os
 import pwd
 import shutil
+import sys
 from pathlib import Path
 
 from shoal import paths
@@ -133,6 +134,8 @@ def controller_env(common: dict[str, str], cd: ClusterDir, ip: str, accounting: 
         "SHOAL_CTL": str(cd.ctl),
         "SHOAL_CLUSTERS": str(cd.root.parent),
         "SHOAL_CACHE": str(cache_root()),
+        # the interpreter shoal runs on, when it lives under root's home (hidden on the login node)
+        "SHOAL_HOST_PYTHON": sys.base_prefix if sys.base_prefix.startswith("/root/") else "",
         "SHOAL_ACCOUNTING": "true" if accounting else "false",
         "SHOAL_SLURMCTLD_WAITS_FOR": SLURMDBD if accounting else "none",
     }

@@ -41,10 +41,22 @@ mount --bind "$SHOAL_ETC_SHOAL" /etc/shoal  # this cluster's site configuration 
 for d in /tmp /var/tmp /dev/shm; do
     mount -t tmpfs -o size=256m,mode=1777,nosuid,nodev tmpfs "$d"
 done
-# root's home: only the cluster's ssh keys
+# root's home: only the cluster's ssh keys, and, read-only, the Python that shoal itself runs on
+# when it is installed there (pyenv): the admin's venv points at it, and `shoal` on the login node
+# (cluster = "existing", `cluster exec -- .venv/bin/shoal`) must run
+if [ -n "${SHOAL_HOST_PYTHON:-}" ] && [ -d "$SHOAL_HOST_PYTHON" ]; then
+    mkdir -p /run/shoal/python
+    mount --bind "$SHOAL_HOST_PYTHON" /run/shoal/python
+fi
 mount -t tmpfs -o size=1m,mode=0700 tmpfs /root
 mkdir -m 0700 /root/.ssh
 mount --bind "$SHOAL_CTL/root-ssh" /root/.ssh
+if mountpoint -q /run/shoal/python 2>/dev/null; then
+    mkdir -p "$SHOAL_HOST_PYTHON"
+    mount --move /run/shoal/python "$SHOAL_HOST_PYTHON"
+    mount -o remount,bind,ro "$SHOAL_HOST_PYTHON"
+    rmdir /run/shoal/python
+fi
 # hide every cluster's state but this controller's own directory, and the build caches
 mkdir -p /run/shoal/keep
 mount --bind "$SHOAL_CTL" /run/shoal/keep

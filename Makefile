@@ -26,12 +26,14 @@ SHELL_FILES = $(shell find shoal scripts -type f \( -name '*.sh' -o -exec sh -c 
 
 # The node side (what the agent bundle carries) must run on RHEL 8's Python 3.6.
 NODE_MODULES = $(shell $(BIN)/python -c 'from shoal.bundle import MODULES; print(" ".join(MODULES))')
+# ... and so must the layer1 image's supervisord event listener of the state service.
+NODE_SCRIPTS = shoal/images/recipes/layer1/shoal-state-listener.py
 
 lint: venv
 	$(BIN)/ruff check
 	$(BIN)/mypy
 	$(BIN)/vermin --no-tips --violations -t=3.6- --feature union-types --eval-annotations \
-		$(NODE_MODULES)
+		$(NODE_MODULES) $(NODE_SCRIPTS)
 	shellcheck -x $(SHELL_FILES)
 
 unit: venv

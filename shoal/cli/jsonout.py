@@ -136,6 +136,19 @@ SCHEMAS: dict[str, Schema] = {
         "errors": _arr(_obj({"test": _STR, "held_out": _STR, "method": _STR, "workload": _STR,
                              "median_abs_error": _NUM, "runs": _INT})),
         "unvalidated": _arr(_STR)}),
+    "state.show": _obj({
+        "summary": _d({"type": "object"}, "nodes, unavailable, max_unavailable, frozen, capabilities"),
+        "nodes": _arr(_obj({
+            "name": _STR, "phase": _STR, "reason": _STR, "health": _STR, "health_reason": _STR,
+            "frozen": _BOOL, "cfg": _d({"type": "object"}, "desired: image, power, frozen"),
+            "dsc": _d({"type": "object"}, "discovered: alive, image, programs, slurm_*, heartbeat"),
+            "transition": _d({"type": ["object", "null"]}, "name, started, deadline, ctx")}),
+            "GET /nodes of the state API (docs/STATE.md, /openapi.json)"),
+    }),
+    "state.events": _obj({"events": _arr(_obj({
+        "id": _INT, "time": _NUM, "node": _d(_STR, "'' for cluster-wide events"),
+        "kind": _d(_STR, "phase, transition, slurm, slurm_update, process, alive, hello, ..."),
+        "data": {"type": "object"}}))}),
     "study.compare": _obj({"a": _STR, "b": _STR, "rows": _arr(_obj({
         "method": _STR, "workload": _STR, "image": _STR, "nodes": _INT, "metric": _STR,
         "a": _d({"type": ["object", "null"]}, "median, low, high (seconds)"),

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("shoal.cli.dist", "run_cmd"),
     "study": ("shoal.cli.study", "study"),
     "model": ("shoal.cli.model", "model"),
+    "state": ("shoal.cli.state", "state"),
 }
 
 

@@ -14,7 +14,7 @@ PID 1 of the container (and so every process it will ever start: slurmd, job ste
 squashfuse) into the host's cgroups without a race.
 
 This module is the one place that makes, configures and removes them: a further controller (the
-security issue's ``devices`` list per node) is one more entry in CONTROLLERS plus its settings in
+per-node ``devices`` allow-list of node hardening) is one more entry in CONTROLLERS plus its settings in
 ``configure``. Node-side readers of the same files live in shoal.staging.accounting.
 """
 

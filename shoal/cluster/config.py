@@ -85,6 +85,11 @@ class ClusterConfig:
     storage_mbit: float | None = None
     source: str = "defaults"
     extra_slurm_conf: tuple[str, ...] = field(default_factory=tuple)
+    # The node state service (shoal/state) starts with the cluster and tells Slurm at once when
+    # a node or its slurmd dies. health_source "state": slurmctld's own slurmd timeout is off
+    # (SlurmdTimeout=0) and the state service is Slurm's only source of node health.
+    state_service: bool = True
+    health_source: str = "slurm"
 
     @property
     def profile(self) -> NetworkProfile:
@@ -112,7 +117,11 @@ _KEYS: dict[str, type] = {
     "storage": str,
     "storage_mbit": float,
     "extra_slurm_conf": list,
+    "state_service": bool,
+    "health_source": str,
 }
+
+HEALTH_SOURCES = ("slurm", "state")
 
 # A size as tmpfs(5) takes it: bytes, or K/M/G (powers of 1024).
 _SIZE_RE = re.compile(r"([1-9][0-9]{0,15})([KMG]?)")
@@ -268,6 +277,16 @@ def validate(raw: dict[str, Any], source: str = "defaults", text: str | None = N
         raise ConfigError(
             f"{where('storage')}: storage = {_short(cfg.storage)} is not a storage mode",
             f"use one of: {', '.join(STORAGE_MODES)}",
+        )
+    if cfg.health_source not in HEALTH_SOURCES:
+        raise ConfigError(
+            f"{where('health_source')}: health_source = {_short(cfg.health_source)} is not known",
+            "use 'slurm' (slurmd timeouts) or 'state' (the state service alone)",
+        )
+    if cfg.health_source == "state" and not cfg.state_service:
+        raise ConfigError(
+            f"{where('health_source')}: health_source = 'state' needs state_service = true",
+            "without the state service nothing would mark dead nodes DOWN",
         )
     if cfg.storage_mbit is not None and not 0 <= cfg.storage_mbit <= 1e6:
         raise ConfigError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -44,6 +45,8 @@ from shoal.errors import ClusterError, DependencyError, PrivilegeError, ShoalErr
 from shoal.fsutil import locked, write_file
 from shoal.paths import clusters_root, store_root
 from shoal.runner import reap, run, spawn, stop
+
+log = logging.getLogger("shoal.cluster")
 
 REQUIRED_PROGRAMS = [
     "ip", "tc", "nsenter", "unshare", "mount", "pivot_root", "supervisord", "slurmctld", "slurmdbd",
@@ -139,6 +142,16 @@ def up(cfg: ClusterConfig, progress: bool = True) -> UpResult:
     try:
         _boot(cfg, cd, state, Path(image.path), clock, host_helpers)
         _wait_idle(cd, state, BOOT_TIMEOUT, clock)
+        if cfg.state_service:
+            from shoal.cluster import statebackend
+
+            try:
+                statebackend.start_service(cfg.name)
+            except ClusterError as exc:
+                if cfg.health_source == "state":
+                    raise  # it is Slurm's only health source: no cluster without it
+                # Slurm's own timeouts still watch the nodes: the cluster is usable without it.
+                log.warning("%s (%s)", exc.message, exc.hint)
     except BaseException as exc:
         left = _undo_failed_up(cfg.name, host_helpers)
         if left:
@@ -401,6 +414,11 @@ def _write_slurm_config(cfg: ClusterConfig, cd: ClusterDir, addr: Addressing, db
     scripts.install(scripts.EPILOG, cd.etc_slurm / "epilog.sh", 0o755)
     # The node agent bundle (stdlib-only zipapp) for the Prolog/Epilog privileged hook.
     write_bundle(cd.etc_slurm / "shoal-nodeagent.py")
+    if cfg.state_service:
+        from shoal.cluster import statebackend
+
+        # Where each node's supervisord event listener sends its events (shoal/state).
+        write_file(cd.etc_slurm / "shoal-state.conf", statebackend.listener_conf(addr.controller))
 
 
 def _mount_nodes_dir(cd: ClusterDir) -> None:
@@ -493,6 +511,10 @@ def down(name: str, keep_state: bool = False) -> list[str]:
     check_prerequisites()
     cd = ClusterDir(name)
     state = cd.load()
+    # The state service first: it would otherwise see the nodes die and start them again.
+    from shoal.cluster import statebackend
+
+    statebackend.stop_service(name)
     # The storage netns is listed whatever the state says (removal skips what does not exist).
     namespaces = [state.netns(h) for h in dict.fromkeys([*state.netns_hosts(), "storage"])]
     inodes = {i for i in (netns.netns_inode(ns) for ns in namespaces) if i is not None}

@@ -43,7 +43,9 @@ def render_slurm_conf(cfg: ClusterConfig, addr: Addressing, ctl_dir: str) -> str
         "SelectTypeParameters=CR_Core",
         "ReturnToService=2",
         "SlurmctldTimeout=60",
-        "SlurmdTimeout=60",
+        # health_source "state": slurmctld never marks a node DOWN by itself (0 = no timeout);
+        # the state service (shoal/state) reports failures through scontrol instead.
+        "SlurmdTimeout=0" if cfg.health_source == "state" else "SlurmdTimeout=60",
         "MessageTimeout=30",
         "InactiveLimit=0",
         "KillWait=5",

@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from shoal.cluster import capacity, manager, netns
-from shoal.cluster.enter import pid1
 from shoal.cluster.node import running as host_running
 from shoal.cluster.node import running_hosts
 from shoal.cluster.state import ClusterDir, ClusterState
-from shoal.cluster.supervisor import Program, Supervisor
+from shoal.cluster.supervisor import Program
+from shoal.cluster.supervisor import supervisor_of as supervisor_of  # its home moved to supervisor.py
 from shoal.errors import ClusterError
 
 # supervisord answers in its one thread; more workers than this only queue on 2 cores
@@ -35,11 +35,6 @@ class NodeStatus:
     pss_bytes: int = 0  # what the node costs: shared pages split among their users
     uss_bytes: int = 0  # private pages only
     processes: int = 0
-
-
-def supervisor_of(state: ClusterState, node: str, timeout: float = 10.0) -> Supervisor:
-    pid = pid1(state, node)
-    return Supervisor(f"/proc/{pid}/root/run/supervisor.sock", node, timeout=timeout)
 
 
 def memory_of_netns(ns: str) -> capacity.NodeMemory:

@@ -12,6 +12,8 @@ import xmlrpc.client
 from dataclasses import dataclass
 from typing import Any
 
+from shoal.cluster.enter import pid1
+from shoal.cluster.state import ClusterState
 from shoal.errors import ClusterError
 
 
@@ -85,3 +87,9 @@ class Supervisor:
         if info["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
             self.stop(name)
         self.start(name)
+
+
+def supervisor_of(state: ClusterState, node: str, timeout: float = 10.0) -> Supervisor:
+    """The XML-RPC client of NODE's supervisord (through its PID 1's root: no TCP port needed)."""
+    pid = pid1(state, node)
+    return Supervisor(f"/proc/{pid}/root/run/supervisor.sock", node, timeout=timeout)

@@ -78,12 +78,15 @@ def _swap_one(
     def in_service() -> bool:
         return _slurm_state(state, host) in ("idle", "mix", "alloc")
 
-    node.stop_node(state, host)
-    node.prepare_node(cd, host)
-    state.node_pids[host] = node.start_node(cd, state, host, lower=image)
-    state.node_images[host] = image_hash
-    cd.save(state)
-    _wait(registered, 120, f"{host} re-registering after the swap", logs_hint)
+    from shoal.cluster import statebackend
+
+    with statebackend.hands_off(state.name, [host]):
+        node.stop_node(state, host)
+        node.prepare_node(cd, host)
+        state.node_pids[host] = node.start_node(cd, state, host, lower=image)
+        state.node_images[host] = image_hash
+        cd.save(state)
+        _wait(registered, 120, f"{host} re-registering after the swap", logs_hint)
     _scontrol(state, host, "State=RESUME")
     _wait(in_service, 60, f"{host} returning to service", logs_hint)
     return NodeUpgrade(host, old, image_hash, drain_s, time.monotonic() - t0)

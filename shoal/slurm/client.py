@@ -318,6 +318,14 @@ class SlurmClient:
         out = self._run(["scontrol", "show", "node", "-o"], what="scontrol show node").stdout
         return [parse_scontrol_node(line) for line in out.splitlines() if line.strip()]
 
+    def update_nodes(self, hostlist: str, state: str, reason: str = "", *,
+                     check: bool = True) -> runner.Completed:
+        """`scontrol update NodeName=HOSTLIST State=STATE [Reason=REASON]` (DOWN/DRAIN need one)."""
+        argv = ["scontrol", "update", f"NodeName={hostlist}", f"State={state}"]
+        if reason:
+            argv.append(f"Reason={reason}")
+        return self._run(argv, check=check, what=f"scontrol update {hostlist} State={state}")
+
     def version(self) -> SlurmVersion:
         out = self._run(["sinfo", "--version"], what="sinfo --version").stdout.strip()
         m = re.search(r"(\d+\.\d+\.\d+)", out)

@@ -25,6 +25,9 @@ DEFAULT_METHOD_KINDS: dict[str, str] = {
     "untar": "local",
     "sbcast": "local",
     "sbcast-squashfs": "local",
+    "bcast": "local",
+    "bcast-squashfs": "local",
+    "registry": "local",
 }
 
 

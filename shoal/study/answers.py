@@ -114,20 +114,22 @@ def q1_network(cells: Mapping[CellKey, Cell], kinds: Mapping[str, str]) -> Answe
                            "network")
 
 
-COPY_THEN_MOUNT = "sbcast-squashfs"
+COPY_THEN_MOUNT = ("sbcast-squashfs", "bcast-squashfs")
 
 
 def q2_local(cells: Mapping[CellKey, Cell], kinds: Mapping[str, str]) -> Answer:
-    """Answered with every node-local method, and again without the SquashFS-after-copy one
-    (it copies a compressed file and mounts it: not an unpacked tree in memory)."""
+    """Answered with every node-local method, and again without the SquashFS-after-copy ones
+    (they copy a compressed file and mount it: not an unpacked tree in memory)."""
     q = "Which in-memory (node-local copy) method is fastest?"
     ans = _fastest_answer(2, q, cells, kinds, "local")
-    if any(k.method == COPY_THEN_MOUNT for k in cells):
-        without = {k: c for k, c in cells.items() if k.method != COPY_THEN_MOUNT}
+    present = sorted({k.method for k in cells} & set(COPY_THEN_MOUNT))
+    if present:
+        names = " and ".join(present)
+        without = {k: c for k, c in cells.items() if k.method not in COPY_THEN_MOUNT}
         alt = _fastest_answer(2, q, without, kinds, "local")
-        ans.variants[f"without {COPY_THEN_MOUNT}"] = {"verdict": alt.verdict, "code": alt.code}
-        ans.verdict = (f"with {COPY_THEN_MOUNT}: {ans.verdict} Without it (unpacked trees "
-                       f"only): {alt.verdict}")
+        ans.variants[f"without {names}"] = {"verdict": alt.verdict, "code": alt.code}
+        ans.verdict = (f"with {names}: {ans.verdict} Without (unpacked trees only): "
+                       f"{alt.verdict}")
     return ans
 
 
@@ -359,11 +361,21 @@ def q5_sbcast(cells: Mapping[CellKey, Cell], sbcast: str = "sbcast",
     return ans
 
 
+# A cell needs this many completed runs to enter any comparison: one run has no interval (an
+# interval of zero width would "separate" from everything and decide verdicts on noise).
+MIN_RUNS = 2
+
+
 def answer_all(cells: Mapping[CellKey, Cell],
                kinds: Mapping[str, str] = DEFAULT_METHOD_KINDS,
                margin: float = DEFAULT_MARGIN) -> list[Answer]:
-    answers = [q1_network(cells, kinds), q2_local(cells, kinds), q3_interaction(cells, kinds),
-               q4_fuse(cells, margin=margin), q5_sbcast(cells)]
+    usable = {k: c for k, c in cells.items() if len(c.runs) >= MIN_RUNS}
+    left_out = len(cells) - len(usable)
+    answers = [q1_network(usable, kinds), q2_local(usable, kinds), q3_interaction(usable, kinds),
+               q4_fuse(usable, margin=margin), q5_sbcast(usable)]
     for a in answers:
         a.cites = sorted(set(a.cites))
+        if left_out:
+            a.caveats.append(f"{left_out} experiment(s) with fewer than {MIN_RUNS} completed runs "
+                             "were left out of every comparison: a single run has no interval.")
     return answers

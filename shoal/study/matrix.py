@@ -103,15 +103,20 @@ def runs(experiments: Iterable[Experiment], repetitions: int | Callable[[Experim
     the whole matrix; within each repetition shuffled from SEED (a different order per
     repetition, the same on every resume), so drift of the machine over time (other load, a
     warming cache) is spread over all experiments instead of riding on the matrix order.
-    With WARMUP, one discarded warm-up run per experiment (rep = WARMUP_REP) goes first."""
+    With WARMUP, one discarded warm-up run per experiment (rep = WARMUP_REP) goes right before
+    the experiment's first measured run: it warms that experiment's own path (binaries, the
+    image's first read, Slurm's first step on those nodes), and a study stopped early still has
+    measured runs of everything it reached."""
     exps = list(experiments)
     count = repetitions if callable(repetitions) else (lambda _e: repetitions)
     most = max((count(e) for e in exps), default=0)
-    reps = ([WARMUP_REP] if warmup else []) + list(range(most))
     out: list[RunKey] = []
-    for rep in reps:
+    for rep in range(most):
         block = [e for e in exps if rep < count(e)]
         if seed is not None:
             random.Random(f"{seed}:{rep}").shuffle(block)
-        out += [RunKey(e, rep) for e in block]
+        for e in block:
+            if warmup and rep == 0:
+                out.append(RunKey(e, WARMUP_REP))
+            out.append(RunKey(e, rep))
     return out

@@ -103,6 +103,7 @@ class _Active:
     end_seen: bool = False  # the batch script's last line is in the output file
     concurrency: int = 1  # most jobs of the study in Slurm at once during this run's life
     cache: str = "warm"  # "cold" when the page caches were dropped just before submission
+    drop_seconds: float | None = None  # how long dropping them took (harness time)
 
 
 @dataclass
@@ -206,6 +207,7 @@ class StudyRunner:
         self.summary = Summary()
         self._submit_failures = 0
         self._drop_warned = False
+        self._drop_seconds: float | None = None
         # mounts by shoal's Prolog (root), asked for in the job comment; else the job mounts
         self.via_prolog = via_prolog
 
@@ -271,9 +273,12 @@ class StudyRunner:
         runs go one at a time); "warm" when it cannot (not root, not this host's nodes)."""
         if self.spec.cache != "cold":
             return "warm"
+        t0 = time.monotonic()
         try:
             with open(DROP_CACHES, "w") as f:
                 f.write("3\n")
+            # harness time before the job: seconds when the machine had much cached since
+            self._drop_seconds = round(time.monotonic() - t0, 3)
         except OSError as exc:
             if not self._drop_warned:
                 self.console.log(f"[yellow]cannot drop the page caches ({exc.strerror}): runs "
@@ -306,7 +311,8 @@ class StudyRunner:
         self.db.update_run(row.id, state=RunState.SUBMITTED, job_id=job_id,
                            submit_time=time.time())
         self.active[row.id] = _Active(self.db.run(row.id), key, host_output, job_id,
-                                      cache=cache)
+                                      cache=cache,
+                                      drop_seconds=self._drop_seconds if cache == "cold" else None)
         for act in self.active.values():
             act.concurrency = max(act.concurrency, len(self.active))
 
@@ -432,7 +438,7 @@ class StudyRunner:
         # how the run was made, beside its figures: other jobs of the study at the same time,
         # cold or warm caches, warm-up (discarded by the report)
         how = {"concurrency": act.concurrency, "cache": act.cache,
-               "warmup": act.key.rep < 0}
+               "warmup": act.key.rep < 0, "cache_drop_s": act.drop_seconds}
         parsed = dataclasses.replace(parsed, records=[
             dataclasses.replace(r, extra={**r.extra, **how}) for r in parsed.records])
         nodes = act.key.experiment.nodes

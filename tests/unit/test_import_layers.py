@@ -1,6 +1,6 @@
 """The import graph of shoal runs one way and has no cycle, counting imports inside functions.
 
-Layers, top to bottom: cli (and the demo) -> study -> staging -> images / cluster -> slurm ->
+Layers, top to bottom: cli (and the demo) -> study -> staging -> images / cluster -> state -> slurm ->
 foundation (runner, errors, paths, and the other leaf modules). A module may import from its own
 layer or a lower one, never from a higher one; and no chain of imports, at any depth of the code
 (module level, inside functions, under TYPE_CHECKING, importlib.import_module with a constant
@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("shoal.model",),  # the study report draws the model's predictions
     ("shoal.staging",),
     ("shoal.images", "shoal.cluster"),
+    ("shoal.state",),  # the node state engine: the cluster is one of its backends, never imported
     ("shoal.slurm",),
     ("shoal", "shoal.runner", "shoal.errors", "shoal.paths", "shoal.fsutil", "shoal.bundle",
      "shoal.names", "shoal.limits", "shoal.workloads", "shoal.siteconfig"),

@@ -29,7 +29,9 @@ def test_order_is_shuffled_per_repetition_from_the_seed() -> None:
 def test_warmup_runs_go_first_and_never_reach_the_results(tmp_path: Path) -> None:
     spec = dataclasses.replace(SPEC, warmup=True)
     keys = runs(EXPS, spec.repetitions, spec.seed, warmup=True)
-    assert [k.rep for k in keys[:4]] == [WARMUP_REP] * 4 and keys[0].name.endswith("-w")
+    # each experiment's warm-up right before its first measured run
+    assert [k.rep for k in keys[:8]] == [WARMUP_REP, 0] * 4 and keys[0].name.endswith("-w")
+    assert all(keys[i].experiment == keys[i + 1].experiment for i in range(0, 8, 2))
     slurm = FakeSlurm()
     with StudyDB.in_dir(tmp_path) as db:
         r = make_runner(tmp_path, slurm, db)

@@ -254,3 +254,13 @@ def test_export_has_one_row_per_node_run_with_fixed_columns(study_dir: Path) -> 
     assert {r["network_profile"] for r in data} == {"eth10g"}
     lines = export(study_dir, "jsonl").splitlines()
     assert len(lines) == len(data) and json.loads(lines[0])["time_to_solution"] > 0
+
+
+def test_single_runs_decide_nothing(tmp_path: Path) -> None:
+    make_db(tmp_path / "one", reps=1)
+    with StudyDB.in_dir(tmp_path / "one", create=False) as db:
+        cells = aggregate(db.results())
+    answers = answer_all(cells)
+    assert all(a.code in ("not_supported",) for a in answers), [a.code for a in answers]
+    assert all(NOT_SUPPORTED in a.verdict for a in answers)
+    assert all(any("fewer than 2 completed runs" in c for c in a.caveats) for a in answers)

@@ -1,0 +1,219 @@
+#!/usr/bin/python3
+# shoal node state listener: a supervisord event listener (supervisord's eventlistener protocol)
+# that pushes every PROCESS_STATE change of this node's programs, and a heartbeat with all program
+# states on every TICK_5, to the shoal state service (POST /dsc/events). Each request carries a
+# munge credential made by root on this node and bound to the request body, so a job user on the
+# node cannot forge node events.
+#
+# Runs on the node (layer1 image, or a real site's compute node): Python 3.6+, standard library
+# only. Configuration, first found wins: environment SHOAL_STATE_URL / SHOAL_STATE_NODE, then the
+# file given by --config (default /etc/slurm/shoal-state.conf) with lines `url = http://HOST:PORT`
+# and optionally `node = NAME` (default: the hostname). Without a URL it only acknowledges events.
+#
+# The protocol: write READY, read one header line and LEN bytes of payload, answer RESULT 2 OK.
+# Sending happens in a thread so supervisord never waits on the network.
+import hashlib
+import http.client
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+PAYLOAD_VERSION = "shoal-state-v1"
+PATH = "/dsc/events"
+DEFAULT_CONFIG = "/etc/slurm/shoal-state.conf"
+MAX_QUEUED = 1000
+
+
+def log(msg):
+    sys.stderr.write("%s shoal-state-listener: %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), msg))
+    sys.stderr.flush()
+
+
+def read_config(path):
+    conf = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line or line.startswith("#") or "=" not in line:
+                    continue
+                key, value = line.split("=", 1)
+                conf[key.strip()] = value.strip()
+    except (IOError, OSError):
+        pass
+    if os.environ.get("SHOAL_STATE_URL"):
+        conf["url"] = os.environ["SHOAL_STATE_URL"]
+    if os.environ.get("SHOAL_STATE_NODE"):
+        conf["node"] = os.environ["SHOAL_STATE_NODE"]
+    conf.setdefault("node", socket.gethostname().split(".")[0])
+    return conf
+
+
+def parse_header(line):
+    """'ver:3.0 server:supervisor ... eventname:X len:N' -> dict."""
+    out = {}
+    for token in line.strip().split():
+        if ":" in token:
+            k, v = token.split(":", 1)
+            out[k] = v
+    return out
+
+
+def parse_payload(data):
+    """PROCESS_STATE payload: 'processname:x groupname:x from_state:S ...' (first line only)."""
+    first = data.split("\n", 1)[0]
+    return parse_header(first)
+
+
+def split_url(url):
+    rest = url.split("://", 1)[-1].rstrip("/")
+    host, _, port = rest.partition(":")
+    return host, int(port or 80)
+
+
+class Sender(object):
+    def __init__(self, url, node, munge=("munge",)):
+        self.url = url
+        self.node = node
+        self.munge = list(munge)
+        self.q = queue.Queue()
+        self.sent = 0
+
+    def put(self, event):
+        if self.q.qsize() < MAX_QUEUED:
+            self.q.put(event)
+
+    def body(self, events):
+        return json.dumps({"events": events}, sort_keys=True).encode("utf-8")
+
+    def credential(self, body):
+        payload = "%s POST %s %s" % (PAYLOAD_VERSION, PATH, hashlib.sha256(body).hexdigest())
+        p = subprocess.run(self.munge + ["-s", payload], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=10)
+        if p.returncode != 0:
+            raise OSError("munge failed: %s" % p.stderr.decode("utf-8", "replace").strip())
+        return p.stdout.decode("ascii").strip()
+
+    def post(self, events):
+        body = self.body(events)
+        host, port = split_url(self.url)
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.request("POST", PATH, body=body, headers={
+                "Content-Type": "application/json",
+                "Authorization": "Munge " + self.credential(body)})
+            resp = conn.getresponse()
+            text = resp.read()[:300]
+            if resp.status >= 400:
+                # A refused event is not sent again (it would be refused again).
+                log("service refused %d event(s): HTTP %d %s" % (len(events), resp.status, text))
+        finally:
+            conn.close()
+
+    def run(self):
+        # Events go out in the order they happened: a batch that could not be sent is sent
+        # again before anything newer (a stale snapshot must never overwrite a newer state).
+        pending = []
+        delay = 0.2
+        while True:
+            if not pending:
+                pending.append(self.q.get())
+            while len(pending) < 100:
+                try:
+                    pending.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+            batch = pending[:100]
+            try:
+                self.post(batch)
+                self.sent += len(batch)
+                del pending[:len(batch)]
+                delay = 0.2
+            except Exception as exc:  # network down, service restarting, munged not up yet
+                log("cannot reach %s (%s); retrying in %.1f s" % (self.url, exc, delay))
+                # Older heartbeats are superseded by the newest one: keep it, in its place.
+                beats = [i for i, e in enumerate(pending) if e.get("kind") == "heartbeat"]
+                drop = set(beats[:-1])
+                pending = [e for i, e in enumerate(pending) if i not in drop][-MAX_QUEUED:]
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def initial_programs():
+    """Program states from supervisord itself when the listener (re)starts (best effort)."""
+    url = os.environ.get("SUPERVISOR_SERVER_URL", "")
+    if not url.startswith("unix://"):
+        return {}
+    path = url[len("unix://"):]
+    try:
+        import xmlrpc.client
+
+        class Conn(http.client.HTTPConnection):
+            def connect(self):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(5)
+                s.connect(path)
+                self.sock = s
+
+        class Transport(xmlrpc.client.Transport):
+            def make_connection(self, host):
+                return Conn("localhost")
+
+        proxy = xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=Transport())
+        return dict((i["name"], i["statename"]) for i in proxy.supervisor.getAllProcessInfo())
+    except Exception as exc:
+        log("no initial program states from supervisord (%s); they come with the next events" % exc)
+        return {}
+
+
+def main(argv):
+    config = DEFAULT_CONFIG
+    if len(argv) > 2 and argv[1] == "--config":
+        config = argv[2]
+    conf = read_config(config)
+    boot = "%d-%.3f" % (os.getppid(), time.time())
+    programs = initial_programs()
+    sender = None
+    if conf.get("url"):
+        sender = Sender(conf["url"], conf["node"])
+        t = threading.Thread(target=sender.run, name="sender")
+        t.daemon = True
+        t.start()
+        sender.put({"node": conf["node"], "kind": "hello", "boot": boot, "programs": dict(programs),
+                    "time": time.time()})
+        log("reporting %s to %s" % (conf["node"], conf["url"]))
+    else:
+        log("no url in %s or SHOAL_STATE_URL: acknowledging events only" % config)
+    stdin = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin
+    out = sys.stdout
+    while True:
+        out.write("READY\n")
+        out.flush()
+        line = stdin.readline()
+        if not line:
+            return 0  # supervisord went away
+        header = parse_header(line.decode("utf-8", "replace"))
+        data = stdin.read(int(header.get("len", "0"))).decode("utf-8", "replace")
+        name = header.get("eventname", "")
+        if sender is not None:
+            if name.startswith("PROCESS_STATE_"):
+                p = parse_payload(data)
+                state = name[len("PROCESS_STATE_"):]
+                prog = p.get("processname", "")
+                programs[prog] = state
+                sender.put({"node": conf["node"], "kind": "process", "program": prog, "state": state,
+                            "from": p.get("from_state", ""), "time": time.time(), "boot": boot})
+            elif name.startswith("TICK_"):
+                sender.put({"node": conf["node"], "kind": "heartbeat", "boot": boot,
+                            "programs": dict(programs), "time": time.time()})
+        out.write("RESULT 2\nOK")
+        out.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

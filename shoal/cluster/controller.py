@@ -28,6 +28,18 @@ from shoal.runner import run, spawn, wait
 SLURMDBD = "127.0.0.1:6819"
 
 
+# places the login node hides (ctl-init.sh gives it private ones)
+HIDDEN_ON_LOGIN = ("/root/", "/tmp/", "/var/tmp/", "/dev/shm/")
+
+
+def kept_paths() -> list[str]:
+    """What shoal runs from that the login node would hide: its interpreter (pyenv under /root),
+    its venv and its checkout (under /tmp in a CI clone). Outermost paths only, no spaces."""
+    cands = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, str(paths.REPO_ROOT))}
+    hidden = sorted(p for p in cands if p.startswith(HIDDEN_ON_LOGIN) and " " not in p)
+    return [p for p in hidden if not any(p.startswith(q + "/") for q in hidden if q != p)]
+
+
 def with_user(text: str, kind: str) -> str:
     """Host passwd/group as the controller sees it: uid/gid 1000 is the cluster user `shoal`.
 
@@ -134,8 +146,7 @@ def controller_env(common: dict[str, str], cd: ClusterDir, ip: str, accounting: 
         "SHOAL_CTL": str(cd.ctl),
         "SHOAL_CLUSTERS": str(cd.root.parent),
         "SHOAL_CACHE": str(cache_root()),
-        # the interpreter shoal runs on, when it lives under root's home (hidden on the login node)
-        "SHOAL_HOST_PYTHON": sys.base_prefix if sys.base_prefix.startswith("/root/") else "",
+        "SHOAL_KEEP": " ".join(kept_paths()),
         "SHOAL_ACCOUNTING": "true" if accounting else "false",
         "SHOAL_SLURMCTLD_WAITS_FOR": SLURMDBD if accounting else "none",
     }

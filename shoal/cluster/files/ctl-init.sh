@@ -37,26 +37,36 @@ fi
 mount -t overlay overlay -o "lowerdir=$SHOAL_CTL/etc:/etc" /etc
 mount --bind "$SHOAL_ETC_SLURM" /etc/slurm
 mount --bind "$SHOAL_ETC_SHOAL" /etc/shoal  # this cluster's site configuration (store = /pfs/store)
+# what shoal runs from, kept aside before the hiding below (SHOAL_KEEP: space-separated paths)
+i=0
+for p in $SHOAL_KEEP; do
+    if [ -d "$p" ]; then
+        mkdir -p "/run/shoal/keep-$i"
+        mount --bind "$p" "/run/shoal/keep-$i"
+    fi
+    i=$((i + 1))
+done
 # private scratch
 for d in /tmp /var/tmp /dev/shm; do
     mount -t tmpfs -o size=256m,mode=1777,nosuid,nodev tmpfs "$d"
 done
-# root's home: only the cluster's ssh keys, and, read-only, the Python that shoal itself runs on
-# when it is installed there (pyenv): the admin's venv points at it, and `shoal` on the login node
-# (cluster = "existing", `cluster exec -- .venv/bin/shoal`) must run
-if [ -n "${SHOAL_HOST_PYTHON:-}" ] && [ -d "$SHOAL_HOST_PYTHON" ]; then
-    mkdir -p /run/shoal/python
-    mount --bind "$SHOAL_HOST_PYTHON" /run/shoal/python
-fi
+# root's home: only the cluster's ssh keys
 mount -t tmpfs -o size=1m,mode=0700 tmpfs /root
 mkdir -m 0700 /root/.ssh
 mount --bind "$SHOAL_CTL/root-ssh" /root/.ssh
-if mountpoint -q /run/shoal/python 2>/dev/null; then
-    mkdir -p "$SHOAL_HOST_PYTHON"
-    mount --move /run/shoal/python "$SHOAL_HOST_PYTHON"
-    mount -o remount,bind,ro "$SHOAL_HOST_PYTHON"
-    rmdir /run/shoal/python
-fi
+# put back, read-only, what shoal itself runs from when it lives in a place hidden above
+# (a pyenv Python under /root, a checkout and venv under /tmp): `shoal` on the login node
+# (cluster = "existing", `cluster exec -- .venv/bin/shoal`) must run
+i=0
+for p in $SHOAL_KEEP; do
+    if mountpoint -q "/run/shoal/keep-$i" 2>/dev/null; then
+        mkdir -p "$p"
+        mount --move "/run/shoal/keep-$i" "$p"
+        mount -o remount,bind,ro "$p"
+        rmdir "/run/shoal/keep-$i"
+    fi
+    i=$((i + 1))
+done
 # hide every cluster's state but this controller's own directory, and the build caches
 mkdir -p /run/shoal/keep
 mount --bind "$SHOAL_CTL" /run/shoal/keep

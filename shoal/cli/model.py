@@ -35,22 +35,22 @@ def model() -> None:
 
 
 @model.command("fit")
-@click.argument("results", type=click.Path(path_type=Path))
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("model.json"),
               show_default=True, help="Where to write the fitted model.")
 @json_option
-def fit_cmd(results: Path, out: Path, as_json: bool) -> None:
+def fit_cmd(results: tuple[Path, ...], out: Path, as_json: bool) -> None:
     """Fit per method and workload from RESULTS (a study directory or its JSONL export)."""
     from shoal.model import data, fit, store
 
-    groups = fit.fit(data.load(results))
-    store.save(groups, out, source=str(results))
+    groups = fit.fit(data.load_all(results))
+    store.save(groups, out, source=" ".join(map(str, results)))
     if as_json:
         jsonout.emit("model.fit", {"model": str(out), "groups": [
             {"method": g.method, "workload": g.workload, **asdict(g.params), "n_obs": g.n_obs,
              "shared_identified": g.shared_identified, "rel_rmse": g.rel_rmse} for g in groups]})
         return
-    t = Table(title=f"model fitted from {results}")
+    t = Table(title="model fitted from " + ", ".join(map(str, results)))
     for col in ("method", "workload", "eta", "l0 s", "l1 s/doubling", "runs", "rel. RMSE",
                 "shared term"):
         t.add_column(col)
@@ -125,13 +125,13 @@ def predict_cmd(model_path: Path, site_path: Path, nodes_text: str, as_json: boo
 
 
 @model.command("validate")
-@click.argument("results", type=click.Path(path_type=Path))
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
 @json_option
-def validate_cmd(results: Path, as_json: bool) -> None:
+def validate_cmd(results: tuple[Path, ...], as_json: bool) -> None:
     """Leave-one-node-count-out and leave-one-network-out errors of the model on RESULTS."""
     from shoal.model import data, fit
 
-    obs = data.load(results)
+    obs = data.load_all(results)
     rows: list[dict[str, Any]] = []
     for (m, w), errs in sorted(fit.leave_largest_n_out(obs).items()):
         rows.append({"test": "largest N held out", "held_out": str(max(o.nodes for o in obs
@@ -148,7 +148,7 @@ def validate_cmd(results: Path, as_json: bool) -> None:
     if as_json:
         jsonout.emit("model.validate", {"errors": rows, "unvalidated": unvalidated})
         return
-    t = Table(title=f"model validation on {results}")
+    t = Table(title="model validation on " + ", ".join(map(str, results)))
     for col in ("test", "held out", "method", "workload", "median |error|", "runs"):
         t.add_column(col)
     for r in rows:

@@ -9,6 +9,7 @@ bandwidth and appear as infinite (their shared terms are then zero, as they were
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sqlite3
@@ -38,7 +39,9 @@ def observations(records: Iterable[Mapping[str, Any]]) -> list[Observation]:
     """Group per-node records by run and reduce each run to one Observation."""
     runs: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
     for r in records:
-        runs[r.get("run_id") or (r.get("experiment"), r.get("rep"), r.get("job_start"))].append(r)
+        key = (r.get("study"), r.get("run_id")) if r.get("run_id") is not None else \
+            (r.get("experiment"), r.get("rep"), r.get("job_start"))
+        runs[key].append(r)
     out = []
     for recs in runs.values():
         first = recs[0]
@@ -96,6 +99,34 @@ def _db_records(db: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _cell(text: str) -> Any:
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _csv_records(path: Path) -> list[dict[str, Any]]:
+    """`shoal study export`'s per-node CSV (one row per node and run, numbers as text)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ModelError(f"{path}: not a study export ({exc})") from None
+    if rows and not {"method", "workload", "time_to_solution"} <= set(rows[0]):
+        raise ModelError(f"{path}: not a study export (no method/workload/time_to_solution)",
+                         hint="make one with: shoal study export DIR")
+    keep_text = {"study", "experiment", "method", "workload", "node", "storage_kind"}
+    return [{k: (v if k in keep_text else _cell(v)) for k, v in r.items()} for r in rows
+            if r.get("ok") in ("True", "1", "true")]
+
+
+def load_all(sources: Iterable[Path]) -> list[Observation]:
+    return [o for src in sources for o in load(src)]
+
+
 def load(source: Path) -> list[Observation]:
     """A study directory (its study.sqlite) or an export file of JSON lines."""
     if source.is_dir():
@@ -104,6 +135,8 @@ def load(source: Path) -> list[Observation]:
             raise ModelError(f"{source}: no study.sqlite here",
                              hint="give a study's results directory (shoal study run SPEC --out DIR)")
         records = _db_records(db)
+    elif source.is_file() and source.suffix == ".csv":
+        records = _csv_records(source)
     elif source.is_file():
         try:
             records = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]

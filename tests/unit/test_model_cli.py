@@ -78,3 +78,16 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
     assert main(["model", "fit", str(tmp_path / "bad.jsonl")]) == 2
     assert main(["model", "predict", "--model", str(tmp_path / "none.json"), "--site",
                  str(REPO / "examples/sites/eth10g-192.toml")]) == 2
+
+
+def test_validate_on_the_committed_standard_export() -> None:
+    """The reduced standard study's per-node CSV export (docs/results/standard/) validates."""
+    runner = CliRunner()
+    parts = [str(REPO / "docs/results/standard" / p / "nodes.csv") for p in ("n1-4", "n16")]
+    r = runner.invoke(model, ["validate", *parts, "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    held = [e for e in doc["errors"] if e["test"] == "largest N held out"]
+    assert {e["method"] for e in held} >= {"untar", "sbcast", "squashfs-kernel", "squashfuse"}
+    assert all(e["held_out"] == "16" for e in held)
+    assert any("one network profile" in u for u in doc["unvalidated"])

@@ -122,7 +122,9 @@ def test_status_reports_programs_and_memory(cluster: ClusterHandle) -> None:
     assert [n.name for n in nodes] == cluster.nodes
     for n in nodes:
         assert n.slurm_state in ("idle", "mix", "alloc")
-        assert {p.name for p in n.programs} == {"rsyslogd", "munged", "slurmd", "sshd"}
+        # the four node services, and the state listener (an eventlistener) beside them
+        assert {p.name for p in n.programs} == {"rsyslogd", "munged", "slurmd", "sshd",
+                                                "shoal-state"}
         assert all(p.state == "RUNNING" for p in n.programs)
         assert 5e6 < n.rss_bytes < 200e6
 

@@ -262,15 +262,16 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
             after = ev["id"]
         while True:
             try:
-                ev = await asyncio.wait_for(q.get(), SSE_KEEPALIVE)
+                async with asyncio.timeout(SSE_KEEPALIVE):  # not wait_for: see Engine._poller
+                    ev = await q.get()
             except TimeoutError:
                 await resp.write(b": keepalive\n\n")
                 continue
             if ev["id"] > after:
                 await resp.write(_sse(ev))
                 after = ev["id"]
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass  # the reader went away
     finally:
         eng.unsubscribe(q)
     return resp

@@ -533,8 +533,12 @@ class Engine:
 
     async def _poller(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that
+            # arrives as the event fires, so stop() waited forever for this loop (a 70-minute CI
+            # hang); asyncio.timeout counts cancellations and lets stop()'s through.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poll_now.wait(), self.cfg.slurm_poll)
+                async with asyncio.timeout(self.cfg.slurm_poll):
+                    await self._poll_now.wait()
             self._poll_now.clear()
             await self._poll_slurm()
 

@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from shoal.cli import jsonout
-from shoal.cli.options import LazyConsole, cluster_option, json_option, time_option
+from shoal.cli.options import NODE_COUNT, LazyConsole, cluster_option, json_option, time_option
 from shoal.errors import DistError
 from shoal.slurm import timespec
 from shoal.staging import driver
@@ -63,7 +63,7 @@ _method_option = click.option(
     "--method", "-m", type=click.Choice(method_names()),
     help="Distribution method [required; for dist: unless --cleanup].")
 _time_help = "Time limit of the allocation shoal creates (sbatch --time)"
-_timeout_option = time_option("--timeout", default="10", help="How long each step may take")
+_timeout_option = time_option("--timeout", default="10", help="How long each step may take", step=True)
 _sbatch_option = click.option(
     "--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
     help="Extra sbatch option for the allocation shoal creates, e.g. --sbatch-arg=--account=proj "
@@ -86,7 +86,7 @@ def _site_args(args: tuple[str, ...]) -> tuple[str, ...]:
 @json_option
 @cluster_option(required_default=False)
 @click.option("--job", help="allocation to use (default: $SLURM_JOB_ID)")
-@click.option("--nodes", "-N", type=int,
+@click.option("--nodes", "-N", type=NODE_COUNT,
               help="no allocation: allocate N nodes, stage, clean up, release (a measurement)")
 @time_option("--time", "time_limit", default="60", help=_time_help)
 @_sbatch_option
@@ -138,9 +138,9 @@ def dist(image: str | None, method: str | None, verify: bool, do_cleanup: bool,
 @click.option("--image", "-i", required=True, help="image in the store")
 @click.option("--method", "-m", type=click.Choice(method_names()), required=True,
               help="distribution method")
-@click.option("--nodes", "-N", type=int, help="allocate N nodes (default: current allocation)")
+@click.option("--nodes", "-N", type=NODE_COUNT, help="allocate N nodes (default: current allocation)")
 @cluster_option(required_default=False)
-@click.option("--ntasks-per-node", type=int, default=1, show_default=True)
+@click.option("--ntasks-per-node", type=click.IntRange(1, 4096), default=1, show_default=True)
 @click.option("--srun-arg", "srun_args", multiple=True, help="extra srun option (repeatable)")
 @_sbatch_option
 @click.option("--partition", "-p", default=None, help="partition of the allocation shoal creates")

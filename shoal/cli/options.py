@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from shoal import limits
 from shoal.slurm import timespec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -115,6 +116,10 @@ class SlurmTime(click.ParamType):  # type: ignore[type-arg]
 
     name = "TIME"
 
+    def __init__(self, max_seconds: float, too_long: str) -> None:
+        self.max_seconds = max_seconds
+        self.too_long = too_long
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, float):  # already converted (click may convert twice)
             return value
@@ -122,12 +127,21 @@ class SlurmTime(click.ParamType):  # type: ignore[type-arg]
         if secs is None or secs <= 0:
             self.fail(f"{value!r} is not a positive time; {timespec.HELP}", param, ctx)
         assert secs is not None
+        if secs > self.max_seconds:
+            self.fail(f"{value!r} is longer than {timespec.to_slurm(self.max_seconds)}; {self.too_long}",
+                      param, ctx)
         return secs
 
 
-SLURM_TIME = SlurmTime()
+# A step's timeout (staging, cleanup) and an allocation's time limit: both refuse NaN, zero and
+# negatives; a step longer than a day is a hang, an allocation longer than a year a typo.
+STEP_TIME = SlurmTime(limits.MAX_TIMEOUT_S, "a step that long is a hang, not a measurement")
+SLURM_TIME = SlurmTime(365 * 86400.0, "give the allocation a time limit Slurm can schedule")
+# A node count for an allocation shoal makes: refused at parse time (0, negative, absurd), not by sbatch.
+NODE_COUNT = click.IntRange(1, limits.MAX_NODES)
 
 
-def time_option(*names: str, default: str, help: str) -> Callable[[F], F]:
-    return click.option(*names, type=SLURM_TIME, default=default, show_default=True,
+def time_option(*names: str, default: str, help: str, step: bool = False) -> Callable[[F], F]:
+    """A duration option; step=True bounds it as a step's timeout, else as an allocation's."""
+    return click.option(*names, type=STEP_TIME if step else SLURM_TIME, default=default, show_default=True,
                         help=f"{help} ({timespec.HELP}).")

@@ -2,8 +2,8 @@
 database, the report has plots and answers; resume after the harness is killed; and the
 `existing` path (the harness inside the controller, using only the Slurm on PATH, as a site).
 
-Small on purpose (mpihello image, catwalk/statwalk/mpihello workloads, 1-2 nodes): the three
-tests take about 1.5 minutes together on the 2-core VM.
+Small on purpose (mpihello image, catwalk/statwalk/mpihello workloads, 1-2 nodes; pynamic and
+LAMMPS once each on 2 nodes): the four tests take about 2.5 minutes together on the 2-core VM.
 """
 
 from __future__ import annotations
@@ -163,3 +163,28 @@ def test_existing_cluster_path_inside_the_controller(cluster: ClusterHandle,
     assert len(foms) == 3 and all('"ring_passed": true' in str(f[0]) for f in foms)
     env = rows(db, "SELECT cluster_kind FROM environment")
     assert env[-1][0] == "existing"
+
+
+def test_real_applications_through_the_harness(cluster: ClusterHandle, study_dir: Path) -> None:
+    """pynamic (hundreds of Python modules, one process per core) and LAMMPS (MPI, one rank per
+    node) run as study workloads, each in its own image: records carry their figures of merit."""
+    from shoal.images.catalog import ensure_in_store
+
+    for image in ("pynamic", "lammps"):
+        ensure_in_store(image)
+    spec = study_dir / "apps.toml"
+    spec.write_text(
+        '[study]\nname = "apps"\nrepetitions = 1\ntimeout = "4m"\ncache = "warm"\nwarmup = false\n'
+        f'[cluster]\nkind = "virtual"\nname = "{cluster.name}"\nnodes = 4\n'
+        '[matrix]\nimages = ["pynamic", "lammps"]\nmethods = ["squashfs-kernel"]\n'
+        'workloads = ["pynamic", "lammps"]\nnode_counts = [2]\n'
+        'exclude = [{image = "pynamic", workload = "lammps"}, {image = "lammps", workload = "pynamic"}]\n')
+    out = study_dir / "res"
+    done = shoal("study", "run", str(spec), "--out", str(out), timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    db = out / DB_NAME
+    assert rows(db, "SELECT state, COUNT(*) FROM run GROUP BY state") == [("COMPLETED", 2)]
+    foms = [str(f[0]) for f in rows(db, "SELECT fom_json FROM node_record WHERE ok = 1")]
+    assert len(foms) == 4, foms
+    assert sum('"workload": "pynamic"' in f for f in foms) == 2, foms
+    assert sum('"workload": "lammps"' in f for f in foms) == 2, foms

@@ -188,3 +188,17 @@ def test_piped_tables_are_not_cut(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "shoal.cli.main", "image", "list"], env=env,
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert name in out and "…" not in out
+
+
+@pytest.mark.parametrize("args", [
+    ["--nodes", "0"], ["--nodes", "-3"], ["--nodes", "100000"], ["--nodes", "2", "--timeout", "nan"],
+    ["--nodes", "2", "--timeout", "inf"], ["--nodes", "2", "--timeout", "2-0"],
+    ["--nodes", "2", "--time", "400-0"], ["--nodes", "2", "--fanout", "0"],
+    ["--nodes", "2", "--ntasks-per-node", "0"],
+])
+def test_run_refuses_unbounded_numbers_before_touching_slurm(
+        args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Bounds hold at parse time: nothing reaches sbatch or srun (no cluster is needed to refuse)."""
+    assert main(["run", "--image", "x", "--method", "untar", *args, "--", "true"]) == 2
+    err = capsys.readouterr().err
+    assert "Invalid value for" in err and err.count("\n") <= 4, err

@@ -24,7 +24,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from rich.table import Table
 from shoal.cluster import manager, statebackend
 from shoal.cluster.config import ClusterConfig
 from shoal.cluster.enter import enter_prefix, pid1, slurm_client
+from shoal.cluster.jobstream import JobStream
 from shoal.cluster.state import ClusterDir
 from shoal.images.layer1 import ensure_layer1
 from shoal.runner import run
@@ -205,25 +205,11 @@ def upgrade(name: str, new: Path, k: int) -> dict[str, Any]:
     ctl = enter_prefix(st, "ctl")
     for n in st.nodes:
         wait_ready(name, n)
-    jobs: list[int] = []
-    stop = threading.Event()
-
-    def stream() -> None:
-        while not stop.is_set():
-            out = run(
-                [*ctl, "sbatch", "--parsable", "-N1", "-o", "/dev/null", "--wrap", "sleep 1"], check=False
-            )
-            if out.returncode == 0:
-                jobs.append(int(out.stdout.strip().split(";")[0]))
-            time.sleep(0.5)
-
-    th = threading.Thread(target=stream)
-    th.start()
-    time.sleep(3)
-    after = last_event(name)
-    t0 = time.monotonic()
-    api(name).request("PATCH", "/cfg/nodes", {"image": str(new), "max_unavailable": k})
-    try:
+    with JobStream(ctl) as stream:  # short one-node jobs throughout the upgrade
+        time.sleep(3)
+        after = last_event(name)
+        t0 = time.monotonic()
+        api(name).request("PATCH", "/cfg/nodes", {"image": str(new), "max_unavailable": k})
         with console.status("upgrading") as status:
             while True:
                 rows = api(name).request("GET", "/nodes")["nodes"]
@@ -242,10 +228,8 @@ def upgrade(name: str, new: Path, k: int) -> dict[str, Any]:
                     raise RuntimeError("upgrade did not finish in 30 min")
                 time.sleep(0.5)
         total = time.monotonic() - t0
-    finally:
         time.sleep(2)
-        stop.set()
-        th.join()
+    jobs = stream.job_ids
     evs = events_after(name, after)
     out_at: dict[str, float] = {}
     unavail: dict[str, float] = {}

@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 from shoal.cluster import manager, statebackend
 from shoal.cluster.config import ClusterConfig
 from shoal.cluster.enter import enter_prefix, pid1, slurm_client
+from shoal.cluster.jobstream import JobStream
 from shoal.cluster.state import ClusterDir
 from shoal.images.layer1 import ensure_layer1
 from shoal.runner import run
@@ -207,22 +207,8 @@ def test_rolling_upgrade_under_jobs_survives_a_service_restart(stcluster: str, n
     client = slurm_client(st)
     for n in st.nodes:
         wait_for(functools.partial(ready, stcluster, n), 90, f"{n} ready")
-    job_ids: list[int] = []
-    stop = threading.Event()
-
-    def stream() -> None:
-        # Short one-node jobs, submitted throughout the upgrade.
-        while not stop.is_set():
-            out = run(
-                [*ctl, "sbatch", "--parsable", "-N1", "-o", "/dev/null", "--wrap", "sleep 1"], check=False
-            )
-            if out.returncode == 0:
-                job_ids.append(int(out.stdout.strip().split(";")[0]))
-            time.sleep(0.5)
-
-    submitter = threading.Thread(target=stream)
-    submitter.start()
-    try:
+    # Short one-node jobs, submitted throughout the upgrade.
+    with JobStream(ctl) as stream:
         time.sleep(2)
         api(stcluster).request("PATCH", "/cfg/nodes", {"image": str(new), "max_unavailable": 1})
         # kill -9 the service while a node is being worked on, and start it again.
@@ -244,9 +230,7 @@ def test_rolling_upgrade_under_jobs_survives_a_service_restart(stcluster: str, n
             )
 
         wait_for(converged, 300, "every node on the new image", 1.0)
-    finally:
-        stop.set()
-        submitter.join()
+    job_ids = stream.job_ids
     for n in st.nodes:
         out = run([*enter_prefix(ClusterDir(stcluster).load(), n), "cat", "/etc/shoal-release"]).stdout
         assert out.strip() == "layer1 state test release"

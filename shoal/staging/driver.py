@@ -213,10 +213,12 @@ def wait_released(site: Site, job: str, timeout: float = EPILOG_TIMEOUT) -> None
 
 
 def srun_argv(site: Site, alloc: Allocation, nodes: Sequence[str], *cmd: str) -> list[str]:
+    # --mpi=none: shoal's own steps are not MPI, whatever the caller's SLURM_MPI_TYPE says (the
+    # login environment sets pmix for users' MPI; a PMIx server per step costs 2.4x the CPU)
     return site.argv(
         "srun", f"--jobid={alloc.job}", "--overlap", f"--nodes={len(nodes)}",
         f"--ntasks={len(nodes)}", "--ntasks-per-node=1", f"--nodelist={','.join(nodes)}",
-        "--kill-on-bad-exit=0", *cmd,
+        "--kill-on-bad-exit=0", "--mpi=none", *cmd,
     )
 
 

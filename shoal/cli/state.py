@@ -69,8 +69,8 @@ def state() -> None:
 @click.option("--munge-socket", default=None, help="munged socket for checking credentials.")
 @click.option(
     "--heartbeat-timeout",
-    type=float,
-    default=30.0,
+    type=click.FloatRange(0, 86400),
+    default=120.0,  # EngineConfig.heartbeat_timeout (imported lazily: `shoal --help` stays fast)
     show_default=True,
     help="Seconds without events before a node counts as unresponsive (0: never).",
 )

@@ -48,7 +48,12 @@ class RequestError(ShoalError):
 
 @dataclass
 class EngineConfig:
-    heartbeat_timeout: float = 30.0  # a node silent this long is UNRESPONSIVE (0: never)
+    # A node silent this long is UNRESPONSIVE (0: never). Two minutes, not seconds: a 32-node study
+    # job on 2 cores starved the nodes' listeners (each POST forks munge) for 31-40 s, and 30 s
+    # downed live nodes and requeued the job three times. Death is seen at once by other means
+    # (PID 1 watch, FATAL events); the heartbeat is the backstop for a wedged node, as Slurm's own
+    # SlurmdTimeout (300 s by default) is.
+    heartbeat_timeout: float = 120.0
     slurm_poll: float = 5.0  # Slurm's view is re-read this often (and right after each update)
     tick: float = 0.5  # deadlines and the transient-state grace are checked this often
     flush_delay: float = 0.01  # updates arriving within this window go in one scontrol batch

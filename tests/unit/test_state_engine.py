@@ -206,3 +206,12 @@ def test_bad_requests_are_request_errors(tmp_path: Path) -> None:
             eng.on_node_event(bad)
     with pytest.raises(RequestError):
         eng.set_desired(None, max_unavailable=0)
+
+
+def test_cli_heartbeat_default_is_the_engines() -> None:
+    """`shoal state serve --heartbeat-timeout` defaults to the engine's own value (the CLI spells
+    it as a literal so that --help does not import the engine)."""
+    from shoal.cli.state import serve
+
+    opt = next(p for p in serve.params if p.name == "heartbeat_timeout")
+    assert opt.default == EngineConfig().heartbeat_timeout >= 60

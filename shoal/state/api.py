@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,6 +35,39 @@ ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 SETTINGS: web.AppKey[dict[str, Any]] = web.AppKey("settings", dict)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class PeerLimits:
+    """What one TCP peer may hold (the unix socket is root's and not limited): open event streams,
+    and munge decodes in flight. Without them a job user on the cluster network could open streams
+    until memory ran out (each has a 10,000-event queue), or flood the service with bogus
+    credentials and hold every worker thread decoding them (a subprocess each), delaying every
+    node's heartbeats. Failures are not locked out: a node's listener shares its address with the
+    node's job users, and a lockout would let a user silence the node."""
+
+    def __init__(self, streams: int = 8, decodes: int = 2) -> None:
+        self.max_streams = streams
+        self.max_decodes = decodes
+        self.streams: Counter[str] = Counter()
+        self._decodes: dict[str, asyncio.Semaphore] = {}
+
+    def open_stream(self, peer: str) -> None:
+        if self.streams[peer] >= self.max_streams:
+            raise RequestError(f"{peer} has {self.streams[peer]} event streams open already", 429,
+                               "close one first: one stream carries every event")
+        self.streams[peer] += 1
+
+    def close_stream(self, peer: str) -> None:
+        self.streams[peer] -= 1
+        if self.streams[peer] <= 0:
+            del self.streams[peer]
+
+    def decode_slot(self, peer: str) -> asyncio.Semaphore:
+        """Held while decoding one of PEER's credentials: a peer waits for its own slots only."""
+        return self._decodes.setdefault(peer, asyncio.Semaphore(self.max_decodes))
+
+
+LIMITS: web.AppKey[PeerLimits] = web.AppKey("limits", PeerLimits)
 
 
 def _error(status: int, message: str, hint: str | None = None) -> web.Response:
@@ -80,31 +114,40 @@ def _on_unix_socket(request: web.Request) -> socket.socket | None:
 
 async def authenticate(request: web.Request, raw: bytes) -> auth.Principal:
     """The admin who sent this request, or RequestError 401/403."""
-    settings = request.app[SETTINGS]
-    admins: set[int] = settings["admin_uids"]
     sock = _on_unix_socket(request)
     if sock is not None:
-        who = auth.peer_credentials(sock)
-    else:
-        header = request.headers.get("Authorization", "")
-        scheme, _, cred = header.partition(" ")
-        if scheme != auth.SCHEME or not cred:
-            raise RequestError(
-                "this request changes state and needs a munge credential",
-                401,
-                f"send 'Authorization: {auth.SCHEME} <munge -s PAYLOAD>' (see docs)",
-            )
-        who, payload = await asyncio.to_thread(auth.decode, cred.strip(), settings.get("munge_socket"))
-        want = auth.request_payload(request.method, request.path, raw)
-        if payload != want:
-            raise RequestError(
-                "munge credential was made for another request",
-                403,
-                "credentials are bound to method, path and body",
-            )
+        return _admin(request, auth.peer_credentials(sock))
+    async with request.app[LIMITS].decode_slot(request.remote or "?"):
+        return await _munge_admin(request, raw)
+
+
+def _admin(request: web.Request, who: auth.Principal) -> auth.Principal:
+    admins: set[int] = request.app[SETTINGS]["admin_uids"]
     if who.uid not in admins:
         raise RequestError(f"uid {who.uid} may not change state", 403, f"allowed uids: {sorted(admins)}")
     return who
+
+
+async def _munge_admin(request: web.Request, raw: bytes) -> auth.Principal:
+    """Who signed this request's munge credential, if it is an admin."""
+    settings = request.app[SETTINGS]
+    header = request.headers.get("Authorization", "")
+    scheme, _, cred = header.partition(" ")
+    if scheme != auth.SCHEME or not cred:
+        raise RequestError(
+            "this request changes state and needs a munge credential",
+            401,
+            f"send 'Authorization: {auth.SCHEME} <munge -s PAYLOAD>' (see docs)",
+        )
+    who, payload = await asyncio.to_thread(auth.decode, cred.strip(), settings.get("munge_socket"))
+    want = auth.request_payload(request.method, request.path, raw)
+    if payload != want:
+        raise RequestError(
+            "munge credential was made for another request",
+            403,
+            "credentials are bound to method, path and body",
+        )
+    return _admin(request, who)
 
 
 def _names(data: dict[str, Any]) -> list[str] | None:
@@ -253,8 +296,17 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     if after_s and not after_s.isdigit():
         raise RequestError("'after' must be an event id (a non-negative integer)")
     after = int(after_s) if after_s else eng.store.last_event_id()
+    limits, peer = request.app[LIMITS], request.remote or "?"
+    on_unix = _on_unix_socket(request) is not None
+    if not on_unix:
+        limits.open_stream(peer)  # before the response starts: a refusal is still a 429
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await resp.prepare(request)
+    try:
+        await resp.prepare(request)
+    except BaseException:
+        if not on_unix:
+            limits.close_stream(peer)
+        raise
     q = eng.subscribe()  # before the replay, so nothing falls between the two
     try:
         for ev in eng.store.events_after(after, limit=10000):
@@ -274,6 +326,8 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
         pass  # the reader went away
     finally:
         eng.unsubscribe(q)
+        if not on_unix:
+            limits.close_stream(peer)
     return resp
 
 
@@ -380,6 +434,7 @@ def make_app(
 ) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
     app[ENGINE] = engine
+    app[LIMITS] = PeerLimits()
     app[SETTINGS] = {
         "admin_uids": admin_uids if admin_uids is not None else {0},
         "munge_socket": munge_socket,

@@ -278,7 +278,11 @@ def schema() -> dict[str, Any]:
                             "description": "replay events with a larger id first (or Last-Event-ID)",
                         }
                     ],
-                    "responses": {"200": {"description": "text/event-stream"}, "400": _ERR},
+                    "responses": {
+                        "200": {"description": "text/event-stream"},
+                        "400": _ERR,
+                        "429": {"description": "this address has its limit of open streams (8)"},
+                    },
                 }
             },
             "/metrics": {

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from shoal.runner import Completed, Runner, use_runner
 from shoal.state import auth
-from shoal.state.api import ROUTES, make_app
+from shoal.state.api import LIMITS, ROUTES, make_app
 from shoal.state.client import StateAPIError, StateClient
 from shoal.state.engine import Engine, EngineConfig
 from shoal.state.openapi import schema
@@ -200,6 +200,47 @@ def test_event_stream_replays_and_follows(tmp_path: Path) -> None:
         assert "service" in kinds and kinds[-1] == "freeze"  # replayed history, then live
         assert [e["id"] for e in got] == sorted({e["id"] for e in got})
         r.close()
+
+    serve(tmp_path, t)
+
+
+def test_one_peer_cannot_hold_unbounded_streams_or_decodes(tmp_path: Path) -> None:
+    """A job user on the cluster network: the 9th event stream from one address is refused (429)
+    and a closed stream frees its place; bogus credentials in flight are bounded per address, so
+    they never hold every worker thread (other peers' heartbeats keep being decoded)."""
+    async def t(c: TestClient[web.Request, web.Application], eng: Engine) -> None:
+        assert isinstance(c.server, TestServer)
+        limits = c.server.app[LIMITS]
+        streams = [await c.get("/events") for _ in range(limits.max_streams)]
+        assert all(r.status == 200 for r in streams)
+        over = await c.get("/events")
+        assert over.status == 429 and "event streams open already" in (await over.json())["error"]
+        streams.pop().close()
+        for _ in range(50):  # the server sees the disconnect
+            if sum(limits.streams.values()) < limits.max_streams:
+                break
+            await asyncio.sleep(0.02)
+        again = await c.get("/events")
+        assert again.status == 200
+        for r in [*streams, again]:
+            r.close()
+        # 20 bogus credentials at once: at most max_decodes of them are decoded at a time
+        body = json.dumps({"events": [{"node": "n1", "kind": "heartbeat", "programs": {}}]}).encode()
+        slot = limits.decode_slot("127.0.0.1")
+        most = 0
+
+        async def watch() -> None:
+            nonlocal most
+            while True:
+                most = max(most, limits.max_decodes - slot._value)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        bad = await asyncio.gather(*[
+            c.post("/dsc/events", data=body, headers={"Authorization": f"Munge MUNGE:0:{i:02x}"})
+            for i in range(20)])
+        watcher.cancel()
+        assert {r.status for r in bad} <= {401, 403} and most <= limits.max_decodes
 
     serve(tmp_path, t)
 

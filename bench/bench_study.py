@@ -129,8 +129,10 @@ def run_quick(spec_path: Path, keep: Path | None) -> tuple[Path, float, float]:
         ensure_in_store(image)  # outside the timed part: images are "already built"
     name = "bench"
     out = keep or Path(tempfile.mkdtemp(prefix="bench-study-"))
+    # the cluster the spec describes (its storage too: the harness refuses a mismatch)
     cfg = validate({"name": name, "nodes": spec.cluster.nodes or 4,
-                    "network": spec.cluster.network or "none"})
+                    "network": spec.cluster.network or "none",
+                    "storage": spec.cluster.storage or "bind"})
     if ClusterDir(name).exists():
         manager.down(name)  # not timed: the leftover of a killed earlier run
     t0 = time.monotonic()

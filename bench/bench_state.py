@@ -202,10 +202,9 @@ def baseline(name: str) -> dict[str, float]:
 
 def upgrade(name: str, new: Path, k: int) -> dict[str, Any]:
     st = ClusterDir(name).load()
-    ctl = enter_prefix(st, "ctl")
     for n in st.nodes:
         wait_ready(name, n)
-    with JobStream(ctl) as stream:  # short one-node jobs throughout the upgrade
+    with JobStream(slurm_client(st)) as stream:  # short one-node jobs throughout the upgrade
         time.sleep(3)
         after = last_event(name)
         t0 = time.monotonic()

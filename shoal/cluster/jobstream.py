@@ -4,21 +4,23 @@ Used by the state service's integration test and its benchmark (bench/bench_stat
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
 from types import TracebackType
 
-from shoal.runner import run
+from shoal.errors import ShoalError
+from shoal.slurm.client import SlurmClient
 
 
 class JobStream:
-    """`with JobStream(prefix) as js:` submits `sbatch -N1 --wrap SCRIPT` every INTERVAL seconds
-    through PREFIX (the login node's enter prefix) until the block ends; js.job_ids lists what
-    was accepted. A refused submission (no node available for a moment) is not an error: the
-    stream goes on, and whoever checks the jobs afterwards sees only the accepted ones."""
+    """`with JobStream(client) as js:` submits `sbatch -N1 --wrap SCRIPT` every INTERVAL seconds
+    through CLIENT (the login node's, `shoal.cluster.enter.slurm_client`) until the block ends;
+    js.job_ids lists what was accepted. A refused submission (no node available for a moment) is
+    not an error: the stream goes on, and whoever checks the jobs afterwards sees only the
+    accepted ones."""
 
-    def __init__(self, prefix: Sequence[str], *, script: str = "sleep 1", interval: float = 0.5) -> None:
-        self.prefix = list(prefix)
+    def __init__(self, client: SlurmClient, *, script: str = "sleep 1", interval: float = 0.5) -> None:
+        self.client = client
         self.script = script
         self.interval = interval
         self.job_ids: list[int] = []
@@ -26,11 +28,9 @@ class JobStream:
         self._thread = threading.Thread(target=self._submit, name="jobstream", daemon=True)
 
     def _submit(self) -> None:
-        argv = [*self.prefix, "sbatch", "--parsable", "-N1", "-o", "/dev/null", "--wrap", self.script]
         while not self._stop.is_set():
-            out = run(argv, check=False)
-            if out.returncode == 0:
-                self.job_ids.append(int(out.stdout.strip().split(";")[0]))
+            with contextlib.suppress(ShoalError):  # refused for a moment: the stream goes on
+                self.job_ids.append(self.client.submit_command(self.script, ["-N1", "-o", "/dev/null"]))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> JobStream:

@@ -15,7 +15,7 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -51,16 +51,20 @@ class PeerLimits:
         self.streams: Counter[str] = Counter()
         self._decodes: dict[str, asyncio.Semaphore] = {}
 
-    def open_stream(self, peer: str) -> None:
+    @contextlib.contextmanager
+    def stream(self, peer: str) -> Iterator[None]:
+        """One open event stream of PEER for the block; RequestError 429 over the limit (raised
+        before the response starts, so the refusal is still a status code)."""
         if self.streams[peer] >= self.max_streams:
             raise RequestError(f"{peer} has {self.streams[peer]} event streams open already", 429,
                                "close one first: one stream carries every event")
         self.streams[peer] += 1
-
-    def close_stream(self, peer: str) -> None:
-        self.streams[peer] -= 1
-        if self.streams[peer] <= 0:
-            del self.streams[peer]
+        try:
+            yield
+        finally:
+            self.streams[peer] -= 1
+            if self.streams[peer] <= 0:
+                del self.streams[peer]
 
     def decode_slot(self, peer: str) -> asyncio.Semaphore:
         """Held while decoding one of PEER's credentials: a peer waits for its own slots only."""
@@ -296,38 +300,31 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     if after_s and not after_s.isdigit():
         raise RequestError("'after' must be an event id (a non-negative integer)")
     after = int(after_s) if after_s else eng.store.last_event_id()
-    limits, peer = request.app[LIMITS], request.remote or "?"
-    on_unix = _on_unix_socket(request) is not None
-    if not on_unix:
-        limits.open_stream(peer)  # before the response starts: a refusal is still a 429
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    try:
+    # the unix socket is root's: not limited
+    held = (contextlib.nullcontext() if _on_unix_socket(request) is not None
+            else request.app[LIMITS].stream(request.remote or "?"))
+    with held:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-    except BaseException:
-        if not on_unix:
-            limits.close_stream(peer)
-        raise
-    q = eng.subscribe()  # before the replay, so nothing falls between the two
-    try:
-        for ev in eng.store.events_after(after, limit=10000):
-            await resp.write(_sse(ev))
-            after = ev["id"]
-        while True:
-            try:
-                async with asyncio.timeout(SSE_KEEPALIVE):  # not wait_for: see Engine._poller
-                    ev = await q.get()
-            except TimeoutError:
-                await resp.write(b": keepalive\n\n")
-                continue
-            if ev["id"] > after:
+        q = eng.subscribe()  # before the replay, so nothing falls between the two
+        try:
+            for ev in eng.store.events_after(after, limit=10000):
                 await resp.write(_sse(ev))
                 after = ev["id"]
-    except ConnectionResetError:
-        pass  # the reader went away
-    finally:
-        eng.unsubscribe(q)
-        if not on_unix:
-            limits.close_stream(peer)
+            while True:
+                try:
+                    async with asyncio.timeout(SSE_KEEPALIVE):  # not wait_for: see Engine._poller
+                        ev = await q.get()
+                except TimeoutError:
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                if ev["id"] > after:
+                    await resp.write(_sse(ev))
+                    after = ev["id"]
+        except ConnectionResetError:
+            pass  # the reader went away
+        finally:
+            eng.unsubscribe(q)
     return resp
 
 

@@ -208,7 +208,7 @@ def test_rolling_upgrade_under_jobs_survives_a_service_restart(stcluster: str, n
     for n in st.nodes:
         wait_for(functools.partial(ready, stcluster, n), 90, f"{n} ready")
     # Short one-node jobs, submitted throughout the upgrade.
-    with JobStream(ctl) as stream:
+    with JobStream(client) as stream:
         time.sleep(2)
         api(stcluster).request("PATCH", "/cfg/nodes", {"image": str(new), "max_unavailable": 1})
         # kill -9 the service while a node is being worked on, and start it again.

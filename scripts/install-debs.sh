@@ -22,6 +22,10 @@ need_builders=""
 for f in ch-image ch-convert; do
     [ -x "/usr/bin/$f" ] || [ -x "/usr/local/bin/$f" ] || need_builders=1
 done
+# ch-image runs the ch-run that sits beside it ("missing dependency: /usr/local/bin/ch-run")
+if [ -x /usr/local/bin/ch-image ] && [ ! -e /usr/local/bin/ch-run ]; then
+    need_builders=1
+fi
 
 if [ -z "$missing" ] && [ -z "$need_builders" ]; then
     echo "debian packages: all present"
@@ -53,6 +57,8 @@ else
         (cd "$tmp" && apt-get download -q charliecloud-builders)
         dpkg-deb -x "$tmp"/charliecloud-builders_*.deb "$tmp/x"
         install -m 0755 "$tmp/x/usr/bin/ch-image" "$tmp/x/usr/bin/ch-convert" /usr/local/bin/
+        # ch-image calls $(dirname $0)/ch-run: the runtime package's, beside it
+        [ -e /usr/local/bin/ch-run ] || ln -s /usr/bin/ch-run /usr/local/bin/ch-run
         # they find their library at $(dirname $0)/../lib/charliecloud
         mkdir -p /usr/local/lib
         [ -e /usr/local/lib/charliecloud ] || ln -s /usr/lib/charliecloud /usr/local/lib/charliecloud

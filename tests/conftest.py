@@ -8,7 +8,9 @@ same name left by a crashed earlier run is removed first.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -41,6 +43,39 @@ class ClusterHandle:
 
         prefix = enter.enter_prefix(ClusterDir(self.name).load(), node)
         return run([*prefix, *cmd], check=check, timeout=timeout)
+
+    def wait_idle(self, node: str, timeout: float = 120) -> str:
+        """Wait until Slurm shows NODE idle (no job, no Epilog still running); its last state."""
+        deadline = time.monotonic() + timeout
+        st = ""
+        while time.monotonic() < deadline:
+            st = self.ctl("sinfo", "-h", "-n", node, "-o", "%t").stdout.strip()
+            if st == "idle":
+                break
+            time.sleep(0.5)
+        return st
+
+    @contextmanager
+    def frozen(self, node: str) -> Iterator[None]:
+        """The state service (when the cluster runs one) leaves NODE alone meanwhile.
+
+        A test that breaks a node on purpose (stops its slurmd) freezes it: the engine would
+        otherwise start the program again at once (supervisor.restart), racing the test. A frozen
+        node that dies is still reported DOWN in Slurm (docs/STATE.md).
+        """
+        from shoal.cluster import statebackend
+        from shoal.cluster.state import ClusterDir
+        from shoal.state.client import StateClient
+
+        if not ClusterDir(self.name).load().config.get("state_service", True):
+            yield
+            return
+        api = StateClient(socket_path=str(statebackend.socket_path(self.name)))
+        api.request("POST", "/freeze", {"nodes": [node]})
+        try:
+            yield
+        finally:
+            api.request("POST", "/thaw", {"nodes": [node]})
 
     def __str__(self) -> str:
         return self.name

@@ -75,20 +75,12 @@ def test_job_runs_as_uid_1000(cluster: ClusterHandle) -> None:
     assert user == "shoal"
 
 
-def _wait_idle(cluster: ClusterHandle, node: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    st = ""
-    while time.monotonic() < deadline:
-        st = cluster.ctl("sinfo", "-h", "-n", node, "-o", "%t").stdout.strip()
-        if st == "idle":
-            return st
-        time.sleep(0.5)
-    return st
-
-
 @pytest.mark.parametrize("program", ["slurmd", "munged"])
 def test_killed_daemon_is_restarted_by_supervisord(cluster: ClusterHandle, program: str) -> None:
     node = cluster.nodes[1]
+    # Not while an earlier test's job is still completing there: slurmd killed in the middle
+    # of an Epilog leaves that job COMPLETING until slurmctld asks again, minutes later.
+    assert cluster.wait_idle(node) == "idle"
     state = ClusterDir(cluster.name).load()
     sup = supervisor_of(state, node)
     before = {p.name: p for p in sup.programs()}[program]
@@ -102,7 +94,7 @@ def test_killed_daemon_is_restarted_by_supervisord(cluster: ClusterHandle, progr
             break
         time.sleep(0.3)
     assert after.state == "RUNNING" and after.pid != before.pid
-    assert _wait_idle(cluster, node) == "idle"
+    assert cluster.wait_idle(node) == "idle"
     assert cluster.ctl("srun", "-w", node, "hostname").stdout.strip() == node
 
 

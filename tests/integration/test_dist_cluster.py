@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,7 @@ def test_run_on_four_nodes(method: str, cluster_name: str, tmp_path: Path) -> No
     assert_clean(cluster_name, hosts)
 
 
-def test_node_dies_mid_staging(cluster_name: str) -> None:
+def test_node_dies_mid_staging(cluster: ClusterHandle, cluster_name: str) -> None:
     """slurmd of one node is stopped as staging starts: the command names it and cleans up the
     others."""
     import threading
@@ -96,6 +97,10 @@ def test_node_dies_mid_staging(cluster_name: str) -> None:
     state = ClusterDir(cluster_name).load()
     supervisorctl = [*enter.enter_prefix(state, victim), "supervisorctl", "-c",
                      "/etc/supervisor/supervisord.conf"]
+    # The state service would start the stopped slurmd again within a second or so
+    # (supervisor.restart), and the node would stage after all: it is frozen meanwhile.
+    thaw = ExitStack()
+    thaw.enter_context(cluster.frozen(victim))
 
     def kill_later() -> None:
         # the node "dies" while staging starts: its slurmd stops, and any step daemon of this
@@ -121,9 +126,12 @@ def test_node_dies_mid_staging(cluster_name: str) -> None:
     finally:
         killer.join()
         run([*supervisorctl, "start", "slurmd"], timeout=60, check=False)
+        thaw.close()
         driver.release(site, alloc.job)
         for node in alloc.nodes:
             on_node(cluster_name, node, "rm", "-rf", f"/tmp/shoal/{alloc.job}")
+        # back in service (the state service resumes it) before the next test allocates
+        cluster.wait_idle(victim)
 
 
 def test_bcast_middle_node_killed(cluster_name: str) -> None:

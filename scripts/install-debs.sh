@@ -65,6 +65,16 @@ else
     fi
 fi
 
+# Slurm's mpi/pmix plugin dlopens the unversioned libpmix.so (srun --mpi=pmix on the login node,
+# which runs on the host's /usr). Only libpmix-dev ships that name, and it pulls in autotools and
+# a dozen -dev packages: the one symlink it would add is made here instead (the layer1 image does
+# the same, shoal/images/recipes/layer1/Dockerfile).
+pmix=/usr/lib/x86_64-linux-gnu/pmix2/lib
+if [ "$(id -u)" = 0 ] && [ -e "$pmix/libpmix.so.2" ] && [ ! -e "$pmix/libpmix.so" ]; then
+    echo "libpmix: $pmix/libpmix.so -> libpmix.so.2 (what libpmix-dev would add)"
+    ln -s libpmix.so.2 "$pmix/libpmix.so"
+fi
+
 # Nothing enabled at boot that the user did not ask for (also repairs an older setup).
 if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null 2>&1; then
     for s in $SHOAL_SERVICES; do

@@ -232,7 +232,9 @@ def _boot(cfg: ClusterConfig, cd: ClusterDir, state: ClusterState, image: Path, 
     addr = Addressing(state.index)
     for d in (cd.etc_slurm, cd.home, cd.pfs / "store", cd.ctl / "log", cd.ctl / "spool", cd.logs):
         d.mkdir(parents=True, exist_ok=True)
-    os.chmod(cd.pfs, 0o1777)
+    # /pfs is root's; each user writes in its own /pfs/users/NAME (storage.py: on sshfs storage
+    # that directory is mounted through the user's own SFTP session, so the user owns its files)
+    storage.make_user_dirs(cd.pfs)
     # Mount points the controller binds over on the host's root filesystem.
     for p in ("/pfs", "/etc/slurm", "/etc/shoal", "/root/.ssh"):
         Path(p).mkdir(parents=True, exist_ok=True)

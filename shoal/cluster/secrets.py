@@ -19,6 +19,7 @@ from shoal.fsutil import write_file
 from shoal.runner import run
 
 SHOAL_UID = 1000  # the cluster user `shoal` on every host
+SHOAL_USER = "shoal"
 HOST_KEY = "ssh_host_ed25519_key"
 # Three client keys, one per trust level (docs/SECURITY.md): root's (admin ssh to every host),
 # the user `shoal`'s (in its home, which every job of the user can read), and the one the

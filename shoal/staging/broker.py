@@ -57,6 +57,14 @@ NODE_SOCKET = priv.BROKER_SOCKET  # where a node sees its root-only socket
 NODE_USER_SOCKET = priv.BROKER_USER_SOCKET  # and the one job steps of any user may use
 NODE_STORE = "/pfs/store"
 LIVE_STATES = ("RUNNING", "CONFIGURING", "COMPLETING")
+# Requests one socket serves at once. The user socket is open to every job step of the node, and
+# each request may fork scontrol/losetup/mount: without a bound, one user opening connections in a
+# loop holds a host thread (and its fork) per connection. Beyond it the answer is "busy" at once
+# (the client retries with back-off, privileged.broker_call); a node's legitimate load is one
+# Prolog, one Epilog and one mount-local per job step, so 4 is never reached by honest work.
+SLOTS_PER_SOCKET = 4
+# A request is one short line: a client that connects and says nothing is dropped after this.
+RECV_TIMEOUT = 10.0
 
 
 class Broker:
@@ -321,18 +329,33 @@ class Broker:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         broker = self
+        slots = threading.BoundedSemaphore(SLOTS_PER_SOCKET)
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 sock: socket.socket = self.request
-                sock.settimeout(600)
-                line, fds = _recv_request(sock)
-                uid = None
-                if user:
-                    _pid, uid, _gid = struct.unpack(
-                        "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-                answer = broker.handle(node, line, uid, fds)
-                sock.sendall(json.dumps(answer).encode() + b"\n")
+                if not slots.acquire(blocking=False):
+                    broker.log(f"{node}: busy, a request turned away ({'user' if user else 'root'} socket)")
+                    with contextlib.suppress(OSError):
+                        sock.sendall(json.dumps({"ok": False, "busy": True, "error": "busy"}).encode()
+                                     + b"\n")
+                    return
+                try:
+                    sock.settimeout(RECV_TIMEOUT)
+                    try:
+                        line, fds = _recv_request(sock)
+                    except OSError as exc:
+                        broker.log(f"{node}: dropped a client that sent no request: {exc}")
+                        return
+                    uid = None
+                    if user:
+                        _pid, uid, _gid = struct.unpack(
+                            "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+                    answer = broker.handle(node, line, uid, fds)
+                    sock.settimeout(60)
+                    sock.sendall(json.dumps(answer).encode() + b"\n")
+                finally:
+                    slots.release()
 
         srv = socketserver.ThreadingUnixStreamServer(str(path), Handler)
         srv.daemon_threads = True
@@ -367,15 +390,20 @@ def _recv_request(sock: socket.socket) -> tuple[bytes, list[int]]:
     """One request line and any descriptors passed with it (SCM_RIGHTS)."""
     buf = b""
     fds: list[int] = []
-    while not buf.endswith(b"\n") and len(buf) < 65536:
-        data, ancdata, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(4 * 4))
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                n = len(payload) - len(payload) % 4
-                fds += list(struct.unpack(f"{n // 4}i", payload[:n]))
-        if not data:
-            break
-        buf += data
+    try:
+        while not buf.endswith(b"\n") and len(buf) < 65536:
+            data, ancdata, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(4 * 4))
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    n = len(payload) - len(payload) % 4
+                    fds += list(struct.unpack(f"{n // 4}i", payload[:n]))
+            if not data:
+                break
+            buf += data
+    except OSError:  # a client that stalls past RECV_TIMEOUT or goes away: keep no descriptor
+        for fd in fds:
+            os.close(fd)
+        raise
     return buf, fds
 
 

@@ -59,6 +59,10 @@ class Refused(Exception):
     """A request root will not act on (the message says why; logged, never a traceback)."""
 
 
+class Busy(Refused):
+    """The broker turned the request away for now (too many at once on this socket)."""
+
+
 # ---- the request: job comment -----------------------------------------------------------------
 
 
@@ -333,7 +337,22 @@ def can_mount() -> bool:
 def broker_call(request: Dict[str, Any], path: str = BROKER_SOCKET,
                 timeout: float = 300.0, fd: Optional[int] = None) -> Dict[str, Any]:
     """One request to the mount broker (with FD passed along, if given); its answer. Raises
-    Refused when it refuses."""
+    Refused when it refuses. A "busy" answer (the socket serves a few requests at once,
+    broker.SLOTS_PER_SOCKET) is tried again with back-off for up to a minute."""
+    deadline = time.monotonic() + min(timeout, 60.0)
+    pause = 0.05
+    while True:
+        try:
+            return _broker_call_once(request, path, timeout, fd)
+        except Busy:
+            if time.monotonic() + pause > deadline:
+                raise Refused(f"mount broker at {path}: busy for {min(timeout, 60.0):.0f} s")
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+def _broker_call_once(request: Dict[str, Any], path: str, timeout: float,
+                      fd: Optional[int]) -> Dict[str, Any]:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -357,6 +376,8 @@ def broker_call(request: Dict[str, Any], path: str = BROKER_SOCKET,
         answer = json.loads(buf.decode() or "{}")
     except ValueError:
         raise Refused("mount broker answered garbage")
+    if isinstance(answer, dict) and answer.get("busy"):
+        raise Busy("busy")
     if not isinstance(answer, dict) or not answer.get("ok"):
         raise Refused("mount broker refused: {}".format(
             answer.get("error") if isinstance(answer, dict) else answer))

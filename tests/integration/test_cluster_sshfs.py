@@ -98,16 +98,29 @@ def test_file_written_on_controller_is_seen_on_every_node(cluster: ClusterState)
         assert shoal_exec(node, "cat", f"/pfs/sfs-{token}.txt").strip() == token
 
 
-def test_cluster_user_reads_and_writes_pfs(cluster: ClusterState) -> None:
-    shoal_exec("node1", "runuser", "-u", "shoal", "--", "sh", "-c",
-               "echo from-node1 > /pfs/u-f")
-    out = shoal_exec("node2", "runuser", "-u", "shoal", "--", "cat", "/pfs/u-f")
-    assert out.split() == ["from-node1"]
-    # per-user permissions (default_permissions, docs/SECURITY.md): the user writes no file that
-    # is not its own, and SFTP makes root the owner of what it creates (like all_squash)
-    denied = run([*SHOAL, "cluster", "exec", "--name", NAME, "--node", "node2", "--", "runuser",
-                  "-u", "shoal", "--", "sh", "-c", "echo x >> /pfs/u-f"], check=False, timeout=60)
-    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+def test_cluster_user_owns_what_it_writes_in_its_pfs_dir(cluster: ClusterState) -> None:
+    """Per-user ownership across the network: /pfs/users/shoal is mounted through the user's own
+    SFTP session, so a file uid 1000 creates there is uid 1000's on the storage host and on every
+    host, and the user can write it again; /pfs itself is root's."""
+    mine = "/pfs/users/shoal/u-f"
+    as_user = ["runuser", "-u", "shoal", "--", "sh", "-c"]
+    shoal_exec("node1", *as_user, f"echo from-node1 > {mine}")
+    assert shoal_exec("node2", *as_user, f"cat {mine}").split() == ["from-node1"]
+    # its own on the storage host (the host's pfs dir) and on every host of the cluster
+    assert (ClusterDir(NAME).pfs / "users" / "shoal" / "u-f").stat().st_uid == 1000
+    for host in (None, "node2"):
+        assert shoal_exec(host, "stat", "-c", "%u %g", mine).split() == ["1000", "1000"]
+    # and it writes it again from another node; root in the user's directory writes as the user
+    shoal_exec("node2", *as_user, f"echo again >> {mine}")
+    shoal_exec("node2", "sh", "-c", "echo by-root > /pfs/users/shoal/r-f")
+    assert shoal_exec("node1", "stat", "-c", "%u", "/pfs/users/shoal/r-f").split() == ["1000"]
+    # nothing outside its directory: /pfs is root's, and root's files stay root's
+    shoal_exec(None, "sh", "-c", "echo root > /pfs/root-f")
+    for attack in ("echo x > /pfs/u-new", "echo x >> /pfs/root-f", "rm -f /pfs/root-f"):
+        denied = run([*SHOAL, "cluster", "exec", "--name", NAME, "--node", "node2", "--",
+                      *as_user, attack], check=False, timeout=60)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, attack
+    assert shoal_exec("node1", "cat", "/pfs/root-f").split() == ["root"]
 
 
 def test_absolute_symlinks_are_kept(cluster: ClusterState) -> None:

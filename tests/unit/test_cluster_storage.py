@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import socket
+import stat
 import subprocess
 from pathlib import Path
 
@@ -105,7 +106,9 @@ def test_sshd_config_is_sftp_only_key_only_chrooted(tmp_path: Path) -> None:
     assert lines["ForceCommand"].startswith("internal-sftp")
     assert lines["Subsystem"].startswith("sftp internal-sftp")
     assert lines["ChrootDirectory"] == str(files.export)
-    assert lines["AuthorizedKeysFile"] == str(files.authorized_keys)
+    # one key file per user, in the storage host's own /run (sshd reads it with the user's uid)
+    assert lines["AuthorizedKeysFile"] == f"{storage.KEYS_DIR}/%u"
+    assert lines["AllowUsers"].split() == ["root", "shoal"]
     assert lines["HostKey"] == str(files.host_key)
 
 
@@ -134,6 +137,23 @@ def test_mount_script_is_valid_sh_and_takes_the_mountpoint(tmp_path: Path) -> No
     subprocess.run(["sh", "-n", str(script)], check=True)
     assert '"$1" -o allow_other' in text
     assert "-ge 3" in text
+    # /pfs as root, then the user's own directory through the user's own SFTP session
+    assert "root@10.250.7.3:/pfs \"$1\" -o" in text
+    assert "shoal@10.250.7.3:/pfs/users/shoal \"$1\"/users/shoal -o" in text
+    assert text.index("root@10.250.7.3") < text.index("shoal@10.250.7.3")
+
+
+def test_user_dirs_are_the_users_and_pfs_is_roots(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    pfs = tmp_path / "pfs"
+    pfs.mkdir(mode=0o1777)
+    storage.make_user_dirs(pfs)
+    storage.make_user_dirs(pfs)  # idempotent (a cluster booted again)
+    assert stat.S_IMODE(pfs.stat().st_mode) == 0o755
+    own = pfs / "users" / "shoal"
+    st = own.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1000, 0o700)
 
 
 def test_storage_init_script_is_valid_sh(tmp_path: Path) -> None:

@@ -104,9 +104,13 @@ def _install_db_running(root: Path) -> bool:
 def test_second_ctrl_c_during_cleanup_leaves_nothing(own: str) -> None:
     cd = ClusterDir(own)
     for _attempt in range(3):
+        # SIGINT as at a terminal: a test run started in the background (`.ci/run &` from a
+        # script) ignores SIGINT, children inherit that, and Python then installs no
+        # KeyboardInterrupt handler: every Ctrl-C below would be lost and `up` would finish.
         proc = subprocess.Popen([*SHOAL, "cluster", "up", "--name", own, "--nodes", "1"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             # interrupt once the namespaces exist (and the host-side helper that copies the
             # accounting database, `up`'s one process outside them, may still run). `up` is

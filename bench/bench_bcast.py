@@ -53,6 +53,7 @@ from shoal.cluster.config import NETWORK_PROFILES, ClusterConfig
 from shoal.cluster.state import ClusterDir
 from shoal.staging import bcast as bc
 from shoal.staging import driver
+from shoal.staging.privileged import stage_comment
 from shoal.staging.registry import get_method
 
 NAME = "bcastb"
@@ -196,7 +197,10 @@ def main() -> int:
         site = driver.site_for(NAME)
         rnd = random.Random(12)
         for n in counts:
-            alloc = driver.allocate(site, n, time_limit="60")
+            # the job's comment vouches for the loop mounts of the broadcast copies (the mount
+            # broker reads it back from slurmctld; either squashfs broadcast method may name it)
+            alloc = driver.allocate(site, n, time_limit="60",
+                                    comment=stage_comment("bcast-squashfs", IMAGE))
             try:
                 if "registry" in methods:  # fill the registry first: not part of any timing
                     driver.prepare(NAME, get_method("registry"), IMAGE, site.store_local)

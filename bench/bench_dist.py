@@ -7,8 +7,9 @@
 ONE virtual cluster `bd` (as many nodes as the largest count, 16 by default; network eth10g =
 1 Gbit/s per link shaped with tbf, storage sshfs: /pfs and the image store are served by a storage
 host over its own shaped link) is booted for the whole run and taken down at the end, also on an
-error, Ctrl-C or SIGTERM. For each node count N one allocation of N nodes is held; in it, for
-each image and each registered method, the image is staged with the driver (shoal.staging.driver,
+error, Ctrl-C or SIGTERM. For each node count N, image and registered method, one allocation of
+N nodes is made (its comment names the method and image where the method mounts, as `shoal run`
+does: the Prolog protocol); in it the image is staged with the driver (shoal.staging.driver,
 as `shoal run` does), then, for the lazy (mount) methods, catwalk (read every byte of the image)
 runs in the container on every node (the first-access cost: the part of the work a lazy method
 defers; `--walk all` also walks the node-local copies), then the nodes are cleaned up.
@@ -55,6 +56,7 @@ from shoal.cluster.config import NETWORK_PROFILES, ClusterConfig
 from shoal.errors import ShoalError
 from shoal.runner import run
 from shoal.staging import driver
+from shoal.staging.privileged import stage_comment
 from shoal.staging.registry import get_method, method_names
 
 NAME = "bd"
@@ -324,24 +326,28 @@ def main() -> int:
                       console=console) as progress:
             task = progress.add_task("allocating", total=total)
             for n in counts:
-                progress.update(task, description=f"N={n}: allocating")
-                alloc = driver.allocate(site, n, time_limit="60")
-                try:
-                    for img in images.values():
-                        for method in methods:
-                            progress.update(task, description=f"N={n} {img.name} {method}")
-                            walk = args.walk == "all" or (args.walk == "lazy" and method in LAZY)
+                for img in images.values():
+                    for method in methods:
+                        progress.update(task, description=f"N={n} {img.name} {method}")
+                        walk = args.walk == "all" or (args.walk == "lazy" and method in LAZY)
+                        # one allocation per run: a mount is made only for a job whose comment
+                        # asks for that method and image (the Prolog protocol, docs/SECURITY.md)
+                        comment = (stage_comment(method, img.name)
+                                   if get_method(method).privileged else None)
+                        alloc = driver.allocate(site, n, time_limit="60", comment=comment)
+                        try:
                             row = run_one(site, alloc, agent, method, img, args.fanout, walk,
                                           args.timeout)
-                            row.stage_limit_s, row.walk_limit_s = limits(
-                                method, img, n, link_bps, args.fanout)
-                            rows.append(row)
-                            if row.error:
-                                progress.console.print(f"[red]N={n} {img.name} {method}: "
-                                                       f"{row.error}[/]")
-                            progress.advance(task)
-                finally:
-                    driver.release(site, alloc.job)
+                        finally:
+                            driver.release(site, alloc.job)
+                            driver.wait_released(site, alloc.job)
+                        row.stage_limit_s, row.walk_limit_s = limits(
+                            method, img, n, link_bps, args.fanout)
+                        rows.append(row)
+                        if row.error:
+                            progress.console.print(f"[red]N={n} {img.name} {method}: "
+                                                   f"{row.error}[/]")
+                        progress.advance(task)
     elapsed = time.monotonic() - t_start
     rows.sort(key=lambda r: (image_names.index(r.image), methods.index(r.method), r.nodes))
     console.print(results_table(rows, images, link_bps, args.fanout, elapsed))

@@ -46,10 +46,14 @@ class ClusterHandle:
 
     def wait_idle(self, node: str, timeout: float = 120) -> str:
         """Wait until Slurm shows NODE idle (no job, no Epilog still running); its last state."""
+        from shoal.cluster import manager
+        from shoal.cluster.state import ClusterDir
+
+        state = ClusterDir(self.name).load()
         deadline = time.monotonic() + timeout
         st = ""
         while time.monotonic() < deadline:
-            st = self.ctl("sinfo", "-h", "-n", node, "-o", "%t").stdout.strip()
+            st = manager.node_states(state).get(node, "")
             if st == "idle":
                 break
             time.sleep(0.5)

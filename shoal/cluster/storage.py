@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal.cluster import scripts
+from shoal.cluster.controller import with_user
 from shoal.cluster.netns import is_alive
 from shoal.cluster.secrets import SHOAL_UID, SHOAL_USER, STORAGE_KEY
 from shoal.cluster.slurmconf import Addressing
@@ -66,6 +67,9 @@ PFS_USERS = ((SHOAL_USER, SHOAL_UID),)
 # Where the storage host's sshd finds each user's authorized keys (%u): its own tmpfs /run,
 # root-owned all the way down, as StrictModes wants for a key file read with the user's uid.
 KEYS_DIR = "/run/shoal-keys"
+# Who may log in to the storage host's sshd (SFTP only): root's session serves /pfs, each user's
+# its own directory.
+LOGIN_USERS = ("root", *(name for name, _ in PFS_USERS))
 
 
 def user_dir(pfs: Path | str, user: str) -> Path:
@@ -251,7 +255,7 @@ HostKey {files.host_key}
 PidFile none
 # one file per user (storage-init.sh copies them to its /run): read with that user's uid
 AuthorizedKeysFile {KEYS_DIR}/%u
-AllowUsers {" ".join(["root", *(n for n, _ in PFS_USERS)])}
+AllowUsers {" ".join(LOGIN_USERS)}
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
 PasswordAuthentication no
@@ -365,8 +369,6 @@ def prepare(cd: ClusterDir, addr: Addressing, store: Path, tbf: str) -> tuple[di
     host_pub = " ".join((cd.secrets / "ssh_host_ed25519_key.pub").read_text().split()[:2])
     _write(files.authorized_keys, render_authorized_keys(client_pub, addr.subnet), 0o600)
     # the storage host's own passwd/group: sshd needs the cluster users by name
-    from shoal.cluster.controller import with_user
-
     _write(files.passwd, with_user(Path("/etc/passwd").read_text(), "passwd"), 0o644)
     _write(files.group, with_user(Path("/etc/group").read_text(), "group"), 0o644)
     _write(files.known_hosts, f"{addr.storage} {host_pub}\n", 0o644)
@@ -385,7 +387,7 @@ def prepare(cd: ClusterDir, addr: Addressing, store: Path, tbf: str) -> tuple[di
         "SHOAL_STORAGE_SUPERVISORD": str(files.supervisord_conf),
         "SHOAL_AUTHORIZED_KEYS": str(files.authorized_keys),
         "SHOAL_KEYS_DIR": KEYS_DIR,
-        "SHOAL_KEY_USERS": " ".join(["root", *(n for n, _ in PFS_USERS)]),
+        "SHOAL_KEY_USERS": " ".join(LOGIN_USERS),
         "SHOAL_PASSWD": str(files.passwd),
         "SHOAL_GROUP": str(files.group),
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",

@@ -71,12 +71,29 @@ def test_ssh_to_the_last_node(big: tuple[ClusterState, float]) -> None:
     assert ctl(state, "ssh", f"node{NODES}", "hostname").strip() == f"node{NODES}"
 
 
+def wait_all_idle(state: ClusterState, timeout: float = 120) -> dict[str, str]:
+    """The srun test's job leaves 128 Epilogs behind; on a loaded machine some nodes are still
+    COMPLETING when the next test starts. Wait for Slurm to show them idle; the last states."""
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = manager.node_states(state)
+        if len(states) == NODES and all(s == "idle" for s in states.values()):
+            break
+        time.sleep(1)
+    return states
+
+
 def test_status_shows_every_node_running_with_its_pss(big: tuple[ClusterState, float]) -> None:
     state, _ = big
+    states = wait_all_idle(state)
+    assert len(states) == NODES, f"slurmctld knows {len(states)} nodes"
     t0 = time.monotonic()
     _, nodes = cluster_status(state.name)
     took = time.monotonic() - t0
-    assert len(nodes) == NODES and all(n.slurm_state == "idle" for n in nodes)
+    assert len(nodes) == NODES
+    busy = {n.name: n.slurm_state for n in nodes if n.slurm_state != "idle"}
+    assert not busy, f"not idle after 120 s: {busy}"
     want = {"rsyslogd", "munged", "slurmd", "sshd"}
     for n in nodes:
         running = {p.name for p in n.programs if p.state == "RUNNING"}

@@ -12,13 +12,35 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
 
 from shoal.runner import Completed, run
 
+if TYPE_CHECKING:
+    from shoal.cluster.state import ClusterState
+
 SESSION_CLUSTER = os.environ.get("SHOAL_TEST_CLUSTER_NAME", "pytest")
 SESSION_NODES = 4
+
+
+def wait_idle(state: ClusterState, nodes: list[str], timeout: float = 120) -> dict[str, str]:
+    """Wait until Slurm shows every one of NODES idle; Slurm's last states (node -> state).
+
+    A job's srun returns before its Epilog has run on every node, so right after a job the
+    nodes are COMPLETING for a moment, the longer the more loaded the machine is.
+    """
+    from shoal.cluster import manager
+
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = manager.node_states(state)
+        if all(states.get(n) == "idle" for n in nodes):
+            break
+        time.sleep(0.5)
+    return states
 
 
 @dataclass
@@ -46,18 +68,9 @@ class ClusterHandle:
 
     def wait_idle(self, node: str, timeout: float = 120) -> str:
         """Wait until Slurm shows NODE idle (no job, no Epilog still running); its last state."""
-        from shoal.cluster import manager
         from shoal.cluster.state import ClusterDir
 
-        state = ClusterDir(self.name).load()
-        deadline = time.monotonic() + timeout
-        st = ""
-        while time.monotonic() < deadline:
-            st = manager.node_states(state).get(node, "")
-            if st == "idle":
-                break
-            time.sleep(0.5)
-        return st
+        return wait_idle(ClusterDir(self.name).load(), [node], timeout).get(node, "")
 
     @contextmanager
     def frozen(self, node: str) -> Iterator[None]:

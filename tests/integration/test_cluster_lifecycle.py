@@ -19,6 +19,7 @@ from shoal.cluster.config import ClusterConfig
 from shoal.cluster.state import ClusterDir
 from shoal.cluster.topology import Addressing
 from shoal.errors import ClusterError
+from tests.conftest import wait_idle
 
 pytestmark = pytest.mark.cluster
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
@@ -135,5 +136,6 @@ def test_two_clusters_run_at_once_on_distinct_subnets(small_cluster: str) -> Non
                 capture_output=True, text=True, timeout=60, check=True,
             ).stdout
             assert out.startswith(Addressing(st.index).prefix)
-    # taking one down leaves the other running
-    assert set(manager.node_states(ClusterDir(small_cluster).load()).values()) == {"idle"}
+    # taking one down leaves the other running (its srun's Epilog may still run: wait_idle)
+    state = ClusterDir(small_cluster).load()
+    assert set(wait_idle(state, state.nodes).values()) == {"idle"}

@@ -20,7 +20,7 @@ from shoal.cluster.state import ClusterState
 from shoal.cluster.status import cluster_status
 from shoal.cluster.topology import Addressing
 from shoal.runner import run
-from tests.conftest import SESSION_CLUSTER
+from tests.conftest import SESSION_CLUSTER, wait_idle
 
 pytestmark = pytest.mark.cluster
 
@@ -71,22 +71,10 @@ def test_ssh_to_the_last_node(big: tuple[ClusterState, float]) -> None:
     assert ctl(state, "ssh", f"node{NODES}", "hostname").strip() == f"node{NODES}"
 
 
-def wait_all_idle(state: ClusterState, timeout: float = 120) -> dict[str, str]:
-    """The srun test's job leaves 128 Epilogs behind; on a loaded machine some nodes are still
-    COMPLETING when the next test starts. Wait for Slurm to show them idle; the last states."""
-    deadline = time.monotonic() + timeout
-    states: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        states = manager.node_states(state)
-        if len(states) == NODES and all(s == "idle" for s in states.values()):
-            break
-        time.sleep(1)
-    return states
-
-
 def test_status_shows_every_node_running_with_its_pss(big: tuple[ClusterState, float]) -> None:
     state, _ = big
-    states = wait_all_idle(state)
+    # the srun test's job may still run 128 Epilogs on a loaded machine
+    states = wait_idle(state, state.nodes)
     assert len(states) == NODES, f"slurmctld knows {len(states)} nodes"
     t0 = time.monotonic()
     _, nodes = cluster_status(state.name)

@@ -20,11 +20,15 @@ store, without the cluster package importing the staging package above it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
 import marshal
 import os
+import re
+import stat
+import time
 import zipfile
 from pathlib import Path
 
@@ -137,11 +141,28 @@ def write_bundle(dest: str | os.PathLike[str]) -> Path:
     return path
 
 
+# A published bundle nobody published again for this long is removed by the next publish of
+# another one: every `shoal run`, study or `cluster up` publishes (touches) the bundle its shoal
+# uses, so only bundles of shoal versions not run for a month go; a job script naming one of those
+# still queued after a month would fail its Prolog with "no such file", loudly.
+PRUNE_AFTER_S = 30 * 86400
+_BUNDLE_NAME = re.compile(r"agent-[0-9a-f]{16}\.pyz")
+
+
 def publish(store: str | os.PathLike[str]) -> str:
-    """Put the bundle under the store's .shoal/ named by its hash; return its file name."""
+    """Put the bundle under the store's .shoal/ named by its hash; return its file name.
+
+    The store's owner (root) also marks it as in use (mtime) and removes bundles unused for
+    PRUNE_AFTER_S; another user only reads what is there.
+    """
     name = f"agent-{bundle_hash()}.pyz"
     dest = Path(store) / ".shoal" / name
-    if not dest.exists():
+    if dest.exists():
+        if os.access(dest.parent, os.W_OK):
+            with contextlib.suppress(OSError):  # a bundle another process just pruned: next run
+                os.utime(dest)
+                prune(dest.parent, keep=name)
+    else:
         # root runs this file on every node (Prolog, job steps of root): only the store's owner
         # (root) may put it there; a user gets the one the admin published
         if not os.access(dest.parent if dest.parent.exists() else store, os.W_OK):
@@ -151,4 +172,22 @@ def publish(store: str | os.PathLike[str]) -> str:
                 hint="ask the admin to run `shoal cluster up` (or any `shoal run` as root) with "
                      "this version of shoal, which publishes it")
         write_bundle(dest)
+        prune(dest.parent, keep=name)
     return name
+
+
+def prune(folder: Path, keep: str, now: float | None = None) -> list[str]:
+    """Remove agent bundles in FOLDER (the store's .shoal/) not published for PRUNE_AFTER_S,
+    never KEEP; the names removed. Only regular files named like a bundle (lstat: a link
+    planted there is not followed, and is not ours to remove)."""
+    cutoff = (time.time() if now is None else now) - PRUNE_AFTER_S
+    gone: list[str] = []
+    for entry in os.scandir(folder):
+        if entry.name == keep or not _BUNDLE_NAME.fullmatch(entry.name):
+            continue
+        with contextlib.suppress(OSError):
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                os.unlink(entry.path)
+                gone.append(entry.name)
+    return gone

@@ -7,7 +7,7 @@ never ``re.match(...$)``, whose ``$`` also matches before a trailing newline, so
 The alphabets hold no ``/`` and a name cannot start with ``.``, so no name can be ``..``, absolute,
 or hidden (``.lock-*``, ``.tmp-*`` are the store's own).
 
-Shipped in the node bundle (shoal/staging/bundle.py): stdlib only, Python 3.6 syntax.
+Shipped in the node bundle (shoal/bundle.py): stdlib only, Python 3.6 syntax.
 """
 
 import re

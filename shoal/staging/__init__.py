@@ -4,9 +4,9 @@
     methods/      one module per method: untar, sbcast, squashfs-kernel, squashfuse, shared-dir,
                   sbcast-squashfs (stdlib only)
     nodeagent.py  the per-node program: check, stage, verify, cleanup, prolog, epilog (stdlib only)
-    bundle.py     packs the node side into one zipapp that plain python3 runs on the nodes
     driver.py     the submit side: allocation, collective steps (sbcast), srun of the agent,
                   per-node records and tables, cleanup on failure, `shoal run`
 
+shoal/bundle.py packs the node side into one zipapp that plain python3 runs on the nodes.
 This file stays free of imports: the bundle ships a copy of the package without the driver.
 """

@@ -94,12 +94,18 @@ def test_eth1g_one_node_is_link_bound_and_memory_limit_counts_tmpfs(
         recs = run_one(tmp_path, name, 1)
         r = recs[0]
         # the link bounds the run unless other users starve it of CPU: then the rule must say
-        # cpu (never "link" for what CPU contention did), and the host must really have been busy
+        # cpu (never "link" for what CPU contention did), and the host must really have been busy.
+        # A moderately loaded machine (busy, but below HOST_BUSY) can keep the link just under
+        # SATURATED: the rule's step 3 then names the most used resource, still the link.
+        seen = {k: r[k] for k in ("bound", "util_link", "util_cpu", "host_cpu_util", "host_cores")}
         if r["util_link"] >= accounting.SATURATED:
-            assert r["bound"] == "link", r
+            assert r["bound"] == "link", seen
+        elif r["host_cpu_util"] >= accounting.HOST_BUSY:
+            assert r["bound"] == "cpu", seen
+            assert r["util_cpu"] * r["host_cores"] < 1.0, seen  # not this cluster's own CPU use
         else:
-            assert r["bound"] == "cpu" and r["host_cpu_util"] >= accounting.HOST_BUSY, r
-            assert r["util_cpu"] * r["host_cores"] < 1.0  # not this cluster's own CPU use
+            assert r["bound"] == "link" and r["util_link"] >= accounting.OVERHEAD_BELOW, seen
+            assert r["util_link"] > r["util_cpu"], seen
         # the storage host served the tarball once, counted at its link
         assert IMAGE_BYTES * 0.95 <= r["storage_served_bytes"] <= IMAGE_BYTES * 1.2
         from shoal.cluster.enter import enter_prefix

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import signal
@@ -40,6 +39,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,62 @@ SLOTS_PER_SOCKET = 4
 RECV_TIMEOUT = 10.0
 
 
+class FreshQueries:
+    """Concurrent asks for the same key answered by one call whose answer is never older than
+    the ask (group commit): an ask joins the next call not yet started, never one in flight.
+
+    Every node of a job asks the broker at once (32 mount-locals at 32 nodes), and each ask
+    needs slurmctld's record of the job, which `squeue --json` gives in 0.1-2.7 s on a loaded
+    machine. A cache would answer with a record fetched before the ask, which could miss that
+    the job ended; here each answer was fetched after its ask arrived, exactly what a call per
+    ask gives, with one call per wave instead of one per node.
+    """
+
+    def __init__(self, fetch: Callable[[str], Any]) -> None:
+        self.fetch = fetch
+        self.lock = threading.Lock()
+        self.pending: dict[str, _Call] = {}  # key -> the next call, not started yet
+        self.running: dict[str, _Call] = {}  # key -> the call in flight
+        self.calls = 0  # calls made (for tests and the log)
+
+    def get(self, key: str) -> Any:
+        with self.lock:
+            call = self.pending.get(key)
+            lead = call is None
+            if call is None:
+                call = self.pending[key] = _Call()
+        if lead:
+            # one call per key at a time: wait for the one in flight (started before our ask)
+            while True:
+                with self.lock:
+                    before = self.running.get(key)
+                    if before is None:
+                        del self.pending[key]  # asks from now on join the call after this one
+                        self.running[key] = call
+                        self.calls += 1
+                        break
+                before.done.wait()
+            try:
+                call.result = self.fetch(key)
+            except BaseException as exc:  # every ask of the wave gets the same error
+                call.error = exc
+            finally:
+                with self.lock:
+                    del self.running[key]
+                call.done.set()
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+
+class _Call:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
 class Broker:
     """Acts for one cluster; one instance serves every node's socket."""
 
@@ -76,8 +132,8 @@ class Broker:
         self.lock = threading.Lock()
         # (node, job) -> loop devices this broker attached for it
         self.loops: dict[tuple[str, str], list[str]] = {}
-        self.digests: dict[tuple[str, int, int], str] = {}  # store file -> sha256
         self.log_lock = threading.Lock()
+        self.job_records = FreshQueries(self._query_job)
 
     def log(self, msg: str) -> None:
         with self.log_lock:
@@ -93,10 +149,14 @@ class Broker:
 
         return ["nsenter", f"--target={pid1(state, node)}", "--mount", "--"]
 
-    def job_record(self, state: ClusterState, job: str) -> dict[str, Any]:
+    def job_record(self, job: str) -> dict[str, Any]:
+        """slurmctld's record of JOB, fetched after this call began (FreshQueries)."""
+        return dict(self.job_records.get(job))
+
+    def _query_job(self, job: str) -> dict[str, Any]:
         from shoal.cluster.enter import enter_prefix
 
-        out = run([*enter_prefix(state, "ctl"), "squeue", "--json", f"--jobs={job}"],
+        out = run([*enter_prefix(self.state(), "ctl"), "squeue", "--json", f"--jobs={job}"],
                   timeout=30, check=False)
         try:
             jobs = json.loads(out.stdout).get("jobs") or []
@@ -108,11 +168,11 @@ class Broker:
         raise priv.Refused(f"slurmctld knows no job {job}")
 
     # -- operations -----------------------------------------------------------------------------
-    def vouched(self, state: ClusterState, node: str, job: str,
+    def vouched(self, node: str, job: str,
                 uid: int | None = None) -> tuple[dict[str, Any], str, str]:
         """slurmctld's record of JOB, checked: running on NODE, owned by UID (when given, root
         may act for any job), asking for (method, image) in its comment."""
-        rec = self.job_record(state, job)
+        rec = self.job_record(job)
         if node not in expand(str(rec.get("nodes") or "")):
             raise priv.Refused(f"job {job} does not run on {node}")
         if str(rec.get("job_state")) not in LIVE_STATES:
@@ -149,7 +209,7 @@ class Broker:
         and nobody can change it any more (root-owned, 0444, no writer)."""
         t_start = time.monotonic()
         state = self.state()
-        _rec, mname, want = self.vouched(state, node, job, uid)
+        _rec, mname, want = self.vouched(node, job, uid)
         t_vouched = time.monotonic()
         method = get_method(mname)
         # a broadcast copy: sbcast-squashfs, bcast-squashfs (privileged, with a collective step)
@@ -169,7 +229,7 @@ class Broker:
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
         except OSError:
             raise priv.Refused("the broadcast copy is open for writing") from None
-        if _sha256_fd(fd) != self.store_digest(host_src):
+        if not _same_bytes(fd, host_src):
             raise priv.Refused(f"the broadcast copy differs from the store's {image} file")
         t_verified = time.monotonic()
         pre = self.node_prefix(state, node)
@@ -188,24 +248,9 @@ class Broker:
                  f"attached {time.monotonic() - t_verified:.2f} s)")
         return answer
 
-    def store_digest(self, path: str) -> str:
-        st = os.stat(path)
-        key = (path, st.st_size, st.st_mtime_ns)
-        with self.lock:
-            if key in self.digests:
-                return self.digests[key]
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            digest = _sha256_fd(fd)
-        finally:
-            os.close(fd)
-        with self.lock:
-            self.digests[key] = digest
-        return digest
-
     def mount(self, node: str, job: str) -> dict[str, Any]:
         state = self.state()
-        rec, mname, image = self.vouched(state, node, job)
+        rec, mname, image = self.vouched(node, job)
         method = get_method(mname)
         if not method.prolog:
             raise priv.Refused(f"method {method.name} is not mounted by the Prolog")
@@ -320,7 +365,7 @@ class Broker:
                 image = str(req.get("image"))
                 if not priv.IMAGE_RE.match(image):
                     raise priv.Refused("bad image name")
-                self.vouched(self.state(), node, job, peer_uid)
+                self.vouched(node, job, peer_uid)
                 return self.umount(node, job, image)
             raise priv.Refused(f"unknown operation {op!r} on this socket")
         except (priv.Refused, ShoalError, ValueError, OSError) as exc:
@@ -414,15 +459,30 @@ def _recv_request(sock: socket.socket) -> tuple[bytes, list[int]]:
     return buf, fds
 
 
-def _sha256_fd(fd: int) -> str:
-    h = hashlib.sha256()
-    offset = 0
-    while True:
-        chunk = os.pread(fd, 1 << 20, offset)
-        if not chunk:
-            return h.hexdigest()
-        h.update(chunk)
-        offset += len(chunk)
+def _same_bytes(fd: int, path: str, chunk: int = 1 << 20) -> bool:
+    """Whether the file open as FD holds exactly the bytes of PATH (the store's own file, opened
+    without following a link).
+
+    A byte comparison, not digests: it proves the same (the kernel will parse exactly the
+    admin's bytes) at a third of SHA-256's CPU (0.27-0.36 vs 0.80 ns/B measured here: two reads
+    from the page cache and a memcmp), and the store's file needs no digest of its own; the
+    digest cache it replaced was filled by every mount of a batch at once (16 hashes of the store
+    file on 2 cores at 16 nodes: 1.2-2.4 s per mount, against 0.25-0.7 s warm).
+    """
+    ref = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if os.fstat(ref).st_size != os.fstat(fd).st_size:
+            return False
+        offset = 0
+        while True:
+            mine, theirs = os.pread(fd, chunk, offset), os.pread(ref, chunk, offset)
+            if mine != theirs:  # a short read of one side only also lands here: refused
+                return False
+            if not mine:
+                return True
+            offset += len(mine)
+    finally:
+        os.close(ref)
 
 
 def _mounted_anywhere(dev: str) -> bool:

@@ -355,13 +355,19 @@ def _broker_call_once(request: Dict[str, Any], path: str, timeout: float,
                       fd: Optional[int]) -> Dict[str, Any]:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
+    sent = None  # type: Optional[OSError]
     try:
         s.connect(path)
         data = json.dumps(request).encode() + b"\n"
-        if fd is None:
-            s.sendall(data)
-        else:
-            s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+        try:
+            if fd is None:
+                s.sendall(data)
+            else:
+                s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            # a full broker answers "busy" and hangs up without reading the request: the send
+            # can fail, and the answer is still waiting in this socket's receive buffer
+            sent = exc
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)
@@ -372,6 +378,8 @@ def _broker_call_once(request: Dict[str, Any], path: str, timeout: float,
         raise Refused(f"mount broker at {path}: {exc.strerror or exc}")
     finally:
         s.close()
+    if sent is not None and not buf:
+        raise Refused(f"mount broker at {path}: {sent.strerror or sent}")
     try:
         answer = json.loads(buf.decode() or "{}")
     except ValueError:

@@ -7,6 +7,7 @@ handler is replaced, by one that waits, so that slots stay taken as long as the 
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -96,3 +97,73 @@ def test_client_that_says_nothing_is_dropped_and_frees_its_slot(
         assert s.recv(100) == b""
         s.close()
     assert _ask(path)["ok"]
+
+
+def test_broadcast_copy_must_be_the_store_files_bytes(tmp_path: Path) -> None:
+    """mount-local's check: the job's copy (an open descriptor) against the store's own file."""
+    store_file = tmp_path / "img.sqfs"
+    data = bytes(range(256)) * 9000  # 2.2 MiB: more than one chunk
+    store_file.write_bytes(data)
+    copies = {"same": data, "last byte": data[:-1] + b"\x00", "short": data[:-1],
+              "longer": data + b"x", "first chunk": b"\x01" + data[1:]}
+    for what, content in copies.items():
+        copy = tmp_path / f"copy-{what}"
+        copy.write_bytes(content)
+        fd = os.open(copy, os.O_RDONLY)
+        try:
+            assert brk._same_bytes(fd, str(store_file)) is (what == "same"), what
+        finally:
+            os.close(fd)
+    # the store path is opened without following a link (the caller turns OSError into a refusal)
+    link = tmp_path / "link.sqfs"
+    link.symlink_to(store_file)
+    fd = os.open(tmp_path / "copy-same", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError):
+            brk._same_bytes(fd, str(link))
+    finally:
+        os.close(fd)
+
+
+def test_fresh_queries_one_call_per_wave_never_older_than_the_ask() -> None:
+    """A node's ask for slurmctld's job record joins the next call, never the one in flight:
+    every answer was fetched after its ask arrived, with one call for all nodes asking meanwhile."""
+    started: list[float] = []
+    first_may_end = threading.Event()
+
+    def fetch(job: str) -> dict[str, Any]:
+        started.append(time.monotonic())
+        n = len(started)
+        if n == 1:
+            first_may_end.wait(10)
+        if job == "gone":
+            raise priv.Refused("slurmctld knows no job gone")
+        return {"job": job, "call": n, "fetched": started[-1]}
+
+    fq = brk.FreshQueries(fetch)
+    answers: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def ask(who: str) -> None:
+        t = time.monotonic()
+        answers[who] = (t, fq.get("7"))
+
+    first = threading.Thread(target=ask, args=("first",))
+    first.start()
+    while not started:
+        time.sleep(0.01)
+    wave = [threading.Thread(target=ask, args=(f"n{i}",)) for i in range(8)]
+    for t in wave:
+        t.start()
+    time.sleep(0.2)  # all 8 are waiting behind the call in flight
+    assert len(started) == 1
+    first_may_end.set()
+    for t in [first, *wave]:
+        t.join(10)
+    assert answers["first"][1]["call"] == 1
+    assert {answers[f"n{i}"][1]["call"] for i in range(8)} == {2}, "the wave shares one call"
+    assert all(rec["fetched"] >= t for t, rec in answers.values()), "an answer older than its ask"
+    assert fq.calls == 2
+    # an error reaches every ask of its call, and the next ask calls again
+    with pytest.raises(priv.Refused, match="knows no job"):
+        fq.get("gone")
+    assert fq.get("7")["call"] == 4 and fq.calls == 4

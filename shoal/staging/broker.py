@@ -244,8 +244,8 @@ class Broker:
         # where a mount's time goes, for docs/PERFORMANCE.md: slurmctld's word, the byte check,
         # mkdir + losetup + mount
         self.log(f"{node} job {job} (uid {uid}): {method.name} {image} on {dest} (vouched "
-                 f"{t_vouched - t_start:.2f} s, verified {t_verified - t_vouched:.2f} s, "
-                 f"attached {time.monotonic() - t_verified:.2f} s)")
+                 f"{t_vouched - t_start:.2f} s, squeue call {self.job_records.calls}, verified "
+                 f"{t_verified - t_vouched:.2f} s, attached {time.monotonic() - t_verified:.2f} s)")
         return answer
 
     def mount(self, node: str, job: str) -> dict[str, Any]:

@@ -112,19 +112,31 @@ def test_eth1g_one_node_is_link_bound_and_memory_limit_counts_tmpfs(
         from shoal.cluster.state import ClusterDir
 
         ctl = enter_prefix(ClusterDir(name).load(), "ctl")
-        # 500 MB into the node's tmpfs is more than its 384 MB: the node's cgroup stops it
-        # (dd is the OOM killer's choice), the node itself lives on
+        # 150 MB in the node's tmpfs, then a 300 MB buffer: each fits the node's 384 MB alone,
+        # together they do not, so the cgroup's OOM killer acts only because tmpfs counts. Its
+        # victim is the buffer's dd (oom_score_adj 1000, set in a subshell for dd alone), whose
+        # death frees its memory. (An earlier version filled tmpfs itself past the limit: killing
+        # dd freed nothing, tmpfs pages stay, and the next OOM kill took slurmstepd: "Node
+        # failure", exit 0.)
+        mem = Path(f"/sys/fs/cgroup/memory/shoal/{name}/node1")
+
+        def oom_kills() -> int:
+            text = (mem / "memory.oom_control").read_text()
+            return int(dict(line.split() for line in text.splitlines()).get("oom_kill", "0"))
+
+        alone = subprocess.run([*ctl, "srun", "-N1", "dd", "if=/dev/zero", "of=/dev/null", "bs=300M",
+                                "count=1"], capture_output=True, text=True, timeout=120)
+        assert alone.returncode == 0 and oom_kills() == 0, alone.stderr  # the buffer alone fits
         big = subprocess.run([*ctl, "srun", "-N1", "sh", "-c",
-                              "echo 1000 > /proc/self/oom_score_adj; "
-                              "dd if=/dev/zero of=/tmp/big bs=1M count=500; rc=$?; "
+                              "dd if=/dev/zero of=/tmp/big bs=1M count=150 2>/dev/null || exit 3; "
+                              "(echo 1000 > /proc/self/oom_score_adj; "
+                              "exec dd if=/dev/zero of=/dev/null bs=300M count=1); rc=$?; "
                               "rm -f /tmp/big; exit $rc"],
                              capture_output=True, text=True, timeout=120)
-        assert big.returncode != 0, big.stdout + big.stderr
-        mem = Path(f"/sys/fs/cgroup/memory/shoal/{name}/node1")
+        assert big.returncode not in (0, 3), big.stdout + big.stderr
         assert int((mem / "memory.limit_in_bytes").read_text()) == 384 << 20
         # the kernel's memcg OOM killer acted in the node's own cgroup, at its limit
-        oom = dict(line.split() for line in (mem / "memory.oom_control").read_text().splitlines())
-        assert int(oom.get("oom_kill", "0")) >= 1, big.stdout + big.stderr
+        assert oom_kills() >= 1, big.stdout + big.stderr
         assert int((mem / "memory.max_usage_in_bytes").read_text()) >= 0.9 * (384 << 20)
         again = subprocess.run([*ctl, "srun", "-N1", "true"], capture_output=True, timeout=60)
         assert again.returncode == 0

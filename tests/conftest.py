@@ -8,6 +8,9 @@ same name left by a crashed earlier run is removed first.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -127,3 +130,48 @@ def mpihello_in_store() -> str:
     from shoal.images.catalog import ensure_in_store
 
     return ensure_in_store("mpihello")
+
+
+@contextmanager
+def private_munged() -> Iterator[str]:
+    """A munged of our own: a fresh random key and its socket in a private temporary directory,
+    run in the foreground so it is stopped by its pid. Yields the socket path."""
+    exe = shutil.which("munged") or "/usr/sbin/munged"
+    if not os.access(exe, os.X_OK):
+        pytest.skip("munged is not installed (make setup installs munge)")
+    # A short path: a unix socket's path is limited to 107 bytes, pytest's tmp_path can be longer.
+    d = tempfile.mkdtemp(prefix="shoal-munge-", dir="/tmp")
+    key = os.path.join(d, "key")
+    with open(key, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(os.urandom(1024))
+    sock = os.path.join(d, "sock")
+    proc = subprocess.Popen(
+        [exe, "--foreground", f"--key-file={key}", f"--socket={sock}", f"--pid-file={d}/pid",
+         f"--log-file={d}/log", f"--seed-file={d}/seed", "--force"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise RuntimeError(f"munged did not start: {err.strip()}")
+            time.sleep(0.02)
+        yield sock
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def munged() -> Iterator[str]:
+    """The socket of a private munged (see private_munged), stopped after the test."""
+    with private_munged() as sock:
+        yield sock

@@ -49,7 +49,7 @@ class RequestError(ShoalError):
 @dataclass
 class EngineConfig:
     # A node silent this long is UNRESPONSIVE (0: never). Two minutes, not seconds: a 32-node study
-    # job on 2 cores starved the nodes' listeners (each POST forks munge) for 31-40 s, and 30 s
+    # job on 2 cores starved the nodes' listeners (each POST then forked munge) for 31-40 s, and 30 s
     # downed live nodes and requeued the job three times. Death is seen at once by other means
     # (PID 1 watch, FATAL events); the heartbeat is the backstop for a wedged node, as Slurm's own
     # SlurmdTimeout (300 s by default) is.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from shoal.runner import Completed, Runner, use_runner
 from shoal.state import auth
 from shoal.state.api import LIMITS, ROUTES, make_app
 from shoal.state.client import StateAPIError, StateClient
@@ -27,26 +26,22 @@ from tests.unit.state_fakes import FakeBackend, FakeSlurm
 NAMES = ["n1", "n2", "n3"]
 
 
-class FakeMunge(Runner):
-    """unmunge/munge stand-ins: a credential is 'MUNGE:<uid>:<payload hex>'."""
+class FakeMunge(auth.LibMunge):
+    """munged stand-in for the API's own logic: a credential is 'MUNGE:<uid>:<payload hex>', each
+    decodes once (munged's replay check). The real library is tested in test_state_munge.py."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.seen: set[str] = set()
 
-    def run(self, argv: Sequence[str], **kw: Any) -> Completed:
-        args = list(argv)
-        if args[0] == "munge":
-            cred = f"MUNGE:0:{args[2].encode().hex()}"
-            return Completed(args, 0, cred + "\n", "", 0.0)
-        assert args[0] == "unmunge"
-        cred = str(kw["input"]).strip()
-        if cred in self.seen:
-            return Completed(args, 15, "", "unmunge: Error: Replayed credential", 0.0)
-        self.seen.add(cred)
-        _, uid, payload = cred.split(":")
-        out = f"STATUS: Success (0)\nUID: {uid}\nGID: {uid}\nLENGTH: 1\n\n{bytes.fromhex(payload).decode()}"
-        return Completed(args, 0, out, "", 0.0)
+    def encode(self, payload: bytes, socket_path: str | None = None) -> str:
+        return f"MUNGE:0:{payload.hex()}"
+
+    def decode(self, credential: str, socket_path: str | None = None) -> tuple[int, int, bytes]:
+        if credential in self.seen:
+            raise auth.AuthError("munge credential refused: Replayed credential")
+        self.seen.add(credential)
+        _, uid, payload = credential.split(":")
+        return int(uid), int(uid), bytes.fromhex(payload)
 
 
 def cred(method: str, path: str, body: bytes, uid: int = 0) -> str:
@@ -72,7 +67,7 @@ def serve(tmp_path: Path, test: Test, admins: set[int] | None = None) -> None:
             await client.close()
             await eng.stop()
 
-    with use_runner(FakeMunge()):
+    with auth.use_libmunge(FakeMunge()):
         asyncio.run(main())
 
 
@@ -282,10 +277,3 @@ def test_listen_refuses_wildcards() -> None:
     for bad in ("0.0.0.0:6830", "[::]:6830", "ctl:6830", "10.0.0.1:99999"):
         with pytest.raises(ConfigError):
             parse_listen(bad)
-
-
-def test_parse_unmunge_output() -> None:
-    meta, payload = auth.parse_unmunge("STATUS: Success (0)\nUID: root (0)\nGID: root (0)\n\nhello\n")
-    assert meta["UID"] == "root (0)" and payload == "hello\n"
-
-

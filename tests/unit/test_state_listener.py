@@ -1,5 +1,6 @@
 """The node-side supervisord event listener (recipes/layer1/shoal-state-listener.py): Python 3.6 syntax,
-stdlib only, speaks supervisord's eventlistener protocol, and posts munge-authenticated events."""
+stdlib only, speaks supervisord's eventlistener protocol, and posts events with credentials from a
+real munged (libmunge through ctypes), under the host's python3 and a real Python 3.6."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+from shoal.state import auth
+from tests.python36 import python36
 
 REPO = Path(__file__).resolve().parents[2]
 LISTENER = REPO / "shoal" / "images" / "recipes" / "layer1" / "shoal-state-listener.py"
@@ -37,16 +43,10 @@ def test_listener_is_python36_stdlib_only() -> None:
         assert bad not in src, bad
 
 
-def test_listener_protocol_and_posted_events(tmp_path: Path) -> None:
-    got: list[tuple[str, dict[str, Any]]] = []
-
+def test_listener_protocol_and_posted_events(tmp_path: Path, munged: str) -> None:
     class H(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            payload = f"shoal-state-v1 POST /dsc/events {hashlib.sha256(body).hexdigest()}"
-            # The fake munge below encodes the payload verbatim.
-            assert self.headers["Authorization"] == f"Munge MUNGE:{payload}"
-            got.append((self.path, json.loads(body)))
+            self.rfile.read(int(self.headers["Content-Length"]))
             self.send_response(200)
             self.end_headers()
             self.wfile.write(b"{}")
@@ -56,11 +56,7 @@ def test_listener_protocol_and_posted_events(tmp_path: Path) -> None:
 
     srv = http.server.HTTPServer(("127.0.0.1", 0), H)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "munge").write_text('#!/bin/sh\n[ "$1" = -s ] && printf "MUNGE:%s\\n" "$2"\n')
-    (bindir / "munge").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bindir}:/usr/bin:/bin",
+    env = {**os.environ, "SHOAL_STATE_MUNGE_SOCKET": munged,
            "SHOAL_STATE_URL": f"http://127.0.0.1:{srv.server_port}", "SHOAL_STATE_NODE": "node7"}
     env.pop("SUPERVISOR_SERVER_URL", None)
 
@@ -80,10 +76,13 @@ def test_listener_protocol_and_posted_events(tmp_path: Path) -> None:
     # (What it posts is checked below with stdin kept open: here the listener exits at EOF.)
 
 
-def test_listener_sends_before_exit_when_kept_alive(tmp_path: Path) -> None:
-    """Stdin kept open: the FATAL event and a heartbeat must arrive within a second."""
+@pytest.mark.parametrize("interpreter", ["host", "3.6"])
+def test_listener_sends_before_exit_when_kept_alive(munged: str, interpreter: str) -> None:
+    """Stdin kept open: the FATAL event must arrive within seconds, with a credential munged
+    made for root (this test's uid) and bound to this very body."""
     import time
 
+    py = "/usr/bin/python3" if interpreter == "host" else python36()
     got: list[dict[str, Any]] = []
     creds_ok: list[bool] = []
 
@@ -91,8 +90,9 @@ def test_listener_sends_before_exit_when_kept_alive(tmp_path: Path) -> None:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             payload = f"shoal-state-v1 POST /dsc/events {hashlib.sha256(body).hexdigest()}"
-            # The fake munge encodes the payload verbatim: the credential is bound to this body.
-            creds_ok.append(self.headers["Authorization"] == f"Munge MUNGE:{payload}")
+            scheme, _, cred = self.headers["Authorization"].partition(" ")
+            who, carried = auth.decode(cred, munged)
+            creds_ok.append(scheme == "Munge" and carried == payload and who.uid == os.getuid())
             got.extend(json.loads(body)["events"])
             self.send_response(200)
             self.end_headers()
@@ -102,14 +102,10 @@ def test_listener_sends_before_exit_when_kept_alive(tmp_path: Path) -> None:
 
     srv = http.server.HTTPServer(("127.0.0.1", 0), H)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "munge").write_text('#!/bin/sh\n[ "$1" = -s ] && printf "MUNGE:%s\\n" "$2"\n')
-    (bindir / "munge").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bindir}:/usr/bin:/bin",
+    env = {**os.environ, "SHOAL_STATE_MUNGE_SOCKET": munged,
            "SHOAL_STATE_URL": f"http://127.0.0.1:{srv.server_port}"}
     env.pop("SUPERVISOR_SERVER_URL", None)
-    p = subprocess.Popen(["/usr/bin/python3", str(LISTENER)], stdin=subprocess.PIPE,
+    p = subprocess.Popen([py, str(LISTENER), "--config", "/nonexistent"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         assert p.stdin is not None and p.stdout is not None

@@ -79,13 +79,14 @@ def timed(argv: list[str], timeout: float) -> tuple[float, str]:
     return time.monotonic() - t, out.stdout
 
 
-def measure(n: int, name: str, settle: float, sruns: int, console: Console) -> dict[str, Any]:
+def measure(n: int, name: str, settle: float, sruns: int, console: Console, state_service: bool = True,
+            ) -> dict[str, Any]:
     if ClusterDir(name).exists():
         manager.down(name)
-    row: dict[str, Any] = {"nodes": n, "load_before": os.getloadavg()[0]}
+    row: dict[str, Any] = {"nodes": n, "state_service": state_service, "load_before": os.getloadavg()[0]}
     mem0 = capacity.meminfo()
     cpu0 = cpu_busy_seconds()
-    res = manager.up(ClusterConfig(name=name, nodes=n), progress=False)
+    res = manager.up(ClusterConfig(name=name, nodes=n, state_service=state_service), progress=False)
     state = res.state
     try:
         row.update(boot_s=round(res.boot_seconds, 1), phases=res.phases,
@@ -135,6 +136,8 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=5.0, help="seconds idle before measuring memory")
     ap.add_argument("--sruns", type=int, default=3, help="srun -N<all> hostname repetitions")
     ap.add_argument("--json", type=Path, default=None, help="append the rows to this JSON file")
+    ap.add_argument("--no-state-service", action="store_true",
+                    help="boot without the node state service (and so without its listener's reports)")
     args = ap.parse_args()
     console = Console()
     image = ensure_layer1()
@@ -145,7 +148,7 @@ def main() -> None:
         table.add_column(col, justify="right")
     rows: list[dict[str, Any]] = []
     for n in [int(x) for x in args.nodes.split(",")]:
-        row = measure(n, args.name, args.settle, args.sruns, console)
+        row = measure(n, args.name, args.settle, args.sruns, console, not args.no_state_service)
         rows.append(row)
         tb = TARGETS["boot"].get(n)
         table.add_row(

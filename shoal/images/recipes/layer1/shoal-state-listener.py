@@ -18,9 +18,12 @@
 #
 # The protocol: write READY, read one header line and LEN bytes of payload, answer RESULT 2 OK.
 # Sending happens in a thread so supervisord never waits on the network.
+#
+# Memory: one listener runs on every node (256 on one machine), so it imports little. hashlib loads
+# OpenSSL and http.client the email package: together ~8 MiB of private memory per node, half the
+# rest of a node. SHA-256 comes from the interpreter's own module and HTTP is the one request it
+# needs; supervisord's XML-RPC client is used once, at start, in a child process that then exits.
 import ctypes
-import hashlib
-import http.client
 import json
 import os
 import queue
@@ -28,6 +31,14 @@ import socket
 import sys
 import threading
 import time
+
+try:  # the interpreter's built-in SHA-256 (3.6-3.11: _sha256; 3.12+: _sha2), without OpenSSL
+    from _sha256 import sha256
+except ImportError:
+    try:
+        from _sha2 import sha256
+    except ImportError:
+        from hashlib import sha256
 
 PAYLOAD_VERSION = "shoal-state-v1"
 PATH = "/dsc/events"
@@ -83,6 +94,44 @@ def split_url(url):
     rest = url.split("://", 1)[-1].rstrip("/")
     host, _, port = rest.partition(":")
     return host, int(port or 80)
+
+
+def http_post(host, port, path, body, headers, timeout=10.0):
+    """POST BODY to http://HOST:PORT/PATH; (status, up to 300 bytes of the answer's body).
+
+    HTTP/1.1 with `Connection: close`; the answer is read up to the end of its headers plus what
+    Content-Length announces (at most 300 bytes of it), so a server that keeps the connection
+    open anyway cannot make a delivered event look failed (it would be sent twice)."""
+    lines = ["POST %s HTTP/1.1" % path, "Host: %s:%d" % (host, port),
+             "Content-Length: %d" % len(body), "Connection: close"]
+    lines += ["%s: %s" % (k, v) for k, v in headers]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk or len(data) > 65536:
+                raise OSError("no complete HTTP answer from %s:%d" % (host, port))
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        status_line = head.split(b"\r\n", 1)[0].split(None, 2)
+        if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/") or not status_line[1].isdigit():
+            raise OSError("not an HTTP answer from %s:%d: %r" % (host, port, head[:80]))
+        want = 0
+        for line in head.split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == b"content-length" and value.strip().isdigit():
+                want = min(int(value.strip()), 300)
+        while len(rest) < want:
+            chunk = sock.recv(want - len(rest))
+            if not chunk:
+                break
+            rest += chunk
+        return int(status_line[1]), rest[:300]
+    finally:
+        sock.close()
 
 
 class Munge(object):
@@ -147,24 +196,18 @@ class Sender(object):
         return json.dumps({"events": events}, sort_keys=True).encode("utf-8")
 
     def credential(self, body):
-        payload = "%s POST %s %s" % (PAYLOAD_VERSION, PATH, hashlib.sha256(body).hexdigest())
+        payload = "%s POST %s %s" % (PAYLOAD_VERSION, PATH, sha256(body).hexdigest())
         return self.munge.encode(payload.encode("ascii"))
 
     def post(self, events):
         body = self.body(events)
         host, port = split_url(self.url)
-        conn = http.client.HTTPConnection(host, port, timeout=10)
-        try:
-            conn.request("POST", PATH, body=body, headers={
-                "Content-Type": "application/json",
-                "Authorization": "Munge " + self.credential(body)})
-            resp = conn.getresponse()
-            text = resp.read()[:300]
-            if resp.status >= 400:
-                # A refused event is not sent again (it would be refused again).
-                log("service refused %d event(s): HTTP %d %s" % (len(events), resp.status, text))
-        finally:
-            conn.close()
+        status, text = http_post(host, port, PATH, body, [
+            ("Content-Type", "application/json"),
+            ("Authorization", "Munge " + self.credential(body))])
+        if status >= 400:
+            # A refused event is not sent again (it would be refused again).
+            log("service refused %d event(s): HTTP %d %s" % (len(events), status, text))
 
     def run(self):
         # Events go out in the order they happened: a batch that could not be sent is sent
@@ -195,31 +238,70 @@ class Sender(object):
                 delay = min(delay * 2, 5.0)
 
 
+def ask_supervisord(path):
+    """{program: state} from supervisord's XML-RPC on the unix socket PATH."""
+    import http.client
+    import xmlrpc.client
+
+    class Conn(http.client.HTTPConnection):
+        def connect(self):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5)
+            s.connect(path)
+            self.sock = s
+
+    class Transport(xmlrpc.client.Transport):
+        def make_connection(self, host):
+            return Conn("localhost")
+
+    proxy = xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=Transport())
+    return dict((i["name"], i["statename"]) for i in proxy.supervisor.getAllProcessInfo())
+
+
 def initial_programs():
-    """Program states from supervisord itself when the listener (re)starts (best effort)."""
+    """Program states from supervisord itself when the listener (re)starts (best effort).
+
+    Asked in a forked child (before any thread exists), so the XML-RPC client's imports never
+    take memory in the long-running listener."""
     url = os.environ.get("SUPERVISOR_SERVER_URL", "")
     if not url.startswith("unix://"):
         return {}
-    path = url[len("unix://"):]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: answer on the pipe, exit without running the parent's cleanup
+        code = 0
+        try:
+            os.close(r)
+            try:
+                out = {"programs": ask_supervisord(url[len("unix://"):])}
+            except Exception as exc:
+                out = {"error": str(exc)}
+            data = json.dumps(out).encode("utf-8")
+            while data:
+                data = data[os.write(w, data):]
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(w)
+    chunks = []
     try:
-        import xmlrpc.client
-
-        class Conn(http.client.HTTPConnection):
-            def connect(self):
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.settimeout(5)
-                s.connect(path)
-                self.sock = s
-
-        class Transport(xmlrpc.client.Transport):
-            def make_connection(self, host):
-                return Conn("localhost")
-
-        proxy = xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=Transport())
-        return dict((i["name"], i["statename"]) for i in proxy.supervisor.getAllProcessInfo())
-    except Exception as exc:
-        log("no initial program states from supervisord (%s); they come with the next events" % exc)
+        while True:
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    try:
+        answer = json.loads(b"".join(chunks).decode("utf-8"))
+    except ValueError:
+        answer = {"error": "the child that asked supervisord gave no answer"}
+    if "programs" not in answer:
+        log("no initial program states from supervisord (%s); they come with the next events"
+            % answer.get("error"))
         return {}
+    return answer["programs"]
 
 
 def main(argv):

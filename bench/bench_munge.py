@@ -35,6 +35,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_cluster import cpu_busy_seconds  # this file's directory is on sys.path as a script's
+
 from shoal.runner import run
 from shoal.state import auth
 
@@ -55,12 +57,6 @@ def cpu_of(pid: int, children: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_busy_seconds() -> float:
-    """CPU seconds the whole machine spent not idle since boot (all cores)."""
-    vals = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def cluster_mode(n: int, window: float, settle: float) -> int:
     from shoal.cluster import manager, statebackend
     from shoal.cluster.config import ClusterConfig
@@ -75,15 +71,12 @@ def cluster_mode(n: int, window: float, settle: float) -> int:
         console.print(f"{n} nodes idle in {res.boot_seconds:.1f} s; settling {settle:.0f} s")
         time.sleep(settle)
         service = int(statebackend.pid_file(name).read_text().split()[0])
-        pid1s = {str(pid1(res.state, node)) for node in res.state.nodes}
-        listeners = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
-                if ppid in pid1s and b"shoal-state-listener" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    listeners.append(int(pid))
-            except OSError:
-                continue
+        listeners = []  # each node's listener is a child of its supervisord (PID 1)
+        for node in res.state.nodes:
+            p1 = pid1(res.state, node)
+            for child in Path(f"/proc/{p1}/task/{p1}/children").read_text().split():
+                if b"shoal-state-listener" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    listeners.append(int(child))
         if len(listeners) != n:
             console.print(f"[yellow]found {len(listeners)} listeners for {n} nodes[/]")
 

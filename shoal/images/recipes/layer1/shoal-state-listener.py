@@ -13,8 +13,10 @@
 # acknowledges events.
 #
 # Credentials come from libmunge through ctypes, not from running munge(1): a fork+exec per request
-# cost 3.5 ms of CPU per request pair, the library 0.13 ms, and at 256 nodes the heartbeats alone
-# are 51 requests a second on the 2 cores that also run every node (docs/PERFORMANCE.md).
+# cost 3.3 ms of CPU per request (encode + decode), the library 0.19 ms, and at 256 nodes the
+# heartbeats alone are 51 requests a second on the 2 cores that also run every node
+# (bench/bench_munge.py, docs/PERFORMANCE.md). The binding mirrors shoal/state/auth.py's LibMunge:
+# this file must stand alone on a node, so it cannot import it.
 #
 # The protocol: write READY, read one header line and LEN bytes of payload, answer RESULT 2 OK.
 # Sending happens in a thread so supervisord never waits on the network.
